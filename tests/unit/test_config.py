@@ -1,0 +1,197 @@
+"""parse_config: defaults, derived values, and every rule reporting at once."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from components.config import ConfigError, parse_config
+
+ADMIN_A = "arn:aws:iam::123456789012:role/kms-admin"
+ADMIN_B = "arn:aws:iam::123456789012:role/ops/kms-breakglass"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0pq3L7Gd8nJk3s1m0y6rHc2QmX1pJ7vQzB8uX4k2Ty"
+AUTH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb8m0BYyDQ8gSxZkq0dp0VXq3Vw9dtSxoYmu6Yb9r7N deploy"
+
+VALID: dict[str, Any] = {
+    "keyAdmins": [ADMIN_A, ADMIN_B],
+    "vpcId": "vpc-0123456789abcdef0",
+    "amiId": "ami-0123456789abcdef0",
+    "sshAuthorizedKey": AUTH_KEY,
+    "ec2Nodes": [
+        {"name": "aws-a", "subnetId": "subnet-0123456789abcdef0", "availabilityZone": "eu-west-1a"},
+        {"name": "aws-b", "subnetId": "subnet-0fedcba987654321a", "availabilityZone": "eu-west-1b",
+         "privateIp": "10.20.2.10", "instanceType": "r6i.large", "dataVolumeGiB": 200},
+    ],
+    "onPremNodes": [
+        {"name": "dc-1", "address": "192.0.2.21", "sshUser": "deploy", "hostKey": HOST_KEY},
+    ],
+}
+
+
+def parse(raw: dict[str, Any], region: str | None = "eu-west-1"):
+    return parse_config(raw, stack="dev", region=region)
+
+
+def errors_of(raw: dict[str, Any], region: str | None = "eu-west-1") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(raw, region)
+    return info.value.errors
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(VALID)
+    for k, v in changes.items():
+        if v is ...:
+            raw.pop(k, None)
+        else:
+            raw[k] = v
+    return raw
+
+
+def ec2(**fields: Any) -> list[dict[str, Any]]:
+    node = {"name": "aws-a", "subnetId": "subnet-0123456789abcdef0", "availabilityZone": "eu-west-1a", **fields}
+    return [{k: v for k, v in node.items() if v is not ...}]
+
+
+def onprem(**fields: Any) -> list[dict[str, Any]]:
+    node = {"name": "dc-1", "address": "192.0.2.21", "sshUser": "deploy", "hostKey": HOST_KEY, **fields}
+    return [{k: v for k, v in node.items() if v is not ...}]
+
+
+def test_valid_config_gets_secure_defaults() -> None:
+    cfg = parse(VALID)
+    assert cfg.key.alias == "alias/mariadb-kms-dev"
+    assert cfg.key.rotation_period_days == 365
+    assert cfg.key.deletion_window_days == 30
+    assert cfg.key.allow_account_root_iam_delegation is False
+    assert cfg.mariadb.key_management == "kms-envelope"
+    assert cfg.mariadb.encrypt_tables == "FORCE"
+    assert cfg.mariadb.encryption_threads == 4
+    assert cfg.mariadb.general_log is False and cfg.mariadb.slow_query_log is False
+    assert [n.name for n in cfg.nodes] == ["aws-a", "aws-b", "dc-1"]
+    assert cfg.bootstrap_node == "aws-a"
+    assert cfg.ec2_nodes[1].data_volume_gib == 200
+    assert cfg.ec2_nodes[0].instance_type == "t3.medium"
+    assert cfg.onprem_nodes[0].ssh_port == 22
+    assert cfg.warnings == ()
+    assert cfg.tags["stack"] == "dev"
+
+
+def test_alias_default_differs_between_stacks() -> None:
+    a = parse_config(VALID, stack="prod", region="eu-west-1").key.alias
+    b = parse_config(VALID, stack="staging", region="eu-west-1").key.alias
+    assert a != b and a.startswith("alias/") and b.startswith("alias/")
+
+
+def test_one_admin_is_a_warning_not_an_error() -> None:
+    cfg = parse(with_(keyAdmins=[ADMIN_A]))
+    assert any("two are recommended" in w for w in cfg.warnings)
+
+
+def test_onprem_only_cluster_needs_no_vpc_or_ami() -> None:
+    cfg = parse({"keyAdmins": [ADMIN_A, ADMIN_B], "onPremNodes": onprem()})
+    assert cfg.ec2_nodes == () and cfg.network.vpc_id is None
+
+
+def test_aws_plugin_mode_with_source() -> None:
+    cfg = parse(with_(keyManagement="aws-plugin", awsPluginSource="https://artifacts.example.com/aws_key_management.so"))
+    assert cfg.mariadb.key_management == "aws-plugin"
+
+
+# Each case: the changed config, the key its error must name, and a fragment of
+# what was expected. Every message must also quote the bad value.
+INVALID: list[tuple[str, dict[str, Any], str, str]] = [
+    ("alias without alias/", with_(keyAlias="mariadb"), "keyAlias", "alias/"),
+    ("alias in the aws/ namespace", with_(keyAlias="alias/aws/ebs"), "keyAlias", "alias/aws"),
+    ("encryptTables not OFF|ON|FORCE", with_(encryptTables="YES"), "encryptTables", "OFF, ON, FORCE"),
+    ("encryptTables lower case", with_(encryptTables="force"), "encryptTables", "FORCE"),
+    ("threads zero", with_(encryptionThreads=0), "encryptionThreads", "1 to 255"),
+    ("threads too many", with_(encryptionThreads=256), "encryptionThreads", "1 to 255"),
+    ("threads not an integer", with_(encryptionThreads="four"), "encryptionThreads", "an integer"),
+    ("duplicate node names", with_(onPremNodes=onprem(name="aws-a")), "node name", "unique"),
+    ("on-prem node without hostKey", with_(onPremNodes=onprem(hostKey=...)), "onPremNodes[0].hostKey", "host public key"),
+    ("on-prem hostKey not a key", with_(onPremNodes=onprem(hostKey="AAAA")), "onPremNodes[0].hostKey", "OpenSSH"),
+    ("malformed CIDR", with_(adminCidrs=["10.0.0.0/33"]), "adminCidrs", "CIDR"),
+    ("CIDR with host bits", with_(clientCidrs=["10.0.0.1/16"]), "clientCidrs", "CIDR"),
+    ("egress CIDR not a CIDR", with_(onPremEgressCidrs=["203.0.113.10"]), "onPremEgressCidrs", "CIDR"),
+    ("malformed admin ARN", with_(keyAdmins=["arn:aws:iam::12345:role/x"]), "keyAdmins", "role ARN"),
+    ("admin is a user, not a role", with_(keyAdmins=["arn:aws:iam::123456789012:user/bob"]), "keyAdmins", "role ARN"),
+    ("deployer not an ARN", with_(deployers=["bob"]), "deployers", "ARN"),
+    ("no nodes", with_(ec2Nodes=..., onPremNodes=...), "ec2Nodes", "at least one node"),
+    ("unknown keyManagement", with_(keyManagement="vault"), "keyManagement", "kms-envelope"),
+    ("aws-plugin without a source", with_(keyManagement="aws-plugin"), "awsPluginSource", "no distribution"),
+    ("plugin source over http", with_(awsPluginSource="http://x/aws.so"), "awsPluginSource", "https://"),
+    ("missing keyAdmins", with_(keyAdmins=...), "keyAdmins", "a value"),
+    ("empty keyAdmins", with_(keyAdmins=[]), "keyAdmins", "at least one"),
+    ("rotation below 90 days", with_(keyRotationPeriodDays=30), "keyRotationPeriodDays", "90 to 2560"),
+    ("deletion window above 30", with_(keyDeletionWindowDays=31), "keyDeletionWindowDays", "7 to 30"),
+    ("gcache size not a size", with_(gcacheSize="lots"), "gcacheSize", "256M"),
+    ("cluster name with spaces", with_(clusterName="my cluster"), "clusterName", "letters"),
+    ("bad subnet id", with_(ec2Nodes=ec2(subnetId="sub-1")), "ec2Nodes[0].subnetId", "subnet-"),
+    ("bad availability zone", with_(ec2Nodes=ec2(availabilityZone="eu-west-1")), "ec2Nodes[0].availabilityZone", "zone"),
+    ("tiny data volume", with_(ec2Nodes=ec2(dataVolumeGiB=1)), "ec2Nodes[0].dataVolumeGiB", "8 to 16384"),
+    ("bad private IP", with_(ec2Nodes=ec2(privateIp="10.0.0.300")), "ec2Nodes[0].privateIp", "IPv4"),
+    ("misspelt node field", with_(ec2Nodes=ec2(subnet="subnet-0123456789abcdef0")), "ec2Nodes[0].subnet", "no such field"),
+    ("node list not a list", with_(onPremNodes={"name": "dc-1"}), "onPremNodes", "list"),
+    ("node name upper case", with_(onPremNodes=onprem(name="DC1")), "node name", "lower-case"),
+    ("on-prem SSH port out of range", with_(onPremNodes=onprem(sshPort=70000)), "onPremNodes[0].sshPort", "1 to 65535"),
+    ("on-prem bad address", with_(onPremNodes=onprem(address="not an address")), "onPremNodes[0].address", "IP"),
+    ("two nodes on one address", with_(onPremNodes=onprem(address="10.20.2.10")), "node address", "its own address"),
+    ("EC2 nodes without vpcId", with_(vpcId=...), "vpcId", "VPC id"),
+    ("EC2 nodes without amiId", with_(amiId=...), "amiId", "AMI"),
+    ("EC2 nodes without SSH key", with_(sshAuthorizedKey=...), "sshAuthorizedKey", "public half"),
+    ("malformed VPC endpoint", with_(kmsVpcEndpointId="vpc-123"), "kmsVpcEndpointId", "vpce-"),
+    ("bootstrap node not a node", with_(bootstrapNode="nope"), "bootstrapNode", "one of the node names"),
+    ("boolean given as a string", with_(generalLog="yes"), "generalLog", "true or false"),
+    ("tag in the aws: namespace", with_(tags={"aws:owner": "x"}), "tags.aws:owner", "not starting with aws:"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "key", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_config_is_rejected_naming_key_and_expectation(
+    case: str, raw: dict[str, Any], key: str, expected: str
+) -> None:
+    errors = errors_of(raw)
+    matching = [e for e in errors if f"mariadb-kms:{key} " in e or f"mariadb-kms:{key}:" in e]
+    assert matching, f"{case}: no error names {key!r}: {errors}"
+    assert any(expected in e for e in matching), f"{case}: {matching}"
+    assert all("expected" in e for e in matching)
+
+
+def test_at_least_25_invalid_configs_are_covered() -> None:
+    assert len(INVALID) >= 25
+
+
+def test_malformed_region_is_rejected() -> None:
+    errors = errors_of(VALID, region="Europe-1")
+    assert any(e.startswith("aws:region = 'Europe-1'") and "eu-west-1" in e for e in errors)
+    assert any("aws:region" in e for e in errors_of(VALID, region=None))
+
+
+def test_unknown_key_is_rejected_without_quoting_its_value() -> None:
+    errors = errors_of(with_(keyAdmin="arn:aws:iam::123456789012:role/typo-secret"))
+    assert any("mariadb-kms:keyAdmin:" in e and "no such key" in e for e in errors)
+    assert not any("typo-secret" in e for e in errors)
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    raw = with_(
+        keyAlias="bad", encryptTables="MAYBE", encryptionThreads=0, keyManagement="vault",
+        adminCidrs=["nope"], ec2Nodes=ec2(subnetId="x"),
+    )
+    errors = errors_of(raw, region="nowhere")
+    named = " ".join(errors)
+    for key in ("keyAlias", "encryptTables", "encryptionThreads", "keyManagement", "adminCidrs",
+                "ec2Nodes[0].subnetId", "aws:region"):
+        assert key in named, key
+    assert len(errors) >= 7
+
+
+def test_error_message_lists_every_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(with_(keyAlias="bad", encryptTables="MAYBE"))
+    text = str(info.value)
+    assert text.startswith("2 configuration error(s)")
+    assert "keyAlias" in text and "encryptTables" in text
