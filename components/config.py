@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 PROJECT = "mariadb-kms"
 
@@ -20,9 +21,7 @@ KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 ENCRYPT_TABLES_VALUES = ("OFF", "ON", "FORCE")
 
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_PRINCIPAL_ARN = re.compile(
-    r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:(role|user)/[\w+=,.@/-]{1,512}$"
-)
+_PRINCIPAL_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:(role|user)/[\w+=,.@/-]{1,512}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 _ALIAS = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
 _NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
@@ -33,10 +32,10 @@ _VPC = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _VPCE = re.compile(r"^vpce-[0-9a-f]{8,17}$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_HOST_KEY = re.compile(
-    r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]+={0,3}( \S.*)?$"
+_HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]+={0,3}( \S.*)?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
 )
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PLUGIN_SOURCE = re.compile(r"^(/[^\0]+|https://\S+)$")
 _TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,128}$")
@@ -59,35 +58,121 @@ class ConfigKey:
 
 
 SCHEMA: tuple[ConfigKey, ...] = (
-    ConfigKey("keyAdmins", "array", "Role ARNs that administer the KMS key (at least one, two recommended). They can never decrypt.", required=True),
-    ConfigKey("deployers", "array", "Role ARNs allowed to wrap data keys and use the key through EC2 for EBS. Empty: the identity running `pulumi up`, normalised to its role ARN.", default=[]),
-    ConfigKey("keyAlias", "string", "KMS alias for the key; must start with `alias/`. Empty: `alias/mariadb-kms-<stack>`.", default="", derived="alias/mariadb-kms-<stack>"),
+    ConfigKey(
+        "keyAdmins",
+        "array",
+        "Role ARNs that administer the KMS key (at least one, two recommended). They can never decrypt.",
+        required=True,
+    ),
+    ConfigKey(
+        "deployers",
+        "array",
+        "Role ARNs allowed to wrap data keys and use the key through EC2 for EBS. Empty: the identity running `pulumi up`, normalised to its role ARN.",
+        default=[],
+    ),
+    ConfigKey(
+        "keyAlias",
+        "string",
+        "KMS alias for the key; must start with `alias/`. Empty: `alias/mariadb-kms-<stack>`.",
+        default="",
+        derived="alias/mariadb-kms-<stack>",
+    ),
     ConfigKey("keyRotationPeriodDays", "integer", "Automatic key rotation period in days (90..2560).", default=365),
-    ConfigKey("keyDeletionWindowDays", "integer", "Days a scheduled key deletion can still be cancelled (7..30).", default=30),
-    ConfigKey("allowAccountRootIamDelegation", "boolean", "Let IAM policies in this account grant use of the key (account-root statement). Off: only the key policy grants, so a deleted admin role locks the key until AWS support restores it.", default=False),
-    ConfigKey("onPremEgressCidrs", "array", "Public CIDRs the on-prem nodes reach KMS from (aws:SourceIp). Empty: no source-IP condition. Not seen through VPC endpoints.", default=[]),
-    ConfigKey("kmsVpcEndpointId", "string", "If set (vpce-...), the EC2 node role may use the key only through this KMS VPC endpoint (aws:SourceVpce).", default=""),
-    ConfigKey("attachSsmManagedPolicy", "boolean", "Attach AmazonSSMManagedInstanceCore to the EC2 node role.", default=False),
-    ConfigKey("escrowDataKeyInSsm", "boolean", "Also store the cluster data key's ciphertext blob in an SSM SecureString parameter.", default=False),
-    ConfigKey("keyManagement", "string", "How MariaDB gets its key: `kms-envelope` (stock packages, file_key_management) or `aws-plugin` (aws_key_management, needs awsPluginSource).", default="kms-envelope"),
-    ConfigKey("awsPluginSource", "string", "Where nodes get the aws_key_management plugin (.so): an absolute path on the node or an https URL. Required for `aws-plugin`.", default=""),
-    ConfigKey("encryptTables", "string", "innodb_encrypt_tables: OFF, ON or FORCE (FORCE refuses unencrypted tables).", default="FORCE"),
+    ConfigKey(
+        "keyDeletionWindowDays", "integer", "Days a scheduled key deletion can still be cancelled (7..30).", default=30
+    ),
+    ConfigKey(
+        "allowAccountRootIamDelegation",
+        "boolean",
+        "Let IAM policies in this account grant use of the key (account-root statement). Off: only the key policy grants, so a deleted admin role locks the key until AWS support restores it.",
+        default=False,
+    ),
+    ConfigKey(
+        "onPremEgressCidrs",
+        "array",
+        "Public CIDRs the on-prem nodes reach KMS from (aws:SourceIp). Empty: no source-IP condition. Not seen through VPC endpoints.",
+        default=[],
+    ),
+    ConfigKey(
+        "kmsVpcEndpointId",
+        "string",
+        "If set (vpce-...), the EC2 node role may use the key only through this KMS VPC endpoint (aws:SourceVpce).",
+        default="",
+    ),
+    ConfigKey(
+        "attachSsmManagedPolicy", "boolean", "Attach AmazonSSMManagedInstanceCore to the EC2 node role.", default=False
+    ),
+    ConfigKey(
+        "escrowDataKeyInSsm",
+        "boolean",
+        "Also store the cluster data key's ciphertext blob in an SSM SecureString parameter.",
+        default=False,
+    ),
+    ConfigKey(
+        "keyManagement",
+        "string",
+        "How MariaDB gets its key: `kms-envelope` (stock packages, file_key_management) or `aws-plugin` (aws_key_management, needs awsPluginSource).",
+        default="kms-envelope",
+    ),
+    ConfigKey(
+        "awsPluginSource",
+        "string",
+        "Where nodes get the aws_key_management plugin (.so): an absolute path on the node or an https URL. Required for `aws-plugin`.",
+        default="",
+    ),
+    ConfigKey(
+        "encryptTables",
+        "string",
+        "innodb_encrypt_tables: OFF, ON or FORCE (FORCE refuses unencrypted tables).",
+        default="FORCE",
+    ),
     ConfigKey("encryptionThreads", "integer", "innodb_encryption_threads (1..255).", default=4),
-    ConfigKey("gcacheSize", "string", "Galera gcache size (kept on tmpfs, so it costs memory), e.g. 256M, 1G.", default="256M"),
+    ConfigKey(
+        "gcacheSize", "string", "Galera gcache size (kept on tmpfs, so it costs memory), e.g. 256M, 1G.", default="256M"
+    ),
     ConfigKey("generalLog", "boolean", "Enable the general query log (holds query text in plaintext).", default=False),
     ConfigKey("slowQueryLog", "boolean", "Enable the slow query log (holds query text in plaintext).", default=False),
     ConfigKey("clusterName", "string", "wsrep_cluster_name.", default="mariadb-kms"),
-    ConfigKey("ec2Nodes", None, "EC2 nodes: list of {name, subnetId, availabilityZone, instanceType?, dataVolumeGiB?, privateIp?}.", default=[]),
-    ConfigKey("onPremNodes", None, "On-prem nodes: list of {name, address, sshUser, hostKey, sshPort?, egressCidr?}.", default=[]),
+    ConfigKey(
+        "ec2Nodes",
+        None,
+        "EC2 nodes: list of {name, subnetId, availabilityZone, instanceType?, dataVolumeGiB?, privateIp?}.",
+        default=[],
+    ),
+    ConfigKey(
+        "onPremNodes",
+        None,
+        "On-prem nodes: list of {name, address, sshUser, hostKey, sshPort?, egressCidr?}.",
+        default=[],
+    ),
     ConfigKey("vpcId", "string", "VPC of the EC2 nodes (required when ec2Nodes is not empty).", default=""),
-    ConfigKey("amiId", "string", "Pinned Debian 12 AMI for EC2 nodes (required when ec2Nodes is not empty).", default=""),
+    ConfigKey(
+        "amiId", "string", "Pinned Debian 12 AMI for EC2 nodes (required when ec2Nodes is not empty).", default=""
+    ),
     ConfigKey("adminCidrs", "array", "CIDRs allowed to reach EC2 nodes on SSH (22).", default=[]),
     ConfigKey("clientCidrs", "array", "CIDRs allowed to reach EC2 nodes on MariaDB (3306).", default=[]),
     ConfigKey("onPremCidrs", "array", "CIDRs of on-prem Galera members, allowed on 4567/4568/4444.", default=[]),
-    ConfigKey("sshPrivateKey", "string", "Private key the program logs in with over SSH (set with --secret).", default="", secret=True),
+    ConfigKey(
+        "sshPrivateKey",
+        "string",
+        "Private key the program logs in with over SSH (set with --secret).",
+        default="",
+        secret=True,
+    ),
     ConfigKey("sshAuthorizedKey", "string", "Public half of sshPrivateKey, installed on EC2 nodes.", default=""),
-    ConfigKey("bootstrapNode", "string", "Node that runs galera_new_cluster once. Empty: the first node.", default="", derived="first node"),
-    ConfigKey("verifyOnEveryUp", "boolean", "Re-run the verification on every `pulumi up`, not only when a node changes.", default=False),
+    ConfigKey(
+        "bootstrapNode",
+        "string",
+        "Node that runs galera_new_cluster once. Empty: the first node.",
+        default="",
+        derived="first node",
+    ),
+    ConfigKey(
+        "verifyOnEveryUp",
+        "boolean",
+        "Re-run the verification on every `pulumi up`, not only when a node changes.",
+        default=False,
+    ),
     ConfigKey("tags", None, "Tags added to every taggable AWS resource (map of string to string).", default={}),
 )
 
@@ -293,8 +378,15 @@ def _ec2_nodes(c: _Collector, raw: Any) -> list[Ec2NodeConfig]:
     nodes = []
     for i, item in enumerate(raw):
         d = _node_fields(
-            c, "ec2Nodes", i, item,
-            {"name": "a node name", "subnetId": "a subnet id (subnet-...)", "availabilityZone": "an availability zone such as eu-west-1a"},
+            c,
+            "ec2Nodes",
+            i,
+            item,
+            {
+                "name": "a node name",
+                "subnetId": "a subnet id (subnet-...)",
+                "availabilityZone": "an availability zone such as eu-west-1a",
+            },
             {"instanceType", "dataVolumeGiB", "privateIp"},
         )
         if d is None:
@@ -314,10 +406,16 @@ def _ec2_nodes(c: _Collector, raw: Any) -> list[Ec2NodeConfig]:
         ip = d.get("privateIp")
         if ip is not None and not _is_ip(ip):
             c.bad(f"{w}.privateIp", ip, "an IPv4 address inside the subnet")
-        nodes.append(Ec2NodeConfig(
-            name=str(d["name"]), subnet_id=str(d["subnetId"]), availability_zone=str(d["availabilityZone"]),
-            instance_type=str(itype), data_volume_gib=int(size), private_ip=ip,
-        ))
+        nodes.append(
+            Ec2NodeConfig(
+                name=str(d["name"]),
+                subnet_id=str(d["subnetId"]),
+                availability_zone=str(d["availabilityZone"]),
+                instance_type=str(itype),
+                data_volume_gib=int(size),
+                private_ip=ip,
+            )
+        )
     return nodes
 
 
@@ -328,7 +426,10 @@ def _onprem_nodes(c: _Collector, raw: Any) -> list[OnPremNodeConfig]:
     nodes = []
     for i, item in enumerate(raw):
         d = _node_fields(
-            c, "onPremNodes", i, item,
+            c,
+            "onPremNodes",
+            i,
+            item,
             {
                 "name": "a node name",
                 "address": "the node's IP address or DNS name",
@@ -354,10 +455,16 @@ def _onprem_nodes(c: _Collector, raw: Any) -> list[OnPremNodeConfig]:
         egress = d.get("egressCidr")
         if egress is not None and not _is_cidr(egress):
             c.bad(f"{w}.egressCidr", egress, "a CIDR such as 203.0.113.7/32")
-        nodes.append(OnPremNodeConfig(
-            name=str(d["name"]), address=addr, ssh_user=str(d["sshUser"]),
-            host_key=str(d["hostKey"]).strip(), ssh_port=int(port), egress_cidr=egress,
-        ))
+        nodes.append(
+            OnPremNodeConfig(
+                name=str(d["name"]),
+                address=addr,
+                ssh_user=str(d["sshUser"]),
+                host_key=str(d["hostKey"]).strip(),
+                ssh_port=int(port),
+                egress_cidr=egress,
+            )
+        )
     return nodes
 
 
@@ -373,7 +480,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     v = {k.name: _typed(c, raw, k.name) for k in SCHEMA}
 
     if not region or not _REGION.match(region):
-        c.errors.append(f"aws:region = {region!r}: expected an AWS region such as eu-west-1 (pulumi config set aws:region ...)")
+        c.errors.append(
+            f"aws:region = {region!r}: expected an AWS region such as eu-west-1 (pulumi config set aws:region ...)"
+        )
 
     admins = tuple(v["keyAdmins"] or ())
     if v["keyAdmins"] is not None and not admins:
@@ -382,7 +491,9 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         if not isinstance(a, str) or not _ROLE_ARN.match(a):
             c.bad("keyAdmins", a, "an IAM role ARN such as arn:aws:iam::123456789012:role/kms-admin")
     if len(admins) == 1:
-        c.warnings.append("keyAdmins has one role: losing it leaves the key without an administrator; two are recommended")
+        c.warnings.append(
+            "keyAdmins has one role: losing it leaves the key without an administrator; two are recommended"
+        )
     deployers = tuple(v["deployers"] or ())
     for d in deployers:
         if not isinstance(d, str) or not _PRINCIPAL_ARN.match(d):
@@ -404,7 +515,11 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     if plugin is not None and not _PLUGIN_SOURCE.match(plugin):
         c.bad("awsPluginSource", plugin, "an absolute path on the node or an https:// URL of aws_key_management.so")
     if mode == "aws-plugin" and plugin is None:
-        c.bad("awsPluginSource", "", "the plugin's source when keyManagement is aws-plugin: no distribution ships aws_key_management")
+        c.bad(
+            "awsPluginSource",
+            "",
+            "the plugin's source when keyManagement is aws-plugin: no distribution ships aws_key_management",
+        )
 
     encrypt_tables = _one_of(c, "encryptTables", v["encryptTables"], ENCRYPT_TABLES_VALUES)
     if v["encryptTables"] == "OFF":
@@ -419,7 +534,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
 
     ec2 = _ec2_nodes(c, v["ec2Nodes"])
     onprem = _onprem_nodes(c, v["onPremNodes"])
-    names = [n.name for n in (*ec2, *onprem)]
+    names = [n.name for n in ec2] + [n.name for n in onprem]
     if not names and not c.errors:
         c.bad("ec2Nodes", [], "at least one node in ec2Nodes or onPremNodes")
     elif not names:
@@ -475,20 +590,32 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         stack=stack,
         region=str(region),
         key=KeyConfig(
-            alias=alias, admins=admins, deployers=deployers,
-            rotation_period_days=rotation, deletion_window_days=deletion,
+            alias=alias,
+            admins=admins,
+            deployers=deployers,
+            rotation_period_days=rotation,
+            deletion_window_days=deletion,
             allow_account_root_iam_delegation=bool(v["allowAccountRootIamDelegation"]),
-            onprem_egress_cidrs=egress, kms_vpc_endpoint_id=vpce,
+            onprem_egress_cidrs=egress,
+            kms_vpc_endpoint_id=vpce,
             escrow_in_ssm=bool(v["escrowDataKeyInSsm"]),
         ),
         mariadb=MariaDbSettings(
-            key_management=mode, aws_plugin_source=plugin, encrypt_tables=encrypt_tables,
-            encryption_threads=threads, gcache_size=str(gcache), general_log=bool(v["generalLog"]),
-            slow_query_log=bool(v["slowQueryLog"]), cluster_name=str(cluster_name),
+            key_management=mode,
+            aws_plugin_source=plugin,
+            encrypt_tables=encrypt_tables,
+            encryption_threads=threads,
+            gcache_size=str(gcache),
+            general_log=bool(v["generalLog"]),
+            slow_query_log=bool(v["slowQueryLog"]),
+            cluster_name=str(cluster_name),
         ),
         network=NetworkConfig(
-            vpc_id=vpc_id, ami_id=ami_id, admin_cidrs=admin_cidrs,
-            client_cidrs=client_cidrs, onprem_cidrs=onprem_cidrs,
+            vpc_id=vpc_id,
+            ami_id=ami_id,
+            admin_cidrs=admin_cidrs,
+            client_cidrs=client_cidrs,
+            onprem_cidrs=onprem_cidrs,
         ),
         ec2_nodes=tuple(ec2),
         onprem_nodes=tuple(onprem),

@@ -42,7 +42,7 @@ def _keys_set_in_namespace() -> set[str]:
 
     names = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     prefix = PROJECT + ":"
-    return {n[len(prefix):] for n in names if n.startswith(prefix)}
+    return {n[len(prefix) :] for n in names if n.startswith(prefix)}
 
 
 def load_stack_config() -> tuple[ClusterConfig, StackSecrets]:

@@ -21,8 +21,14 @@ VALID: dict[str, Any] = {
     "sshAuthorizedKey": AUTH_KEY,
     "ec2Nodes": [
         {"name": "aws-a", "subnetId": "subnet-0123456789abcdef0", "availabilityZone": "eu-west-1a"},
-        {"name": "aws-b", "subnetId": "subnet-0fedcba987654321a", "availabilityZone": "eu-west-1b",
-         "privateIp": "10.20.2.10", "instanceType": "r6i.large", "dataVolumeGiB": 200},
+        {
+            "name": "aws-b",
+            "subnetId": "subnet-0fedcba987654321a",
+            "availabilityZone": "eu-west-1b",
+            "privateIp": "10.20.2.10",
+            "instanceType": "r6i.large",
+            "dataVolumeGiB": 200,
+        },
     ],
     "onPremNodes": [
         {"name": "dc-1", "address": "192.0.2.21", "sshUser": "deploy", "hostKey": HOST_KEY},
@@ -96,7 +102,9 @@ def test_onprem_only_cluster_needs_no_vpc_or_ami() -> None:
 
 
 def test_aws_plugin_mode_with_source() -> None:
-    cfg = parse(with_(keyManagement="aws-plugin", awsPluginSource="https://artifacts.example.com/aws_key_management.so"))
+    cfg = parse(
+        with_(keyManagement="aws-plugin", awsPluginSource="https://artifacts.example.com/aws_key_management.so")
+    )
     assert cfg.mariadb.key_management == "aws-plugin"
 
 
@@ -111,7 +119,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("threads too many", with_(encryptionThreads=256), "encryptionThreads", "1 to 255"),
     ("threads not an integer", with_(encryptionThreads="four"), "encryptionThreads", "an integer"),
     ("duplicate node names", with_(onPremNodes=onprem(name="aws-a")), "node name", "unique"),
-    ("on-prem node without hostKey", with_(onPremNodes=onprem(hostKey=...)), "onPremNodes[0].hostKey", "host public key"),
+    (
+        "on-prem node without hostKey",
+        with_(onPremNodes=onprem(hostKey=...)),
+        "onPremNodes[0].hostKey",
+        "host public key",
+    ),
     ("on-prem hostKey not a key", with_(onPremNodes=onprem(hostKey="AAAA")), "onPremNodes[0].hostKey", "OpenSSH"),
     ("malformed CIDR", with_(adminCidrs=["10.0.0.0/33"]), "adminCidrs", "CIDR"),
     ("CIDR with host bits", with_(clientCidrs=["10.0.0.1/16"]), "clientCidrs", "CIDR"),
@@ -130,10 +143,20 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("gcache size not a size", with_(gcacheSize="lots"), "gcacheSize", "256M"),
     ("cluster name with spaces", with_(clusterName="my cluster"), "clusterName", "letters"),
     ("bad subnet id", with_(ec2Nodes=ec2(subnetId="sub-1")), "ec2Nodes[0].subnetId", "subnet-"),
-    ("bad availability zone", with_(ec2Nodes=ec2(availabilityZone="eu-west-1")), "ec2Nodes[0].availabilityZone", "zone"),
+    (
+        "bad availability zone",
+        with_(ec2Nodes=ec2(availabilityZone="eu-west-1")),
+        "ec2Nodes[0].availabilityZone",
+        "zone",
+    ),
     ("tiny data volume", with_(ec2Nodes=ec2(dataVolumeGiB=1)), "ec2Nodes[0].dataVolumeGiB", "8 to 16384"),
     ("bad private IP", with_(ec2Nodes=ec2(privateIp="10.0.0.300")), "ec2Nodes[0].privateIp", "IPv4"),
-    ("misspelt node field", with_(ec2Nodes=ec2(subnet="subnet-0123456789abcdef0")), "ec2Nodes[0].subnet", "no such field"),
+    (
+        "misspelt node field",
+        with_(ec2Nodes=ec2(subnet="subnet-0123456789abcdef0")),
+        "ec2Nodes[0].subnet",
+        "no such field",
+    ),
     ("node list not a list", with_(onPremNodes={"name": "dc-1"}), "onPremNodes", "list"),
     ("node name upper case", with_(onPremNodes=onprem(name="DC1")), "node name", "lower-case"),
     ("on-prem SSH port out of range", with_(onPremNodes=onprem(sshPort=70000)), "onPremNodes[0].sshPort", "1 to 65535"),
@@ -178,13 +201,24 @@ def test_unknown_key_is_rejected_without_quoting_its_value() -> None:
 
 def test_all_errors_are_reported_at_once() -> None:
     raw = with_(
-        keyAlias="bad", encryptTables="MAYBE", encryptionThreads=0, keyManagement="vault",
-        adminCidrs=["nope"], ec2Nodes=ec2(subnetId="x"),
+        keyAlias="bad",
+        encryptTables="MAYBE",
+        encryptionThreads=0,
+        keyManagement="vault",
+        adminCidrs=["nope"],
+        ec2Nodes=ec2(subnetId="x"),
     )
     errors = errors_of(raw, region="nowhere")
     named = " ".join(errors)
-    for key in ("keyAlias", "encryptTables", "encryptionThreads", "keyManagement", "adminCidrs",
-                "ec2Nodes[0].subnetId", "aws:region"):
+    for key in (
+        "keyAlias",
+        "encryptTables",
+        "encryptionThreads",
+        "keyManagement",
+        "adminCidrs",
+        "ec2Nodes[0].subnetId",
+        "aws:region",
+    ):
         assert key in named, key
     assert len(errors) >= 7
 

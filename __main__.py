@@ -1,0 +1,75 @@
+"""mariadb-kms: a MariaDB Galera cluster encrypted at rest under one AWS KMS key.
+
+Load and validate config, build the AWS side (identities, key, cluster data
+key), export the outputs. The output names are a public contract read through
+StackReference: every one is always present, null when it does not apply.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.cluster_data_key import ClusterDataKey
+from components.config import ConfigError
+from components.deployer import deployer_arns, deploying_identity
+from components.encryption_key import EncryptionKey
+from components.key_policy import onprem_source_cidrs
+from components.node_identity import NodeIdentity
+from components.onprem_identity import OnPremIdentity
+from components.stack_config import load_stack_config
+
+try:
+    cfg, secrets = load_stack_config()
+except ConfigError as err:
+    # Each error has been logged on its own line; no traceback on top of them.
+    raise pulumi.RunError(f"{len(err.errors)} configuration error(s), listed above") from None
+
+identity = deploying_identity()
+
+node_identity = (
+    NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags)
+    if cfg.ec2_nodes
+    else None
+)
+onprem_identity = OnPremIdentity("onprem-identity", tags=cfg.tags) if cfg.onprem_nodes else None
+
+egress_cidrs, egress_warnings = onprem_source_cidrs(
+    cfg.key.onprem_egress_cidrs, {n.name: n.egress_cidr for n in cfg.onprem_nodes}
+)
+for warning in egress_warnings:
+    pulumi.log.warn(warning)
+
+key = EncryptionKey(
+    "encryption-key",
+    config=cfg.key,
+    description=f"mariadb-kms {pulumi.get_stack()}: wraps the MariaDB Galera cluster data key",
+    account_id=identity.account_id,
+    partition=identity.partition,
+    region=cfg.region,
+    deployers=deployer_arns(
+        identity, cfg.key.deployers, cfg.key.admins, cfg.key.allow_account_root_iam_delegation
+    ),
+    node_role_arn=node_identity.role_arn if node_identity else None,
+    onprem_user_arn=onprem_identity.user_arn if onprem_identity else None,
+    onprem_egress_cidrs=egress_cidrs,
+    tags=cfg.tags,
+)
+
+# Explicitly after the whole key component: the deployer may call
+# GenerateDataKeyWithoutPlaintext only once the key policy is in place.
+data_key = ClusterDataKey(
+    "cluster-data-key",
+    key_arn=key.arn,
+    escrow_in_ssm=cfg.key.escrow_in_ssm,
+    tags=cfg.tags,
+    opts=pulumi.ResourceOptions(depends_on=[key]),
+)
+
+pulumi.export("kmsKeyArn", key.arn)
+pulumi.export("kmsKeyId", key.key_id)
+pulumi.export("kmsAliasName", key.alias_name)
+pulumi.export("nodeRoleArn", node_identity.role_arn if node_identity else None)
+pulumi.export("instanceProfileName", node_identity.instance_profile_name if node_identity else None)
+pulumi.export("onPremUserName", onprem_identity.user_name if onprem_identity else None)
+pulumi.export("onPremAccessKeyId", onprem_identity.access_key_id if onprem_identity else None)
+pulumi.export("clusterDataKeyCiphertext", data_key.ciphertext_blob)

@@ -1,0 +1,556 @@
+"""The cluster data key: a Pulumi dynamic provider written with boto3.
+
+STABLE IMPORT PATH — never move or rename this module, ``DataKeyProvider`` or
+``DataKeyResource``. Pulumi stores the provider in state as a dill pickle that
+names ``components.data_key_provider.DataKeyProvider`` by reference, and the
+dynamic provider process imports it from there on every later preview, up,
+refresh and destroy. Moving it strands every existing stack. For the same
+reason every setting has a class-level default: a provider pickled by an older
+version of this class must still work after the class gains a field.
+
+What it does, and what it will not do:
+- ``create`` asks KMS for one AES_256 data key with
+  ``GenerateDataKeyWithoutPlaintext`` and keeps only the ciphertext blob. The
+  plaintext never exists in this program or in state: this module never calls
+  ``GenerateDataKey`` or ``Decrypt`` (a unit test checks the source).
+- The region comes from the key ARN. A dynamic provider inherits neither the
+  aws provider's region nor its profile or role; credentials come from boto3's
+  normal chain in the environment running ``pulumi`` and never from inputs,
+  because inputs and outputs are stored in state.
+- ``read`` never mints a key. It checks the stored blob against its id and that
+  its key still exists, and returns the state unchanged.
+- ``diff`` replaces only when the key ARN changes (see ``DataKeyProvider.diff``
+  for why that replacement must never actually happen, and why
+  ``protect=True`` makes Pulumi refuse it).
+- ``delete`` does nothing: a data key is not a KMS resource, and an escrowed
+  blob is retained on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NoReturn, TypeVar, cast
+
+import boto3
+import pulumi
+import pulumi.dynamic
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from pulumi.runtime.rpc import UNKNOWN
+
+KEY_SPEC = "AES_256"
+RESOURCE_MODULE = "mariadb-kms"
+RESOURCE_NAME = "ClusterDataKey"
+
+# State property names. They are part of every stack's state: renaming one is a migration.
+P_KEY_ARN = "key_arn"
+P_BLOB = "ciphertext_blob"
+P_ESCROW = "escrow_in_ssm"
+P_ESCROW_NAME = "escrow_parameter_name"
+P_ENDPOINT = "endpoint_url"
+P_TAGS = "tags"
+# Changing these touches no key, so they are updates, never replacements.
+_UPDATABLE = (P_ESCROW, P_ESCROW_NAME, P_ENDPOINT, P_TAGS)
+
+_KEY_ARN = re.compile(
+    r"^arn:(?P<partition>aws(?:-cn|-us-gov|-iso|-iso-[a-z])?)"
+    r":kms:(?P<region>[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2})"
+    r":(?P<account>\d{12})"
+    r":key/(?P<key_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
+_SSM_NAME = re.compile(r"^/[A-Za-z0-9_.\-/]{1,1010}$")
+# SSM rejects names whose first level starts with these, whatever the case.
+_SSM_RESERVED_PREFIXES = ("aws", "ssm")
+
+T = TypeVar("T")
+
+
+class DataKeyError(RuntimeError):
+    """The cluster data key could not be made, read or escrowed; the message names the key ARN and the cause."""
+
+
+def region_of(key_arn: str) -> str:
+    """The region of a KMS key ARN; the dynamic provider talks to KMS there and nowhere else."""
+    match = _KEY_ARN.match(key_arn)
+    if match is None:
+        raise ValueError(
+            f"{key_arn!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key-id>); "
+            "aliases and bare key ids are refused so the state always names one key"
+        )
+    return match["region"]
+
+
+def blob_id(blob: bytes) -> str:
+    """Resource id: a digest of the blob, so ``read`` can tell a state whose blob was altered."""
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Errors: which ones are worth another attempt
+# --------------------------------------------------------------------------
+
+
+class Cause(Enum):
+    NOT_FOUND = "the key is not visible (it may have just been created, or it is in another account or region)"
+    INVALID_STATE = "the key is not usable yet or any more (creating, disabled or pending deletion)"
+    ACCESS_DENIED = (
+        "access denied: the identity running pulumi needs kms:GenerateDataKeyWithoutPlaintext and "
+        "kms:DescribeKey on the key (and ssm:PutParameter/GetParameter for the escrow); "
+        "a key policy or IAM change can take minutes to apply"
+    )
+    THROTTLED = "throttled by the AWS API"
+    TRANSIENT = "the AWS endpoint failed or could not be reached"
+    DISABLED = "the key is disabled"
+    OTHER = "an error that retrying does not cure"
+
+
+_CODES: dict[str, Cause] = {
+    "NotFoundException": Cause.NOT_FOUND,
+    "KMSInvalidStateException": Cause.INVALID_STATE,
+    "AccessDeniedException": Cause.ACCESS_DENIED,
+    "AccessDenied": Cause.ACCESS_DENIED,
+    "ThrottlingException": Cause.THROTTLED,
+    "Throttling": Cause.THROTTLED,
+    "TooManyRequestsException": Cause.THROTTLED,
+    "RequestLimitExceeded": Cause.THROTTLED,
+    "KMSInternalException": Cause.TRANSIENT,
+    "DependencyTimeoutException": Cause.TRANSIENT,
+    "InternalServerError": Cause.TRANSIENT,
+    "ServiceUnavailable": Cause.TRANSIENT,
+    "DisabledException": Cause.DISABLED,
+}
+
+# Right after `pulumi up` creates the key or changes its policy, KMS can answer
+# NotFound, InvalidState or AccessDenied for a while (eventual consistency).
+RETRY_ON_CREATE = frozenset(
+    {Cause.NOT_FOUND, Cause.INVALID_STATE, Cause.ACCESS_DENIED, Cause.THROTTLED, Cause.TRANSIENT}
+)
+# A refresh runs long after creation: a missing key or a denial is the answer, not a delay.
+RETRY_ON_READ = frozenset({Cause.THROTTLED, Cause.TRANSIENT})
+
+
+def classify(error: Exception) -> Cause:
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        return _CODES.get(code, Cause.OTHER)
+    if isinstance(error, BotoConnectionError | HTTPClientError):
+        return Cause.TRANSIENT
+    return Cause.OTHER
+
+
+def _error_text(error: Exception) -> str:
+    if isinstance(error, ClientError):
+        err = error.response.get("Error", {})
+        return f"{err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": ")
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A small fixed number of attempts with capped exponential backoff (1+2+4+8+16+20+20 s by default)."""
+
+    attempts: int = 8
+    first_delay: float = 1.0
+    max_delay: float = 20.0
+
+    def delay(self, failed_attempts: int) -> float:
+        return float(min(self.max_delay, self.first_delay * 2 ** (failed_attempts - 1)))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def call_with_retries(
+    call: Callable[[], T],
+    *,
+    what: str,
+    key_arn: str,
+    retry_on: frozenset[Cause],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+) -> T:
+    """Run ``call``; retry the causes in ``retry_on``; raise DataKeyError naming the key ARN and the cause."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except (ClientError, BotoCoreError) as error:
+            cause = classify(error)
+            if cause not in retry_on or attempt >= policy.attempts:
+                tries = f"after {attempt} attempts" if attempt > 1 else "(not retried)"
+                raise DataKeyError(
+                    f"{what} on {key_arn} failed {tries}: {cause.value} [{_error_text(error)}]"
+                ) from error
+            sleep(policy.delay(attempt))
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataKeyInputs:
+    key_arn: str
+    escrow_in_ssm: bool
+    escrow_parameter_name: str | None
+    endpoint_url: str | None
+    tags: Mapping[str, str]
+
+    @property
+    def region(self) -> str:
+        return region_of(self.key_arn)
+
+
+def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every problem with the inputs as (property, reason); values still unknown in a preview are skipped."""
+    problems: list[tuple[str, str]] = []
+    arn = props.get(P_KEY_ARN)
+    if arn != UNKNOWN:
+        if not isinstance(arn, str):
+            problems.append((P_KEY_ARN, f"expected a KMS key ARN, got {arn!r}"))
+        else:
+            try:
+                region_of(arn)
+            except ValueError as exc:
+                problems.append((P_KEY_ARN, str(exc)))
+    escrow = props.get(P_ESCROW)
+    if not isinstance(escrow, bool):
+        problems.append((P_ESCROW, f"expected true or false, got {escrow!r}"))
+    name = props.get(P_ESCROW_NAME)
+    if name is not None and name != UNKNOWN:
+        if not isinstance(name, str) or not _SSM_NAME.match(name):
+            problems.append(
+                (P_ESCROW_NAME, f"{name!r} is not an SSM parameter path such as /mariadb-kms/dev/cluster-data-key")
+            )
+        elif name.lstrip("/").lower().startswith(_SSM_RESERVED_PREFIXES):
+            problems.append((P_ESCROW_NAME, f"{name!r}: SSM reserves names starting with /aws or /ssm"))
+    elif escrow is True and name is None:
+        problems.append((P_ESCROW_NAME, "an SSM parameter name is required when escrow_in_ssm is on"))
+    endpoint = props.get(P_ENDPOINT)
+    if endpoint is not None and endpoint != UNKNOWN and (
+        not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+    ):
+        problems.append((P_ENDPOINT, f"expected an http(s) URL (a local KMS stand-in for tests), got {endpoint!r}"))
+    tags = props.get(P_TAGS) or {}
+    if tags != UNKNOWN and (
+        not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+    ):
+        problems.append((P_TAGS, f"expected a map of string to string, got {tags!r}"))
+    return problems
+
+
+def parse_inputs(props: Mapping[str, Any]) -> DataKeyInputs:
+    problems = input_problems(props)
+    if problems:
+        raise DataKeyError("invalid cluster data key inputs: " + "; ".join(f"{p}: {r}" for p, r in problems))
+    return DataKeyInputs(
+        key_arn=str(props[P_KEY_ARN]),
+        escrow_in_ssm=bool(props[P_ESCROW]),
+        escrow_parameter_name=props.get(P_ESCROW_NAME),
+        endpoint_url=props.get(P_ENDPOINT),
+        tags=dict(props.get(P_TAGS) or {}),
+    )
+
+
+# --------------------------------------------------------------------------
+# AWS clients
+# --------------------------------------------------------------------------
+
+
+def make_client(service: str, region: str, endpoint_url: str | None) -> Any:
+    """A boto3 client in ``region`` with the environment's credentials.
+
+    botocore's own retries are off so ``RetryPolicy`` alone bounds the attempts.
+    """
+    config = BotoConfig(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=30)
+    return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url, config=config)
+
+
+ClientFactory = Callable[[str, str, str | None], Any]
+
+
+def _stderr_warning(message: str) -> None:
+    # A dynamic provider runs in its own process with no engine connection, so
+    # stderr is where its diagnostics go (pulumi.log does the same there).
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# The provider
+# --------------------------------------------------------------------------
+
+
+class DataKeyProvider(pulumi.dynamic.ResourceProvider):
+    """Creates the cluster data key once and never again (see the module docstring)."""
+
+    # Class-level defaults, overridden per instance only by tests: the pickle in
+    # state then carries no settings, and older pickles keep working.
+    retry_policy: RetryPolicy = DEFAULT_RETRY
+    _sleep_override: Callable[[float], None] | None = None
+    _client_factory_override: ClientFactory | None = None
+    _warn_override: Callable[[str], None] | None = None
+
+    def __init__(
+        self,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] | None = None,
+        client_factory: ClientFactory | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if retry_policy is not None:
+            self.retry_policy = retry_policy
+        if sleep is not None:
+            self._sleep_override = sleep
+        if client_factory is not None:
+            self._client_factory_override = client_factory
+        if warn is not None:
+            self._warn_override = warn
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _client(self, service: str, region: str, endpoint_url: str | None) -> Any:
+        factory = self._client_factory_override or make_client
+        return factory(service, region, endpoint_url)
+
+    def _sleep(self, seconds: float) -> None:
+        (self._sleep_override or time.sleep)(seconds)
+
+    def _warn(self, message: str) -> None:
+        (self._warn_override or _stderr_warning)(message)
+
+    def _retrying(self, call: Callable[[], T], *, what: str, key_arn: str, retry_on: frozenset[Cause]) -> T:
+        return call_with_retries(
+            call, what=what, key_arn=key_arn, retry_on=retry_on, policy=self.retry_policy, sleep=self._sleep
+        )
+
+    # -- Pulumi operations --------------------------------------------------
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
+        failures = [pulumi.dynamic.CheckFailure(prop, reason) for prop, reason in input_problems(news)]
+        return pulumi.dynamic.CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        inputs = parse_inputs(props)
+        kms = self._client("kms", inputs.region, inputs.endpoint_url)
+        response = self._retrying(
+            lambda: kms.generate_data_key_without_plaintext(KeyId=inputs.key_arn, KeySpec=KEY_SPEC),
+            what="GenerateDataKeyWithoutPlaintext",
+            key_arn=inputs.key_arn,
+            retry_on=RETRY_ON_CREATE,
+        )
+        blob = cast(bytes, response["CiphertextBlob"])
+        encoded = base64.b64encode(blob).decode("ascii")
+        if inputs.escrow_in_ssm:
+            # A failure here fails create, and the data key just made is simply
+            # dropped: nothing is encrypted under it yet and KMS keeps no copy.
+            self.escrow(inputs, encoded)
+        return pulumi.dynamic.CreateResult(blob_id(blob), _state(inputs, str(response["KeyId"]), encoded))
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        """Verify and return the state unchanged; never mint a key.
+
+        - the stored blob must decode and match the id (a digest of it);
+        - the key must exist: missing or pending deletion fails the refresh
+          loudly rather than reporting the resource gone, because Pulumi would
+          then forget the blob and the next ``up`` would mint a second key;
+        - a disabled (or unavailable) key still holds the blob: the state is kept
+          and a warning given; nodes refuse to start until it is enabled again.
+        """
+        key_arn = props.get(P_KEY_ARN)
+        encoded = props.get(P_BLOB)
+        if not isinstance(key_arn, str) or not isinstance(encoded, str):
+            raise DataKeyError(
+                f"cluster data key {id_}: the state holds no key ARN or blob. Import is not supported: "
+                "the blob cannot be recovered from the id, and minting a new one would orphan encrypted data"
+            )
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DataKeyError(f"cluster data key under {key_arn}: the stored blob is not valid base64") from exc
+        if not blob or blob_id(blob) != id_:
+            raise DataKeyError(
+                f"cluster data key under {key_arn}: the stored blob does not match the resource id {id_}; "
+                "the state was altered. Restore it from a backup or the SSM escrow before anything else"
+            )
+        endpoint = props.get(P_ENDPOINT)
+        kms = self._client("kms", region_of(key_arn), endpoint if isinstance(endpoint, str) else None)
+        try:
+            metadata = self._retrying(
+                lambda: kms.describe_key(KeyId=key_arn)["KeyMetadata"],
+                what="DescribeKey",
+                key_arn=key_arn,
+                retry_on=RETRY_ON_READ,
+            )
+        except DataKeyError as exc:
+            if classify(cast(Exception, exc.__cause__)) is Cause.NOT_FOUND:
+                raise DataKeyError(
+                    f"the KMS key {key_arn} of the cluster data key no longer exists (or is not visible to these "
+                    "credentials in that region). Without it the blob, and the data under it, cannot be decrypted. "
+                    "Refusing to drop the data key from state"
+                ) from exc.__cause__
+            raise
+        state = str(metadata.get("KeyState", ""))
+        if state in ("PendingDeletion", "PendingReplicaDeletion"):
+            raise DataKeyError(
+                f"the KMS key {key_arn} of the cluster data key is {state} (deletion date "
+                f"{metadata.get('DeletionDate')}): all data under it becomes unrecoverable then. "
+                f"Cancel with: aws kms cancel-key-deletion --key-id {key_arn}"
+            )
+        if state in ("Disabled", "Unavailable"):
+            self._warn(
+                f"the KMS key {key_arn} of the cluster data key is {state}: nodes cannot decrypt the blob and "
+                "refuse to start MariaDB until it is enabled again; the data key is kept"
+            )
+        return pulumi.dynamic.ReadResult(id_, props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        """Replace only when the key ARN changes; otherwise at most an escrow update.
+
+        A blob belongs to the key that wrapped it, so a data key under another
+        key is another data key: that is a replacement, and the diff says so
+        truthfully. It must never go through: the new blob would hold new key
+        material while every node's data is encrypted under the old one. The
+        resource is ``protect=True``, so Pulumi refuses the replacement (and
+        ``retain_on_delete`` keeps the old one even if unprotected). The way to
+        move to another KMS key is a deliberate ``kms:ReEncrypt`` of the blob,
+        which keeps the data key itself; deployers hold no ReEncrypt outside EC2,
+        so that stays an operator procedure, not something ``up`` does.
+
+        An unknown new key ARN (preview while the key itself is being replaced)
+        may differ, so it is reported as a replacement too.
+        """
+        old_arn, new_arn = olds.get(P_KEY_ARN), news.get(P_KEY_ARN)
+        if new_arn == UNKNOWN or new_arn != old_arn:
+            self._warn(
+                f"the cluster data key would be replaced because its KMS key changes from {old_arn} to "
+                f"{'(unknown until apply)' if new_arn == UNKNOWN else new_arn}: the new blob would hold a different "
+                "data key and data encrypted under the old one would become unreadable. It is protected, so Pulumi "
+                "refuses; to change keys, re-wrap the blob with kms:ReEncrypt instead"
+            )
+            return pulumi.dynamic.DiffResult(changes=True, replaces=[P_KEY_ARN], delete_before_replace=False)
+        changed = [p for p in _UPDATABLE if olds.get(p) != news.get(p)]
+        return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=[])
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        """Never touches KMS: the blob stays. Turning escrow on (or renaming it) writes the existing blob there.
+
+        Turning escrow off leaves the parameter in place: it is a retained copy of ciphertext.
+        """
+        inputs = parse_inputs(news)
+        key_arn, encoded = str(olds[P_KEY_ARN]), str(olds[P_BLOB])
+        newly_escrowed = inputs.escrow_in_ssm and (
+            not olds.get(P_ESCROW) or olds.get(P_ESCROW_NAME) != inputs.escrow_parameter_name
+        )
+        if newly_escrowed:
+            self.escrow(inputs, encoded)
+        return pulumi.dynamic.UpdateResult(_state(inputs, key_arn, encoded))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        # Nothing exists in KMS to delete, and the SSM escrow is retained on purpose.
+        return None
+
+    # -- escrow -------------------------------------------------------------
+
+    def escrow(self, inputs: DataKeyInputs, encoded_blob: str) -> None:
+        """Write the blob to an SSM SecureString, never overwriting a different one.
+
+        The same value already there is accepted, so a retried create or update
+        whose first write landed does not fail.
+        """
+        name = inputs.escrow_parameter_name
+        if name is None:
+            raise DataKeyError(f"escrow of the cluster data key under {inputs.key_arn}: no SSM parameter name")
+        ssm = self._client("ssm", inputs.region, inputs.endpoint_url)
+        try:
+            self._retrying(
+                lambda: ssm.put_parameter(
+                    Name=name,
+                    Value=encoded_blob,
+                    Type="SecureString",
+                    Overwrite=False,
+                    Description=f"Cluster data key (ciphertext, wrapped by {inputs.key_arn})",
+                    Tags=[{"Key": k, "Value": v} for k, v in sorted(inputs.tags.items())],
+                ),
+                what=f"SSM PutParameter {name}",
+                key_arn=inputs.key_arn,
+                retry_on=RETRY_ON_READ,
+            )
+            return
+        except DataKeyError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ClientError) and cause.response["Error"]["Code"] == "ParameterAlreadyExists"):
+                raise
+        existing = self._retrying(
+            lambda: ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"],
+            what=f"SSM GetParameter {name}",
+            key_arn=inputs.key_arn,
+            retry_on=RETRY_ON_READ,
+        )
+        if existing != encoded_blob:
+            _refuse_overwrite(name, inputs.key_arn)
+
+
+def _refuse_overwrite(name: str, key_arn: str) -> NoReturn:
+    raise DataKeyError(
+        f"the SSM parameter {name} already escrows a different cluster data key (this one is wrapped by {key_arn}). "
+        "Refusing to overwrite it: data may be encrypted under the escrowed key. Restore the stack state that holds "
+        "that blob, or, if no node ever used it, delete the parameter deliberately and run again"
+    )
+
+
+def _state(inputs: DataKeyInputs, reported_key_arn: str, encoded_blob: str) -> dict[str, Any]:
+    return {
+        P_KEY_ARN: reported_key_arn,
+        P_BLOB: encoded_blob,
+        P_ESCROW: inputs.escrow_in_ssm,
+        P_ESCROW_NAME: inputs.escrow_parameter_name,
+        P_ENDPOINT: inputs.endpoint_url,
+        P_TAGS: dict(inputs.tags),
+    }
+
+
+# --------------------------------------------------------------------------
+# The dynamic resource (kept here, beside its provider: its type token is part
+# of every URN in state, so it is as stable as the provider's import path)
+# --------------------------------------------------------------------------
+
+
+class DataKeyResource(pulumi.dynamic.Resource, module=RESOURCE_MODULE, name=RESOURCE_NAME):
+    """The data key as a resource; ``ClusterDataKey`` wraps it with the options it must have."""
+
+    key_arn: pulumi.Output[str]
+    ciphertext_blob: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        key_arn: pulumi.Input[str],
+        escrow_in_ssm: bool,
+        escrow_parameter_name: str | None,
+        tags: Mapping[str, str],
+        endpoint_url: str | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props: dict[str, Any] = {
+            P_KEY_ARN: key_arn,
+            P_ESCROW: escrow_in_ssm,
+            P_ESCROW_NAME: escrow_parameter_name,
+            P_ENDPOINT: endpoint_url,
+            P_TAGS: dict(tags),
+            P_BLOB: None,  # an output: declared so Pulumi exposes it as an attribute
+        }
+        super().__init__(DataKeyProvider(), name, props, opts)

@@ -1,0 +1,85 @@
+"""The cluster's KMS key, its alias and its key policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from components.config import KeyConfig
+from components.key_policy import key_policy, render_policy
+
+
+class EncryptionKey(pulumi.ComponentResource):
+    """Symmetric KMS key (rotation on) that wraps the cluster data key.
+
+    The key is protected and retained on delete: losing it loses every byte of
+    the cluster's data, so neither ``destroy`` nor a replacement may delete it.
+    """
+
+    arn: pulumi.Output[str]
+    key_id: pulumi.Output[str]
+    alias_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: KeyConfig,
+        description: str,
+        account_id: pulumi.Input[str],
+        partition: pulumi.Input[str],
+        region: str,
+        deployers: pulumi.Input[Sequence[str]],
+        node_role_arn: pulumi.Input[str] | None,
+        onprem_user_arn: pulumi.Input[str] | None,
+        onprem_egress_cidrs: Sequence[str],
+        tags: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("mariadb-kms:index:EncryptionKey", name, None, opts)
+
+        def render(values: list[Any]) -> str:
+            account, part, deployer_list, role_arn, user_arn = values
+            return render_policy(
+                key_policy(
+                    account_id=str(account),
+                    partition=str(part),
+                    region=region,
+                    admins=config.admins,
+                    deployers=[str(d) for d in deployer_list],
+                    node_role_arn=None if role_arn is None else str(role_arn),
+                    onprem_user_arn=None if user_arn is None else str(user_arn),
+                    onprem_egress_cidrs=onprem_egress_cidrs,
+                    kms_vpc_endpoint_id=config.kms_vpc_endpoint_id,
+                    allow_account_root_iam_delegation=config.allow_account_root_iam_delegation,
+                )
+            )
+
+        policy = pulumi.Output.all(account_id, partition, deployers, node_role_arn, onprem_user_arn).apply(render)
+
+        key = aws.kms.Key(
+            f"{name}-key",
+            description=description,
+            key_usage="ENCRYPT_DECRYPT",
+            customer_master_key_spec="SYMMETRIC_DEFAULT",
+            enable_key_rotation=True,
+            rotation_period_in_days=config.rotation_period_days,
+            deletion_window_in_days=config.deletion_window_days,
+            policy=policy,
+            tags=dict(tags),
+            opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True),
+        )
+        alias = aws.kms.Alias(
+            f"{name}-alias",
+            name=config.alias,
+            target_key_id=key.key_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        self.arn = key.arn
+        self.key_id = key.key_id
+        self.alias_name = alias.name
+        self.register_outputs({"arn": self.arn, "keyId": self.key_id, "aliasName": self.alias_name})

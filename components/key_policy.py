@@ -1,0 +1,213 @@
+"""The KMS key policy and the EC2 node trust policy, as plain data.
+
+Pure: no pulumi import, same inputs give the same dict (and, through
+``render_policy``, byte-identical JSON), because the key policy is an input of
+``aws.kms.Key`` and any reordering would show up as a diff on every ``up``.
+
+Who may do what (DESIGN.md section 2):
+- administrators manage the key and can never use it for cryptography;
+- deployers may wrap new data keys (never see plaintext) and may use the key
+  only through EC2, which needs it to create the encrypted EBS volumes;
+- nodes may only unwrap (``Decrypt``) and look at the key, so a node that
+  loses its blob fails instead of minting a second key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+POLICY_VERSION = "2012-10-17"
+
+# Every administrative action that takes a key as its resource, listed one by
+# one rather than as ``kms:Create*``/``kms:Put*`` wildcards: ``kms:Create*``
+# would include ``kms:CreateGrant``, and a grant can hand its creator Decrypt.
+# ``kms:ListAliases`` is left out because it is not a key-level action.
+ADMIN_ACTIONS: tuple[str, ...] = (
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:DeleteAlias",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListGrants",
+    "kms:ListKeyPolicies",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:RevokeGrant",
+    "kms:RotateKeyOnDemand",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+)
+
+# Wrapping only: GenerateDataKeyWithoutPlaintext returns the ciphertext blob
+# and never the plaintext, so the deployer can make the cluster data key but
+# not read it.
+DEPLOYER_WRAP_ACTIONS: tuple[str, ...] = (
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+)
+
+# What EC2 does with the key on the deployer's behalf when it launches an
+# instance with a CMK-encrypted EBS volume; without these EC2 terminates the
+# instance right after launch. Decrypt appears only here, behind kms:ViaService.
+DEPLOYER_EC2_ACTIONS: tuple[str, ...] = (
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncrypt*",
+)
+DEPLOYER_EC2_GRANT_ACTIONS: tuple[str, ...] = ("kms:CreateGrant",)
+
+NODE_ACTIONS: tuple[str, ...] = ("kms:Decrypt", "kms:DescribeKey")
+
+SID_ROOT = "AccountRootIamDelegation"
+SID_ADMINS = "KeyAdministrators"
+SID_DEPLOYERS_WRAP = "DeployersWrapDataKeys"
+SID_DEPLOYERS_EC2 = "DeployersUseKeyThroughEc2"
+SID_DEPLOYERS_EC2_GRANT = "DeployersLetEc2CreateGrants"
+SID_EC2_NODES = "Ec2NodesUnwrap"
+SID_ONPREM_NODES = "OnPremNodesUnwrap"
+
+# Service endpoints and principals live under the partition's DNS suffix
+# (what aws.get_partition() calls dns_suffix).
+PARTITION_DNS_SUFFIX: Mapping[str, str] = {
+    "aws": "amazonaws.com",
+    "aws-us-gov": "amazonaws.com",
+    "aws-cn": "amazonaws.com.cn",
+    "aws-iso": "c2s.ic.gov",
+    "aws-iso-b": "sc2s.sgov.gov",
+}
+
+
+def _dns_suffix(partition: str) -> str:
+    try:
+        return PARTITION_DNS_SUFFIX[partition]
+    except KeyError:
+        raise ValueError(f"unknown AWS partition {partition!r}") from None
+
+
+def _principals(arns: Iterable[str]) -> list[str]:
+    # Sorted and de-duplicated: config order must not change the document.
+    return sorted(set(arns))
+
+
+def _statement(
+    sid: str, principals: list[str], actions: Iterable[str], condition: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    stmt: dict[str, Any] = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"AWS": principals},
+        "Action": sorted(actions),
+        # In a key policy the resource is always the key the policy is attached to.
+        "Resource": "*",
+    }
+    if condition:
+        stmt["Condition"] = condition
+    return stmt
+
+
+def key_policy(
+    *,
+    account_id: str,
+    partition: str,
+    region: str,
+    admins: Iterable[str],
+    deployers: Iterable[str],
+    node_role_arn: str | None,
+    onprem_user_arn: str | None,
+    onprem_egress_cidrs: Iterable[str] = (),
+    kms_vpc_endpoint_id: str | None = None,
+    allow_account_root_iam_delegation: bool = False,
+) -> dict[str, Any]:
+    """The key policy document for the cluster's KMS key.
+
+    ``node_role_arn``/``onprem_user_arn`` are None when the cluster has no
+    EC2/on-prem nodes; their statement is then left out. Conditions appear only
+    when configured: ``aws:SourceIp`` (on-prem egress CIDRs, the public address
+    KMS sees; absent through VPC endpoints) and ``aws:SourceVpce`` (EC2 role).
+    """
+    admin_list = _principals(admins)
+    deployer_list = _principals(deployers)
+    if not admin_list:
+        raise ValueError("a key policy needs at least one administrator")
+    if not deployer_list:
+        raise ValueError("a key policy needs at least one deployer")
+    ec2_service = f"ec2.{region}.{_dns_suffix(partition)}"
+
+    statements: list[dict[str, Any]] = []
+    if allow_account_root_iam_delegation:
+        root = f"arn:{partition}:iam::{account_id}:root"
+        statements.append(_statement(SID_ROOT, [root], ["kms:*"]))
+    statements.append(_statement(SID_ADMINS, admin_list, ADMIN_ACTIONS))
+    statements.append(_statement(SID_DEPLOYERS_WRAP, deployer_list, DEPLOYER_WRAP_ACTIONS))
+    through_ec2 = {"kms:CallerAccount": account_id, "kms:ViaService": ec2_service}
+    statements.append(_statement(SID_DEPLOYERS_EC2, deployer_list, DEPLOYER_EC2_ACTIONS, {"StringEquals": through_ec2}))
+    statements.append(
+        _statement(
+            SID_DEPLOYERS_EC2_GRANT,
+            deployer_list,
+            DEPLOYER_EC2_GRANT_ACTIONS,
+            {"Bool": {"kms:GrantIsForAWSResource": "true"}, "StringEquals": dict(through_ec2)},
+        )
+    )
+    if node_role_arn is not None:
+        vpce = {"StringEquals": {"aws:SourceVpce": kms_vpc_endpoint_id}} if kms_vpc_endpoint_id else None
+        statements.append(_statement(SID_EC2_NODES, [node_role_arn], NODE_ACTIONS, vpce))
+    if onprem_user_arn is not None:
+        cidrs = sorted(set(onprem_egress_cidrs))
+        source_ip = {"IpAddress": {"aws:SourceIp": cidrs}} if cidrs else None
+        statements.append(_statement(SID_ONPREM_NODES, [onprem_user_arn], NODE_ACTIONS, source_ip))
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def node_trust_policy(partition: str) -> dict[str, Any]:
+    """Trust policy of the EC2 node role: only the EC2 service may assume it."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "Ec2AssumesNodeRole",
+                "Effect": "Allow",
+                "Principal": {"Service": f"ec2.{_dns_suffix(partition)}"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+
+
+def onprem_source_cidrs(
+    egress_cidrs: Iterable[str], node_egress: Mapping[str, str | None]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``aws:SourceIp`` CIDRs for the on-prem user, and warnings.
+
+    The stack-wide ``onPremEgressCidrs`` and every node's own ``egressCidr``
+    are joined. When only per-node CIDRs are set, a node without one would be
+    denied by the condition; say so rather than lock it out silently.
+    """
+    shared = set(egress_cidrs)
+    per_node = {c for c in node_egress.values() if c}
+    warnings: list[str] = []
+    if per_node and not shared:
+        for name, cidr in sorted(node_egress.items()):
+            if not cidr:
+                warnings.append(
+                    f"on-prem node {name} has no egressCidr and onPremEgressCidrs is empty: the key policy's "
+                    "aws:SourceIp condition will deny its Decrypt calls"
+                )
+    return tuple(sorted(shared | per_node)), tuple(warnings)
+
+
+def render_policy(document: Mapping[str, Any]) -> str:
+    """JSON text of a policy; stable for a given document."""
+    return json.dumps(document, indent=2)
