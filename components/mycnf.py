@@ -1,0 +1,217 @@
+"""MariaDB configuration for a node, rendered from the cluster config (pure: no pulumi).
+
+Two files, because they change for different reasons and arrive at different
+times (see ``render_mycnf``):
+
+- ``90-mariadb-kms-encryption.cnf`` (``render_encryption_cnf``): the key
+  management plugin and every encryption flag. Nothing about membership, so it
+  can be placed at first boot and the datadir initialised under it: the
+  system tables are born encrypted (Aria never re-encrypts existing tables).
+- ``91-mariadb-kms-node.cnf`` (``render_node_cnf``): Galera (members, this
+  node's address and segment, gcache on tmpfs, SST), binlog and query logs.
+  Issue 6's TLS settings join this file (provider options and an [sst] group).
+
+Output is deterministic: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from components.config import ClusterConfig, NodeConfig
+from components.node_files import (
+    DATADIR,
+    GALERA_PROVIDER,
+    GCACHE_DIR,
+    KEYFILE_PATH,
+    MYCNF_ENCRYPTION_PATH,
+    MYCNF_NODE_PATH,
+)
+
+# Galera segments: replication traffic crosses the WAN once per segment, not once per node.
+SEGMENTS = {"ec2": 0, "onprem": 1}
+GALERA_PORT = 4567
+LOG_DIR = "/var/log/mysql"
+BINLOG_BASENAME = "mariadb-bin"  # relative: in the datadir, so SST and the verify scan see it
+SST_USER = "mysql"  # unix_socket account mysql@localhost made by mariadb-install-db --user=mysql
+
+_HEADER = """\
+# mariadb-kms: {what}. Rendered by the program; do not edit on the node.
+#
+# Encrypted at rest with the cluster data key (KMS-wrapped, one per cluster):
+#   InnoDB tablespaces (system, file-per-table, undo), the redo log, the InnoDB
+#   temporary tablespace, binary logs, temporary files (filesort, binlog
+#   cache, ...), on-disk internal temporary tables, and Aria tables with
+#   ROW_FORMAT=PAGE (the mysql.* system tables among them).
+# Never encrypted by MariaDB, stated rather than hidden:
+#   .frm table definitions (names, columns, types, comments), the error log,
+#   the Aria transaction log aria_log.* (row images of changes to the mysql.*
+#   system tables: accounts, grants, routines; measured, see mariadb-kms-verify),
+#   Galera's grastate.dat/gvwstate.dat (cluster ids, positions), MyISAM/CSV
+#   tables and Aria tables in other row formats (mariadb-kms-verify lists any
+#   as gaps), and the general/slow query logs (off unless configured).
+# Not at rest at all: Galera's gcache (community Galera does not encrypt it)
+#   lives on tmpfs ({gcache_dir}); the plaintext key lives on tmpfs
+#   ({keyfile}) only while MariaDB runs.
+"""
+
+
+def _header(what: str) -> str:
+    return _HEADER.format(what=what, gcache_dir=GCACHE_DIR, keyfile=KEYFILE_PATH)
+
+
+def _section(name: str, lines: Sequence[tuple[str, str] | str]) -> str:
+    out = [f"[{name}]"]
+    for line in lines:
+        out.append(line if isinstance(line, str) else f"{line[0]} = {line[1]}")
+    return "\n".join(out) + "\n"
+
+
+def _on(flag: bool) -> str:
+    return "ON" if flag else "OFF"
+
+
+def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None) -> list[
+    tuple[str, str] | str
+]:
+    """The key management plugin, loaded FORCE_PLUS_PERMANENT: the server never runs without it."""
+    mode = cluster.mariadb.key_management
+    if mode == "kms-envelope":
+        return [
+            "# kms-envelope: mariadb-kms-unwrap.service decrypts the blob into a tmpfs keyfile before each start.",
+            ("plugin_load_add", "file_key_management"),
+            ("file_key_management", "FORCE_PLUS_PERMANENT"),
+            ("file_key_management_filename", KEYFILE_PATH),
+            ("file_key_management_encryption_algorithm", "AES_CTR"),
+        ]
+    if mode == "aws-plugin":
+        if not key_arn:
+            raise ValueError("aws-plugin mode needs the KMS key ARN (aws_key_management_master_key_id)")
+        lines: list[tuple[str, str] | str] = [
+            "# aws-plugin: aws_key_management decrypts aws-kms-key.1.1 (the cluster blob, placed in the",
+            "# datadir before each start by mariadb-kms-unwrap.service) with KMS itself.",
+            ("plugin_load_add", "aws_key_management"),
+            ("aws_key_management", "FORCE_PLUS_PERMANENT"),
+            ("aws_key_management_master_key_id", key_arn),
+            ("aws_key_management_region", cluster.region),
+            "# the plugin's default is AES_128; the cluster blob is an AES_256 data key",
+            ("aws_key_management_key_spec", "AES_256"),
+            ("aws_key_management_request_timeout", "10000"),
+            ("aws_key_management_log_level", "Warn"),
+        ]
+        if kms_endpoint_url:
+            lines.append(("aws_key_management_endpoint_url", kms_endpoint_url))
+        return lines
+    raise ValueError(f"unknown key-management mode {mode!r}")
+
+
+def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]:
+    m = cluster.mariadb
+    return [
+        ("innodb_encrypt_tables", m.encrypt_tables),
+        ("innodb_encrypt_log", "ON"),
+        ("innodb_encrypt_temporary_tables", "ON"),
+        ("innodb_encryption_threads", str(m.encryption_threads)),
+        ("encrypt_tmp_files", "ON"),
+        ("encrypt_tmp_disk_tables", "ON"),
+        ("encrypt_binlog", "ON"),
+        ("aria_encrypt_tables", "ON"),
+    ]
+
+
+def render_encryption_cnf(
+    cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None
+) -> str:
+    """``90-mariadb-kms-encryption.cnf``: key management and every encryption flag, no membership."""
+    lines = key_management_lines(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url)
+    lines += ["", "# Everything MariaDB can encrypt, encrypted.", *encryption_flag_lines(cluster)]
+    return _header("key management and encryption") + "\n" + _section("mariadb", lines)
+
+
+def provider_options(node: NodeConfig, cluster: ClusterConfig, *, node_address: str) -> list[tuple[str, str]]:
+    """wsrep_provider_options as ordered pairs (issue 6 appends socket.ssl_*)."""
+    return [
+        # Replication listens on the member address only, like the SQL port (bind_address).
+        ("gmcast.listen_addr", f"tcp://{_member(node_address)}"),
+        ("gmcast.segment", str(SEGMENTS[node.kind])),
+        ("gcache.dir", GCACHE_DIR),
+        ("gcache.size", cluster.mariadb.gcache_size),
+        # gcache is on tmpfs and gone after a restart anyway; don't try to recover it.
+        ("gcache.recover", "no"),
+    ]
+
+
+def _member(address: str) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{GALERA_PORT}"
+
+
+def render_node_cnf(
+    node: NodeConfig, cluster: ClusterConfig, *, node_address: str, member_addresses: Sequence[str]
+) -> str:
+    """``91-mariadb-kms-node.cnf``: Galera, binlog, query logs and the listen address for ``node``."""
+    if not member_addresses:
+        raise ValueError("member_addresses is empty: a node must at least list itself")
+    if node_address not in member_addresses:
+        raise ValueError(f"node address {node_address!r} is not among the member addresses")
+    m = cluster.mariadb
+    options = "; ".join(f"{k}={v}" for k, v in provider_options(node, cluster, node_address=node_address))
+    lines: list[tuple[str, str] | str] = [
+        "# Galera (a node never bootstraps by itself: galera_new_cluster runs once, from the program).",
+        ("wsrep_on", "ON"),
+        ("wsrep_provider", GALERA_PROVIDER),
+        ("wsrep_cluster_name", m.cluster_name),
+        ("wsrep_cluster_address", "gcomm://" + ",".join(_member(a) for a in member_addresses)),
+        ("wsrep_node_address", node_address),
+        ("wsrep_node_name", node.name),
+        ("wsrep_provider_options", f'"{options}"'),
+        "# Physical SST copies encrypted pages (every node holds the same key); it logs in as the",
+        "# unix_socket account mysql@localhost, so no password exists anywhere.",
+        ("wsrep_sst_method", "mariabackup"),
+        ("wsrep_sst_auth", f"{SST_USER}:"),
+        ("binlog_format", "ROW"),
+        ("default_storage_engine", "InnoDB"),
+        ("innodb_autoinc_lock_mode", "2"),
+        "",
+        "# Clients reach this node on its member address (always local: Galera's IST receiver binds",
+        "# it too); the node's own tools use the unix socket.",
+        ("bind_address", node_address),
+        ("datadir", DATADIR),
+        "",
+        "# Binary log on (encrypted): changes are kept for point-in-time recovery, and the verify",
+        "# tool's canary proves encrypt_binlog on every node.",
+        ("log_bin", BINLOG_BASENAME),
+        ("log_slave_updates", "ON"),
+        "",
+        "# Query logs hold statement text in plaintext: off unless configured.",
+        ("log_output", "FILE"),
+        ("general_log", _on(m.general_log)),
+        ("slow_query_log", _on(m.slow_query_log)),
+    ]
+    if m.general_log:
+        lines.append(("general_log_file", f"{LOG_DIR}/general.log"))
+    if m.slow_query_log:
+        lines.append(("slow_query_log_file", f"{LOG_DIR}/mariadb-slow.log"))
+    return _header(f"node {node.name} ({node.kind}) of cluster {m.cluster_name}") + "\n" + _section("mariadb", lines)
+
+
+def render_mycnf(
+    node: NodeConfig,
+    cluster: ClusterConfig,
+    *,
+    node_address: str,
+    member_addresses: Sequence[str],
+    key_arn: str | None,
+    kms_endpoint_url: str | None = None,
+) -> dict[str, str]:
+    """The node's whole MariaDB config: ``{install path: content}``, both files.
+
+    ``key_arn`` is used in aws-plugin mode (aws_key_management_master_key_id);
+    ``kms_endpoint_url`` only by the rehearsal's local KMS stand-in.
+    """
+    return {
+        MYCNF_ENCRYPTION_PATH: render_encryption_cnf(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url),
+        MYCNF_NODE_PATH: render_node_cnf(
+            node, cluster, node_address=node_address, member_addresses=member_addresses
+        ),
+    }

@@ -1,0 +1,521 @@
+#!/usr/bin/python3
+"""mariadb-kms-unwrap: decrypt the cluster data key with AWS KMS before MariaDB starts.
+
+Installed as /usr/local/sbin/mariadb-kms-unwrap and run by
+mariadb-kms-unwrap.service (root, oneshot) before every start of
+mariadb.service. Needs only python3 and Debian's python3-boto3.
+
+- kms-envelope mode: KMS Decrypt of the blob; the plaintext key is written to
+  the tmpfs keyfile (``1;<hex>``, 0600, owner mysql) that file_key_management
+  reads. Nothing else ever holds it on the node.
+- aws-plugin mode: the same Decrypt proves the node can use the key, then the
+  blob itself is written where the aws_key_management plugin looks for it
+  (``<datadir>/aws-kms-key.1.1``; also ``.2.1`` so the plugin never asks KMS
+  to mint a key for temporary data). It is rewritten at every start because a
+  Galera SST joiner wipes datadir files it does not know, and the plugin
+  would then generate a new key.
+
+Never generates a key. Never prints key material. Network trouble (endpoint
+unreachable, timeouts, throttling, 5xx) is retried a bounded number of times
+with backoff; any failure ends in one line naming the cause class and the key
+ARN, and an exit status per class (see EXIT_CODES), so mariadb.service, which
+requires this unit, does not start.
+
+Credentials: on EC2 boto3's default chain (the instance profile; IMDS is
+root-only on our nodes). On premises a root-only 0600 shared-credentials file
+named in unwrap.conf, read by this process alone: it is never passed through
+an environment variable of a unit, so ``systemctl show`` cannot reveal it.
+
+``--check`` decrypts and writes nothing (the program's pre-flight before a
+restart). ``--remove`` deletes the keyfile (ExecStop: the key is on the node
+only while MariaDB runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+import pwd
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROG = "mariadb-kms-unwrap"
+DEFAULT_CONF = "/etc/mariadb-kms/unwrap.conf"
+MODES = ("kms-envelope", "aws-plugin")
+KEY_ID = 1  # file_key_management key id 1: InnoDB, Aria, binlog and temporary files all use it
+PLUGIN_KEY_FILES = ("aws-kms-key.1.1", "aws-kms-key.2.1")
+DATA_KEY_BYTES = 32  # the blob is an AES_256 data key (GenerateDataKeyWithoutPlaintext, KeySpec=AES_256)
+MAX_BLOB_BYTES = 6144  # KMS CiphertextBlob limit
+
+# Cause classes: the one word an operator (and the program's pre-flight) acts on.
+UNREACHABLE = "unreachable"
+KMS_UNAVAILABLE = "kms-unavailable"
+ACCESS_DENIED = "access-denied"
+KEY_DISABLED = "key-disabled"
+KEY_NOT_FOUND = "key-not-found"
+INVALID_CIPHERTEXT = "invalid-ciphertext"
+CREDENTIALS_MISSING = "credentials-missing"
+CREDENTIALS_INSECURE = "credentials-insecure"
+CONFIG = "config"
+LOCAL = "local-error"
+GCACHE_NOT_TMPFS = "gcache-not-tmpfs"
+UNKNOWN = "unknown"
+
+RETRYABLE = frozenset({UNREACHABLE, KMS_UNAVAILABLE})
+
+EXIT_CODES = {
+    UNREACHABLE: 10,
+    KMS_UNAVAILABLE: 11,
+    ACCESS_DENIED: 12,
+    KEY_DISABLED: 13,
+    KEY_NOT_FOUND: 14,
+    INVALID_CIPHERTEXT: 15,
+    CREDENTIALS_MISSING: 16,
+    CREDENTIALS_INSECURE: 17,
+    CONFIG: 18,
+    LOCAL: 19,
+    GCACHE_NOT_TMPFS: 20,
+    UNKNOWN: 21,
+}
+
+_CODE_CAUSES = {
+    "AccessDeniedException": ACCESS_DENIED,
+    "AccessDenied": ACCESS_DENIED,
+    "UnrecognizedClientException": ACCESS_DENIED,
+    "InvalidClientTokenId": ACCESS_DENIED,
+    "InvalidSignatureException": ACCESS_DENIED,
+    "SignatureDoesNotMatch": ACCESS_DENIED,
+    "IncompleteSignature": ACCESS_DENIED,
+    "ExpiredTokenException": ACCESS_DENIED,
+    "ExpiredToken": ACCESS_DENIED,
+    "InvalidGrantTokenException": ACCESS_DENIED,
+    "DisabledException": KEY_DISABLED,
+    "KMSInvalidStateException": KEY_DISABLED,
+    "NotFoundException": KEY_NOT_FOUND,
+    "InvalidCiphertextException": INVALID_CIPHERTEXT,
+    "IncorrectKeyException": INVALID_CIPHERTEXT,
+    "InvalidKeyUsageException": INVALID_CIPHERTEXT,
+    "ThrottlingException": KMS_UNAVAILABLE,
+    "Throttling": KMS_UNAVAILABLE,
+    "RequestLimitExceeded": KMS_UNAVAILABLE,
+    "KMSInternalException": KMS_UNAVAILABLE,
+    "DependencyTimeoutException": KMS_UNAVAILABLE,
+    "KeyUnavailableException": KMS_UNAVAILABLE,
+    "ServiceUnavailable": KMS_UNAVAILABLE,
+    "ServiceUnavailableException": KMS_UNAVAILABLE,
+    "InternalFailure": KMS_UNAVAILABLE,
+    "RequestTimeout": KMS_UNAVAILABLE,
+    "RequestTimeoutException": KMS_UNAVAILABLE,
+}
+
+
+class UnwrapError(Exception):
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+def log(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    key_arn: str
+    region: str
+    blob: Path
+    keyfile: Path
+    datadir: Path
+    gcache_dir: Path | None
+    owner: str
+    endpoint_url: str | None
+    credentials_file: Path | None
+    profile: str | None
+
+
+def load_settings(path: Path) -> Settings:
+    cp = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cp.read_file(f)
+    except (OSError, configparser.Error) as e:
+        raise UnwrapError(CONFIG, f"cannot read {path}: {e}") from None
+    if not cp.has_section("unwrap"):
+        raise UnwrapError(CONFIG, f"{path} has no [unwrap] section")
+    s = cp["unwrap"]
+    missing = [k for k in ("mode", "key_arn", "region", "blob") if not s.get(k, "").strip()]
+    if missing:
+        raise UnwrapError(CONFIG, f"{path}: missing {', '.join(missing)}")
+    mode = s["mode"].strip()
+    if mode not in MODES:
+        raise UnwrapError(CONFIG, f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
+    creds = s.get("credentials_file", "").strip() or None
+    gcache = s.get("gcache_dir", "").strip() or None
+    return Settings(
+        mode=mode,
+        key_arn=s["key_arn"].strip(),
+        region=s["region"].strip(),
+        blob=Path(s["blob"].strip()),
+        keyfile=Path(s.get("keyfile", "/run/mariadb-kms/keyfile").strip()),
+        datadir=Path(s.get("datadir", "/var/lib/mysql").strip()),
+        gcache_dir=Path(gcache) if gcache else None,
+        owner=s.get("owner", "mysql").strip(),
+        endpoint_url=s.get("endpoint_url", "").strip() or None,
+        credentials_file=Path(creds) if creds else None,
+        profile=(s.get("profile", "").strip() or "default") if creds else None,
+    )
+
+
+# --------------------------------------------------------------------------
+# Error classification and retry (unit-tested with botocore's Stubber)
+# --------------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> str:
+    """The cause class of an exception raised while building a KMS client or calling Decrypt."""
+    from botocore import exceptions as bce
+
+    if isinstance(exc, UnwrapError):
+        return exc.cause
+    if isinstance(
+        exc,
+        bce.NoCredentialsError | bce.PartialCredentialsError | bce.ProfileNotFound | bce.CredentialRetrievalError,
+    ):
+        return CREDENTIALS_MISSING
+    if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
+        return UNREACHABLE
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in _CODE_CAUSES:
+            return _CODE_CAUSES[code]
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status >= 500 or status == 429:
+            return KMS_UNAVAILABLE
+        if status in (401, 403):
+            return ACCESS_DENIED
+    return UNKNOWN
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description: botocore error codes and messages name no key material."""
+    from botocore import exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 16.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first_delay
+        for _ in range(self.attempts - 1):
+            yield min(delay, self.max_delay)
+            delay *= self.factor
+
+
+def call_with_retry(
+    call: Callable[[], Any],
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = log,
+) -> Any:
+    """``call()``, retrying network trouble and KMS overload within ``policy``; other errors raise UnwrapError."""
+    delays = policy.delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as exc:
+            cause = classify(exc)
+            if cause in RETRYABLE:
+                delay = next(delays, None)
+                if delay is not None:
+                    say(f"attempt {attempt}/{policy.attempts}: {cause} ({describe(exc)}); retrying in {delay:g}s")
+                    sleep(delay)
+                    continue
+                raise UnwrapError(cause, f"{describe(exc)} (after {attempt} attempts)") from None
+            raise UnwrapError(cause, describe(exc)) from None
+
+
+USABLE_KEY_STATES = frozenset({"Enabled"})
+
+
+def check_key_state(
+    client: Any,
+    key_arn: str,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = log,
+) -> None:
+    """DescribeKey (nodes may): a disabled or deleted key is named as such, not as a failed Decrypt.
+
+    A node whose policy does not grant DescribeKey goes on: Decrypt decides.
+    """
+    try:
+        meta = call_with_retry(lambda: client.describe_key(KeyId=key_arn), policy=policy, sleep=sleep, say=say)
+    except UnwrapError as e:
+        if e.cause == ACCESS_DENIED:
+            return
+        raise
+    state = str(meta.get("KeyMetadata", {}).get("KeyState", ""))
+    if state and state not in USABLE_KEY_STATES:
+        raise UnwrapError(KEY_DISABLED, f"the key is {state}")
+
+
+def decrypt_blob(
+    client: Any,
+    blob: bytes,
+    key_arn: str,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = log,
+) -> bytes:
+    """KMS Decrypt of ``blob`` under ``key_arn``, retrying network trouble; raises UnwrapError."""
+    response = call_with_retry(
+        lambda: client.decrypt(CiphertextBlob=blob, KeyId=key_arn), policy=policy, sleep=sleep, say=say
+    )
+    plaintext = bytes(response["Plaintext"])
+    used = str(response.get("KeyId", ""))
+    # KMS itself refuses a blob of another key when KeyId is given; this also holds where the
+    # endpoint does not (moto ignores KeyId).
+    if ":key/" in key_arn and used and used != key_arn:
+        raise UnwrapError(INVALID_CIPHERTEXT, f"the blob belongs to {used}, not to the configured key")
+    if len(plaintext) != DATA_KEY_BYTES:
+        raise UnwrapError(
+            INVALID_CIPHERTEXT, f"the blob decrypts to {len(plaintext)} bytes, not a {DATA_KEY_BYTES}-byte data key"
+        )
+    return plaintext
+
+
+# --------------------------------------------------------------------------
+# KMS client with the node's own credentials
+# --------------------------------------------------------------------------
+
+
+def check_credentials_file(path: Path) -> None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise UnwrapError(CREDENTIALS_MISSING, f"credentials file {path} does not exist") from None
+    except OSError as e:
+        raise UnwrapError(CREDENTIALS_MISSING, f"cannot stat credentials file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnwrapError(CREDENTIALS_INSECURE, f"credentials file {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise UnwrapError(
+            CREDENTIALS_INSECURE,
+            f"credentials file {path} has mode {stat.S_IMODE(st.st_mode):04o}: group/world may read it; "
+            "refusing (chmod 600)",
+        )
+    if st.st_uid != os.geteuid():
+        raise UnwrapError(CREDENTIALS_INSECURE, f"credentials file {path} is owned by uid {st.st_uid}, not by us")
+
+
+def make_client(settings: Settings) -> Any:
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    # One attempt per call: call_with_retry owns the retry policy, so its bounds are the only ones.
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=5)
+    if settings.credentials_file is not None:
+        check_credentials_file(settings.credentials_file)
+        # Only this process sees these: an on-prem node has no instance metadata to fall back to,
+        # and nothing but the named file may supply its credentials.
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        core = botocore.session.Session()
+        core.set_config_variable("credentials_file", str(settings.credentials_file))
+        core.set_config_variable("config_file", os.devnull)
+        session = boto3.Session(botocore_session=core, profile_name=settings.profile)
+    else:
+        session = boto3.Session()
+    return session.client("kms", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config)
+
+
+# --------------------------------------------------------------------------
+# Writing what MariaDB reads
+# --------------------------------------------------------------------------
+
+
+def owner_ids(owner: str) -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam(owner)
+    except KeyError:
+        raise UnwrapError(LOCAL, f"user {owner!r} does not exist (is mariadb-server installed?)") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _write_atomic(path: Path, data: bytes, uid: int, gid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_keyfile(path: Path, plaintext: bytes, uid: int, gid: int) -> None:
+    """file_key_management's format: ``<key id>;<hex key>``; the directory is root:<mysql> 0750."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.chown(path.parent, os.geteuid(), gid)
+    os.chmod(path.parent, 0o750)  # noqa: S103 - group mysql must traverse to read its 0600 keyfile
+    _write_atomic(path, f"{KEY_ID};{plaintext.hex()}\n".encode("ascii"), uid, gid)
+
+
+def remove_keyfile(path: Path) -> bool:
+    try:
+        size = path.stat().st_size
+        with open(path, "r+b", buffering=0) as f:
+            f.write(b"\0" * size)
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def write_plugin_blobs(datadir: Path, blob: bytes, uid: int, gid: int, say: Callable[[str], None] = log) -> None:
+    if not datadir.is_dir():
+        datadir.mkdir(mode=0o750, parents=True)
+        os.chown(datadir, uid, gid)
+    for name in PLUGIN_KEY_FILES:
+        _write_atomic(datadir / name, blob, uid, gid)
+    strays = sorted(p.name for p in datadir.glob("aws-kms-key.*") if p.name not in PLUGIN_KEY_FILES)
+    if strays:
+        # Not deleted: data may be encrypted under them. Never minted by us; reported so a human looks.
+        say(f"warning: {datadir} holds key files this node did not write: {', '.join(strays)}")
+
+
+def filesystem_type(path: Path, mounts_text: str) -> str:
+    """The type of the filesystem holding ``path`` (longest mount point prefix in /proc/mounts)."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fields[2]
+    return best_type
+
+
+def prepare_gcache_dir(path: Path, uid: int, gid: int, mounts_text: str) -> None:
+    """Galera's gcache holds rows in plaintext: refuse to let MariaDB start unless it is on tmpfs."""
+    fstype = filesystem_type(path, mounts_text)
+    if fstype not in ("tmpfs", "ramfs"):
+        raise UnwrapError(GCACHE_NOT_TMPFS, f"gcache dir {path} is on {fstype}, not tmpfs: it would hold rows at rest")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o700)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def read_blob(path: Path) -> bytes:
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise UnwrapError(LOCAL, f"cannot read the data key blob {path}: {e.strerror}") from None
+    if not blob or len(blob) > MAX_BLOB_BYTES:
+        raise UnwrapError(INVALID_CIPHERTEXT, f"{path} holds {len(blob)} bytes: not a KMS ciphertext blob")
+    return blob
+
+
+def unwrap(
+    settings: Settings,
+    *,
+    check: bool,
+    client_factory: Callable[[Settings], Any] = make_client,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    mounts_path: Path = Path("/proc/mounts"),
+) -> str:
+    """Decrypt and (unless ``check``) write; returns the success message, raises UnwrapError."""
+    blob = read_blob(settings.blob)
+    try:
+        client = client_factory(settings)
+    except UnwrapError:
+        raise
+    except Exception as exc:
+        raise UnwrapError(classify(exc), describe(exc)) from None
+    check_key_state(client, settings.key_arn, policy=policy, sleep=sleep)
+    plaintext = decrypt_blob(client, blob, settings.key_arn, policy=policy, sleep=sleep)
+    if check:
+        return "check passed: the data key blob decrypts with this node's credentials (nothing written)"
+    uid, gid = owner_ids(settings.owner)
+    try:
+        if settings.gcache_dir is not None:
+            prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"))
+        if settings.mode == "kms-envelope":
+            write_keyfile(settings.keyfile, plaintext, uid, gid)
+            return f"data key unwrapped into {settings.keyfile} (key id {KEY_ID}, tmpfs, 0600 {settings.owner})"
+        write_plugin_blobs(settings.datadir, blob, uid, gid)
+        return f"data key blob placed for aws_key_management in {settings.datadir} ({', '.join(PLUGIN_KEY_FILES)})"
+    except OSError as e:
+        raise UnwrapError(LOCAL, f"{e.filename or ''}: {e.strerror}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Unwrap the MariaDB cluster data key with AWS KMS.")
+    parser.add_argument("--conf", type=Path, default=Path(DEFAULT_CONF), help=f"settings file ({DEFAULT_CONF})")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="decrypt only; write nothing")
+    action.add_argument("--remove", action="store_true", help="delete the keyfile (the unit's ExecStop)")
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    key_arn = "(unknown key)"
+    try:
+        settings = load_settings(args.conf)
+        key_arn = settings.key_arn
+        if args.remove:
+            if settings.mode == "kms-envelope" and remove_keyfile(settings.keyfile):
+                log(f"removed {settings.keyfile}")
+            return 0
+        log(unwrap(settings, check=args.check))
+        return 0
+    except UnwrapError as e:
+        outcome = "pre-flight check failed" if args.check else "MariaDB will not start"
+        log(f"FAILED cause={e.cause} key={key_arn}: {e.detail}; {outcome}")
+        return EXIT_CODES.get(e.cause, EXIT_CODES[UNKNOWN])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

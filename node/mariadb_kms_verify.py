@@ -1,0 +1,863 @@
+#!/usr/bin/python3
+"""mariadb-kms-verify: prove, on a running node, that MariaDB's data is encrypted at rest.
+
+Installed as /usr/local/sbin/mariadb-kms-verify; run as root on the node. It
+talks to MariaDB through the ``mariadb`` client over the unix socket (root is
+a unix_socket account on Debian), so it works on a stock node. Prints one
+JSON report on stdout; exit status 0 when there is no gap, 1 when there is
+any, 2 when it could not check (e.g. the server is down).
+
+Checks:
+- Galera: ready, Primary, Synced, cluster size (``--expect-size``).
+- Key: exactly one encryption plugin, ACTIVE and FORCE_PLUS_PERMANENT; the
+  file_key_management keyfile on tmpfs.
+- Flags: every encryption flag on; query logs off (unless ``--allow-query-logs``).
+- InnoDB: every tablespace (INNODB_SYS_TABLESPACES plus space 0, plus any
+  row of INNODB_TABLESPACES_ENCRYPTION) encrypted, including tablespaces with
+  no row in INNODB_TABLESPACES_ENCRYPTION. Rotation still running is reported
+  as in progress; ``--wait N`` waits up to N seconds for it (progress on stderr).
+- Tables in engines that cannot be encrypted (MyISAM, CSV, Aria not
+  ROW_FORMAT=PAGE, ...) are gaps.
+- Aria: every Aria table's own encryption, read from its .MAI header. Aria has
+  no information_schema flag for it; the header's base info carries
+  MA_EXTRA_OPTIONS_ENCRYPTED, set when the table was created encrypted (Aria
+  never re-encrypts an existing table). Layout as MariaDB's storage/maria
+  reads it (_ma_base_info_read); the canary cross-checks it with real bytes.
+  The header also says whether the table is transactional: MariaDB never
+  encrypts the Aria transaction log (aria_log.*), so a user table that logs
+  is a gap, and the mysql.* system tables are reported as a limitation.
+- gcache on tmpfs and no gcache file left on disk; the keyfile on tmpfs.
+- Swap that is not encrypted (dm-crypt) is a gap: tmpfs pages can be swapped out.
+- ``--canary``: a random marker written through SQL into an InnoDB and an
+  Aria (TRANSACTIONAL=0, see above) table, flushed (Aria tables flushed, InnoDB dirty pages written,
+  binary log rotated), then every file on persistent storage the server
+  writes (datadir, redo, undo, binlog, Aria log, tmpdir, logs) is scanned for
+  its bytes; tmpfs is not at rest and is skipped. The marker rows are deleted
+  afterwards. The report names every file where the marker was found.
+
+``--datadir-state DIR`` (offline, no server): prints the state of a datadir
+for mariadb-kms-install: empty, encrypted, unencrypted-pristine,
+unencrypted-with-data, mixed or unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROG = "mariadb-kms-verify"
+NOT_AT_REST_FS = frozenset({"tmpfs", "ramfs", "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2"})
+CANARY_SCHEMA = "mariadb_kms_verify"
+NEVER_ENCRYPTED = (
+    ".frm table definitions (table and column names, types, comments)",
+    "the error log",
+    "the Aria transaction log aria_log.* (changes to the mysql.* system tables: accounts, grants, routines)",
+    "Galera's grastate.dat and gvwstate.dat (cluster ids and positions)",
+)
+
+Row = list[str | None]
+Gaps = list[str]
+
+
+# --------------------------------------------------------------------------
+# Talking to MariaDB: the stock client, batch mode, over the unix socket
+# --------------------------------------------------------------------------
+
+
+class SqlError(RuntimeError):
+    pass
+
+
+_UNESCAPE = {"n": "\n", "t": "\t", "\\": "\\", "0": "\0", "r": "\r", "b": "\b", "Z": "\x1a"}
+
+
+def parse_batch_output(text: str) -> list[Row]:
+    """Rows of ``mariadb --batch --skip-column-names`` output (tab-separated, backslash-escaped, NULL)."""
+    rows: list[Row] = []
+    for line in text.split("\n"):
+        if line == "":
+            continue
+        row: Row = []
+        for raw in line.split("\t"):
+            if raw == "NULL":
+                row.append(None)
+            else:
+                row.append(re.sub(r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), m.group(1)), raw))
+        rows.append(row)
+    return rows
+
+
+Runner = Callable[[str], str]
+
+
+def mariadb_runner(client: Sequence[str] = ("mariadb",)) -> Runner:
+    def run(sql: str) -> str:
+        # SQL on stdin, never in argv: the canary marker stays out of `ps`.
+        proc = subprocess.run(
+            [*client, "--batch", "--skip-column-names", "--protocol=socket", "--user=root"],
+            input=sql, capture_output=True, text=True, check=False, timeout=600,
+        )
+        if proc.returncode != 0:
+            raise SqlError(proc.stderr.strip() or f"mariadb exited with {proc.returncode}")
+        return proc.stdout
+
+    return run
+
+
+class Sql:
+    def __init__(self, runner: Runner) -> None:
+        self._run = runner
+
+    def rows(self, query: str) -> list[Row]:
+        return parse_batch_output(self._run(query))
+
+    def execute(self, statements: str) -> None:
+        self._run(statements)
+
+    def pairs(self, query: str) -> dict[str, str]:
+        return {str(r[0]).lower(): (r[1] if r[1] is not None else "") for r in self.rows(query) if len(r) >= 2}
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --------------------------------------------------------------------------
+# Pure checks: query rows in, (section, gaps) out
+# --------------------------------------------------------------------------
+
+
+def check_galera(
+    status: dict[str, str], variables: dict[str, str], expect_size: int | None
+) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    size = int(status.get("wsrep_cluster_size", "0") or 0)
+    section = {
+        "wsrep_on": variables.get("wsrep_on", ""),
+        "ready": status.get("wsrep_ready", ""),
+        "connected": status.get("wsrep_connected", ""),
+        "cluster_status": status.get("wsrep_cluster_status", ""),
+        "local_state": status.get("wsrep_local_state_comment", ""),
+        "cluster_size": size,
+        "cluster_state_uuid": status.get("wsrep_cluster_state_uuid", ""),
+    }
+    if variables.get("wsrep_on", "").upper() != "ON":
+        gaps.append("galera: wsrep_on is not ON")
+    if status.get("wsrep_ready", "").upper() != "ON":
+        gaps.append("galera: node is not ready (wsrep_ready != ON)")
+    if status.get("wsrep_cluster_status", "") != "Primary":
+        gaps.append(f"galera: cluster status is {status.get('wsrep_cluster_status') or 'unknown'}, not Primary")
+    if status.get("wsrep_local_state_comment", "") != "Synced":
+        gaps.append(f"galera: local state is {status.get('wsrep_local_state_comment') or 'unknown'}, not Synced")
+    if expect_size is not None and size != expect_size:
+        gaps.append(f"galera: cluster size is {size}, expected {expect_size}")
+    return section, gaps
+
+
+ENCRYPTION_FLAGS_ON = (
+    "innodb_encrypt_log",
+    "innodb_encrypt_temporary_tables",
+    "encrypt_tmp_files",
+    "encrypt_tmp_disk_tables",
+    "encrypt_binlog",
+    "aria_encrypt_tables",
+)
+
+
+def check_flags(variables: dict[str, str], *, allow_query_logs: bool) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    section: dict[str, Any] = {}
+    tables = variables.get("innodb_encrypt_tables", "").upper()
+    section["innodb_encrypt_tables"] = tables
+    if tables not in ("ON", "FORCE"):
+        gaps.append(f"flags: innodb_encrypt_tables is {tables or 'unset'}, not ON or FORCE")
+    for name in ENCRYPTION_FLAGS_ON:
+        value = variables.get(name, "").upper()
+        section[name] = value
+        if value != "ON":
+            gaps.append(f"flags: {name} is {value or 'unset'}, not ON")
+    threads = int(variables.get("innodb_encryption_threads", "0") or 0)
+    section["innodb_encryption_threads"] = threads
+    if threads < 1:
+        gaps.append("flags: innodb_encryption_threads is 0: existing tablespaces are never (re)encrypted")
+    for log_flag in ("general_log", "slow_query_log"):
+        value = variables.get(log_flag, "").upper()
+        section[log_flag] = value
+        if value == "ON" and not allow_query_logs:
+            gaps.append(f"flags: {log_flag} is ON: it writes statement text in plaintext")
+    output = variables.get("log_output", "").upper()
+    section["log_output"] = output
+    if "TABLE" in output.split(","):
+        gaps.append("flags: log_output includes TABLE: query logs go to CSV tables, which cannot be encrypted")
+    return section, gaps
+
+
+def check_key_plugin(
+    plugins: Sequence[Row], variables: dict[str, str], mounts_text: str
+) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    listed = [{"name": r[0], "status": r[1], "load_option": r[2]} for r in plugins]
+    section: dict[str, Any] = {"plugins": listed}
+    active = [p for p in listed if p["status"] == "ACTIVE"]
+    if len(active) != 1:
+        gaps.append(f"key: {len(active)} active encryption plugins, expected exactly 1")
+    for p in active:
+        if p["load_option"] != "FORCE_PLUS_PERMANENT":
+            gaps.append(f"key: plugin {p['name']} is loaded {p['load_option']}, not FORCE_PLUS_PERMANENT")
+    keyfile = variables.get("file_key_management_filename", "")
+    if keyfile:
+        fstype = filesystem_type(keyfile, mounts_text)
+        section["keyfile"] = {"path": keyfile, "filesystem": fstype}
+        if fstype not in ("tmpfs", "ramfs"):
+            gaps.append(f"key: the plaintext keyfile {keyfile} is on {fstype}, not tmpfs")
+    return section, gaps
+
+
+@dataclass
+class InnodbState:
+    total: int = 0
+    encrypted: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
+    unencrypted: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_progress) + len(self.unencrypted)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+TEMPORARY_SPACE = 0xFFFFFFFE  # innodb_temporary: rebuilt at every start, encrypted page by page (no crypt data)
+
+
+def innodb_state(sys_rows: Sequence[Row], enc_rows: Sequence[Row], *, temporary_encrypted: bool) -> InnodbState:
+    """sys_rows: SPACE, NAME from INNODB_SYS_TABLESPACES. enc_rows: SPACE, NAME, ENCRYPTION_SCHEME,
+    MIN_KEY_VERSION, CURRENT_KEY_VERSION, ROTATING_OR_FLUSHING, KEY_ROTATION_PAGE_NUMBER,
+    KEY_ROTATION_MAX_PAGE_NUMBER from INNODB_TABLESPACES_ENCRYPTION. ``temporary_encrypted``:
+    innodb_encrypt_temporary_tables is ON (the temporary tablespace never has a row of its own)."""
+    names: dict[int, str] = {0: "innodb_system"}
+    for r in sys_rows:
+        names[_int(r[0])] = str(r[1])
+    encryption = {_int(r[0]): r for r in enc_rows}
+    for space, r in encryption.items():
+        names.setdefault(space, str(r[1]))
+    state = InnodbState(total=len(names))
+    for space in sorted(names):
+        label = f"{names[space]} (space {space})"
+        row = encryption.get(space)
+        if row is None and space == TEMPORARY_SPACE:
+            if temporary_encrypted:
+                state.encrypted.append(f"{label}: per page (innodb_encrypt_temporary_tables)")
+            else:
+                state.unencrypted.append(f"{label}: innodb_encrypt_temporary_tables is OFF")
+            continue
+        if row is None:
+            state.unencrypted.append(f"{label}: no row in INNODB_TABLESPACES_ENCRYPTION")
+            continue
+        scheme, min_version, rotating = _int(row[2]), _int(row[3]), _int(row[5])
+        if rotating:
+            page, max_page = row[6] or "?", row[7] or "?"
+            state.in_progress.append(f"{label}: rotating (page {page} of {max_page})")
+        elif scheme == 1 and min_version >= 1:
+            state.encrypted.append(label)
+        elif scheme == 1:
+            state.in_progress.append(f"{label}: some pages not yet encrypted (min_key_version 0)")
+        else:
+            state.unencrypted.append(f"{label}: encryption_scheme {scheme}")
+    return state
+
+
+def check_innodb(state: InnodbState) -> tuple[dict[str, Any], Gaps]:
+    section = {
+        "tablespaces": state.total,
+        "encrypted": len(state.encrypted),
+        "in_progress": state.in_progress,
+        "unencrypted": state.unencrypted,
+    }
+    gaps = [f"innodb: {item}" for item in state.unencrypted]
+    gaps += [f"innodb: encryption in progress: {item}" for item in state.in_progress]
+    return section, gaps
+
+
+CSV_LOG_TABLES = {("mysql", "general_log"), ("mysql", "slow_log")}
+NOT_STORED_ENGINES = {"MEMORY", "BLACKHOLE", "PERFORMANCE_SCHEMA", "SEQUENCE"}
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    engine: str | None
+    row_format: str | None
+    create_options: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def table_infos(rows: Sequence[Row]) -> list[TableInfo]:
+    """rows: TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS from information_schema.TABLES."""
+    return [TableInfo(str(r[0]), str(r[1]), r[2], r[3], r[4] or "") for r in rows]
+
+
+def check_engines(tables: Sequence[TableInfo], log_output: str) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    counts: dict[str, int] = {}
+    exempt: list[str] = []
+    for t in tables:
+        engine = (t.engine or "UNKNOWN").upper()
+        counts[engine] = counts.get(engine, 0) + 1
+        if engine == "INNODB" or engine in NOT_STORED_ENGINES:
+            continue
+        if engine == "ARIA":
+            if (t.row_format or "").upper() != "PAGE":
+                gaps.append(f"tables: {t.label} is Aria ROW_FORMAT={t.row_format}: only PAGE can be encrypted")
+            continue
+        if engine == "CSV" and (t.schema, t.name) in CSV_LOG_TABLES and "TABLE" not in log_output.upper():
+            exempt.append(f"{t.label} (CSV, written only when log_output includes TABLE)")
+            continue
+        gaps.append(f"tables: {t.label} uses {t.engine or 'an unknown engine'}, which cannot be encrypted")
+    return {"engines": dict(sorted(counts.items())), "exempt": exempt}, gaps
+
+
+# --------------------------------------------------------------------------
+# Aria: per-table encryption from the .MAI header
+# --------------------------------------------------------------------------
+
+ARIA_MAGIC = b"\xfe\xfe\x09\x03"
+_BASE_POS_OFFSET = 12  # state header: file_version[4] options[2] header_length[2] state_info_length[2]
+#                        base_info_length[2] base_pos[2]
+_DATA_FILE_TYPE_OFFSET = 22  # ... key_parts[2] unique_key_parts[2] keys uniques language fulltext_keys data_file_type
+# base info (_ma_base_info_read): uuid[16], 5 x 8-byte, 6 x 4-byte, 5 x 2-byte fields, then extra_options[2]
+_EXTRA_OPTIONS_OFFSET = 16 + 5 * 8 + 6 * 4 + 5 * 2
+# ... null_bytes original_null_bytes field_offsets language block_size [2 each], rec_reflength key_reflength
+# keys auto_key [1 each], born_transactional
+_BORN_TRANSACTIONAL_OFFSET = _EXTRA_OPTIONS_OFFSET + 2 + 5 * 2 + 4
+MA_EXTRA_OPTIONS_ENCRYPTED = 1
+BLOCK_RECORD = 3  # enum data_file_type: STATIC, DYNAMIC, COMPRESSED, BLOCK (= ROW_FORMAT=PAGE)
+
+
+@dataclass(frozen=True)
+class AriaHeader:
+    encrypted: bool
+    transactional: bool
+    page_format: bool
+
+
+class NotAriaFile(ValueError):
+    pass
+
+
+def parse_aria_header(data: bytes) -> AriaHeader:
+    if len(data) < 32 or data[:4] != ARIA_MAGIC:
+        raise NotAriaFile("not an Aria index file (.MAI magic missing)")
+    (base_pos,) = struct.unpack_from(">H", data, _BASE_POS_OFFSET)
+    if len(data) < base_pos + _BORN_TRANSACTIONAL_OFFSET + 1:
+        raise NotAriaFile("Aria header shorter than its base info")
+    (extra_options,) = struct.unpack_from(">H", data, base_pos + _EXTRA_OPTIONS_OFFSET)
+    return AriaHeader(
+        encrypted=bool(extra_options & MA_EXTRA_OPTIONS_ENCRYPTED),
+        transactional=bool(data[base_pos + _BORN_TRANSACTIONAL_OFFSET]),
+        page_format=data[_DATA_FILE_TYPE_OFFSET] == BLOCK_RECORD,
+    )
+
+
+def read_aria_header(path: Path) -> AriaHeader:
+    with open(path, "rb") as f:
+        return parse_aria_header(f.read(8192))
+
+
+def filename_encode(name: str) -> str:
+    """MariaDB's table-name-to-file-name encoding (my_charset_filename) for the common cases."""
+    return "".join(c if (c.isascii() and (c.isalnum() or c == "_")) else f"@{ord(c):04x}" for c in name)
+
+
+def aria_files(datadir: Path, t: TableInfo) -> list[Path]:
+    base = datadir / filename_encode(t.schema)
+    table = filename_encode(t.name)
+    exact = base / f"{table}.MAI"
+    if exact.exists():
+        return [exact]
+    return sorted(base.glob(f"{table}#P#*.MAI"))  # partitions (and #SP# subpartitions)
+
+
+# The Aria transaction log (aria_log.*) holds row images of every change to a transactional Aria
+# table, and MariaDB never encrypts it (measured: a canary in a TRANSACTIONAL=1 Aria table was in
+# aria_log.00000001 in plaintext). It cannot be moved to tmpfs either: encrypted Aria tables whose log
+# is lost can no longer be repaired ("failed to decrypt"). So: system tables are a stated limitation,
+# user tables that log are gaps (on Galera user tables belong in InnoDB anyway).
+SYSTEM_SCHEMAS = frozenset({"mysql", "sys"})
+
+
+def check_aria(tables: Sequence[TableInfo], datadir: Path) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    report: list[dict[str, Any]] = []
+    logged_system: list[str] = []
+    for t in tables:
+        if (t.engine or "").upper() != "ARIA":
+            continue
+        files = aria_files(datadir, t)
+        if not files:
+            gaps.append(f"aria: {t.label}: no .MAI file found under {datadir}, cannot tell")
+            report.append({"table": t.label, "encrypted": None, "transactional": None})
+            continue
+        headers: list[AriaHeader] = []
+        for f in files:
+            try:
+                headers.append(read_aria_header(f))
+            except (OSError, NotAriaFile) as e:
+                gaps.append(f"aria: {t.label}: {f.name}: {e}")
+                headers.append(AriaHeader(encrypted=False, transactional=False, page_format=False))
+        encrypted = all(h.encrypted for h in headers)
+        transactional = any(h.transactional for h in headers)
+        report.append({"table": t.label, "encrypted": encrypted, "transactional": transactional})
+        if not encrypted:
+            gaps.append(f"aria: {t.label} is not encrypted (created before aria_encrypt_tables was on)")
+        if transactional and t.schema in SYSTEM_SCHEMAS:
+            logged_system.append(t.label)
+        elif transactional:
+            gaps.append(
+                f"aria: {t.label} is TRANSACTIONAL=1: its changes go to the Aria log, which MariaDB never encrypts "
+                "(use InnoDB, or Aria TRANSACTIONAL=0)"
+            )
+    section: dict[str, Any] = {
+        "tables": len(report),
+        "encrypted": sum(1 for r in report if r["encrypted"]),
+        "each": report,
+    }
+    if logged_system:
+        section["limitation"] = (
+            f"{len(logged_system)} system tables (mysql.*) are transactional Aria: changes to them (accounts, "
+            "grants with password hashes, routines) are written to the Aria log (aria_log.*) in plaintext; "
+            "MariaDB never encrypts that log"
+        )
+    return section, gaps
+
+
+# --------------------------------------------------------------------------
+# Filesystems: tmpfs, swap
+# --------------------------------------------------------------------------
+
+
+def mount_entries(mounts_text: str) -> list[tuple[str, str, str]]:
+    out = []
+    for line in mounts_text.splitlines():
+        f = line.split()
+        if len(f) >= 3:
+            out.append((f[0], f[1].replace("\\040", " "), f[2]))
+    return out
+
+
+def filesystem_type(path: str | Path, mounts_text: str) -> str:
+    """The type of the filesystem holding ``path`` (longest mount-point prefix; the last mount wins)."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    for _dev, mount_point, fstype in mount_entries(mounts_text):
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fstype
+    return best_type
+
+
+def parse_provider_options(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(";"):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def check_gcache(provider_options: str, datadir: Path, mounts_text: str) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    opts = parse_provider_options(provider_options)
+    gdir = opts.get("gcache.dir", "") or str(datadir)
+    name = opts.get("gcache.name", "galera.cache")
+    path = Path(name) if name.startswith("/") else Path(gdir) / name
+    fstype = filesystem_type(path.parent, mounts_text)
+    section: dict[str, Any] = {
+        "dir": gdir, "file": str(path), "filesystem": fstype,
+        "size": opts.get("gcache.size", ""), "recover": opts.get("gcache.recover", ""),
+    }
+    if fstype not in ("tmpfs", "ramfs"):
+        gaps.append(f"gcache: {path} is on {fstype}, not tmpfs: Galera writes rows there unencrypted")
+    stray = datadir / "galera.cache"
+    if path != stray and stray.exists():
+        gaps.append(f"gcache: an old gcache file is on disk at {stray}: it holds rows in plaintext")
+    for page in sorted(datadir.glob("gcache.page.*")):
+        gaps.append(f"gcache: a gcache page file is on disk at {page}")
+    return section, gaps
+
+
+def _device_encrypted(sys_block: Path, depth: int = 0) -> bool:
+    """dm-crypt anywhere under this block device (LUKS directly, or LVM on LUKS)."""
+    if depth > 8:
+        return False
+    uuid = sys_block / "dm" / "uuid"
+    try:
+        if uuid.read_text().startswith("CRYPT-"):
+            return True
+    except OSError:
+        pass
+    slaves = sys_block / "slaves"
+    if slaves.is_dir():
+        return any(_device_encrypted(s.resolve(), depth + 1) for s in slaves.iterdir())
+    return False
+
+
+def swap_entries(swaps_text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in swaps_text.splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 2:
+            out.append((f[0].replace("\\040", " "), f[1]))
+    return out
+
+
+def check_swap(
+    swaps_text: str,
+    *,
+    sys_root: Path = Path("/sys"),
+    stat: Callable[[str], os.stat_result] = os.stat,
+) -> tuple[dict[str, Any], Gaps]:
+    gaps: Gaps = []
+    report = []
+    for name, kind in swap_entries(swaps_text):
+        where = "unknown"
+        encrypted = False
+        try:
+            if kind == "partition":
+                dev = os.path.basename(os.path.realpath(name))
+                block = sys_root / "class" / "block" / dev
+                if dev.startswith("zram"):
+                    where, encrypted = "memory (zram)", True
+                else:
+                    where, encrypted = f"block device {dev}", _device_encrypted(block.resolve())
+            else:
+                st = stat(name)
+                block = sys_root / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+                where, encrypted = f"file on device {os.major(st.st_dev)}:{os.minor(st.st_dev)}", _device_encrypted(
+                    block.resolve()
+                )
+        except OSError as e:
+            where = f"cannot inspect: {e.strerror}"
+        report.append({"swap": name, "type": kind, "where": where, "encrypted": encrypted})
+        if not encrypted:
+            gaps.append(f"swap: {name} ({kind}, {where}) is not encrypted: tmpfs pages (gcache, key) can land on disk")
+    return {"devices": report}, gaps
+
+
+# --------------------------------------------------------------------------
+# The canary scanner
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ScanResult:
+    found: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    roots: list[str] = field(default_factory=list)
+
+
+def file_contains(path: Path, needle: bytes, chunk: int = 4 << 20) -> bool:
+    keep = len(needle) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return False
+            data = tail + block
+            if needle in data:
+                return True
+            tail = data[-keep:] if keep else b""
+
+
+def scan_for_marker(roots: Iterable[str | Path], needle: bytes, mounts_text: str) -> ScanResult:
+    """Every regular file under ``roots`` on persistent storage, searched for ``needle``; tmpfs & co. skipped."""
+    result = ScanResult()
+    seen_files: set[tuple[int, int]] = set()
+    unique_roots = sorted({os.path.realpath(r) for r in roots})
+    for root in unique_roots:
+        if not os.path.exists(root):
+            continue
+        result.roots.append(root)
+        walk: Iterable[tuple[str, list[str], list[str]]]
+        if os.path.isfile(root):
+            walk = [(os.path.dirname(root), [], [os.path.basename(root)])]
+        else:
+            walk = os.walk(root, followlinks=False)
+        for dirpath, _dirs, names in walk:
+            fstype = filesystem_type(dirpath, mounts_text)
+            if fstype in NOT_AT_REST_FS:
+                if dirpath == root:
+                    result.skipped.append(f"{root} ({fstype}: not at rest)")
+                continue
+            for name in names:
+                path = Path(dirpath) / name
+                try:
+                    st = path.lstat()
+                    if not path.is_file() or path.is_symlink() or (st.st_dev, st.st_ino) in seen_files:
+                        continue
+                    seen_files.add((st.st_dev, st.st_ino))
+                    if filesystem_type(path, mounts_text) in NOT_AT_REST_FS:
+                        continue
+                    result.files += 1
+                    result.bytes += st.st_size
+                    if file_contains(path, needle):
+                        result.found.append(str(path))
+                except FileNotFoundError:
+                    continue  # a temporary file that went away
+                except OSError as e:
+                    result.skipped.append(f"{path}: {e.strerror}")
+    return result
+
+
+def persistent_roots(variables: dict[str, str]) -> list[str]:
+    """Every place the server writes files, from its own variables."""
+    datadir = variables.get("datadir", "/var/lib/mysql")
+
+    def absolute(p: str) -> str:
+        return p if p.startswith("/") else os.path.join(datadir, p)
+
+    roots = [datadir, "/var/log/mysql"]
+    for name in ("innodb_data_home_dir", "innodb_log_group_home_dir", "innodb_undo_directory", "aria_log_dir_path",
+                 "innodb_tmpdir"):
+        if variables.get(name):
+            roots.append(absolute(variables[name]))
+    for name in ("log_bin_basename", "relay_log_basename", "general_log_file", "slow_query_log_file", "log_error"):
+        value = variables.get(name, "")
+        if value:
+            roots.append(os.path.dirname(absolute(value)) or datadir)
+    for tmp in variables.get("tmpdir", "").split(":"):
+        if tmp:
+            roots.append(tmp)
+    return roots
+
+
+def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_wait: float = 60.0,
+               say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Gaps]:
+    marker = f"mariadb-kms-canary-{secrets.token_hex(16)}"
+    row_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    schema = CANARY_SCHEMA
+    # Several rows so the marker fills parts of a page, not a single easily-missed record.
+    values = ", ".join(f"({sql_string(f'{row_id}-{i}')}, {sql_string(marker)})" for i in range(8))
+    sql.execute(
+        f"CREATE DATABASE IF NOT EXISTS {schema};\n"
+        f"CREATE TABLE IF NOT EXISTS {schema}.canary_innodb (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
+        "NOT NULL) ENGINE=InnoDB;\n"
+        f"CREATE TABLE IF NOT EXISTS {schema}.canary_aria (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
+        "NOT NULL) ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0;\n"
+        f"INSERT INTO {schema}.canary_innodb VALUES {values};\n"
+        f"INSERT INTO {schema}.canary_aria VALUES {values};\n"
+    )
+    flushed = False
+    try:
+        old_pct = sql.rows("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")[0][0] or "90"
+        sql.execute(
+            f"FLUSH LOCAL TABLES {schema}.canary_aria;\n"
+            "FLUSH LOCAL BINARY LOGS;\n"
+            "SET GLOBAL innodb_max_dirty_pages_pct = 0;\n"
+        )
+        try:
+            deadline = time.monotonic() + flush_wait
+            while time.monotonic() < deadline:
+                dirty = sql.rows("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                                 "WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_PAGES_DIRTY'")
+                if dirty and _int(dirty[0][0]) == 0:
+                    flushed = True
+                    break
+                time.sleep(0.5)
+        finally:
+            sql.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(old_pct)};")
+        if say:
+            say("canary written and flushed; scanning persistent files")
+        roots = persistent_roots(variables)
+        result = scan_for_marker(roots, marker.encode("ascii"), mounts_text)
+    finally:
+        # The schema is a constant and the id is quoted by sql_string.
+        sql.execute(
+            f"DELETE FROM {schema}.canary_innodb WHERE id LIKE {sql_string(row_id + '-%')};\n"  # noqa: S608
+            f"DELETE FROM {schema}.canary_aria WHERE id LIKE {sql_string(row_id + '-%')};\n"
+        )
+    gaps = [f"canary: the marker is in plaintext in {path}" for path in result.found]
+    if not flushed:
+        gaps.append("canary: InnoDB dirty pages were not all flushed in time; the proof is incomplete")
+    if result.files == 0:
+        gaps.append("canary: no persistent file was scanned")
+    section = {
+        "found_in": result.found,
+        "files_scanned": result.files,
+        "bytes_scanned": result.bytes,
+        "roots": result.roots,
+        "skipped": result.skipped,
+        "innodb_flushed": flushed,
+    }
+    return section, gaps
+
+
+# --------------------------------------------------------------------------
+# Offline: the state of a datadir, for mariadb-kms-install
+# --------------------------------------------------------------------------
+
+# What mariadb-install-db and Debian's postinst leave in a datadir that never held data.
+_PRISTINE_TOP = re.compile(
+    r"^(aria_log\.\d+|aria_log_control|ibdata1|ib_logfile\d+|ibtmp1|ib_buffer_pool|undo\d+|mysql_upgrade_info|"
+    r"debian-[\d.]+\.flag|ddl_recovery(-backup)?\.log|multi-master\.info|tc\.log|.*\.pid|.*\.err|"
+    r"mysql|performance_schema|sys|lost\+found|aws-kms-key\.\d+\.\d+)$"
+)
+_IGNORED_WHEN_EMPTY = re.compile(r"^(lost\+found|debian-[\d.]+\.flag|aws-kms-key\.\d+\.\d+|\.mariadb-kms.*)$")
+
+
+def datadir_state(datadir: Path) -> tuple[str, list[str]]:
+    if not datadir.is_dir():
+        return "empty", [f"{datadir} does not exist"]
+    entries = sorted(os.listdir(datadir))
+    if all(_IGNORED_WHEN_EMPTY.match(e) for e in entries):
+        return "empty", ["no database files"]
+    mysql = datadir / "mysql"
+    mai = sorted(mysql.glob("*.MAI")) if mysql.is_dir() else []
+    if not mai:
+        return "unknown", [f"{datadir} holds files but no Aria system tables in mysql/: refusing to guess"]
+    flags = {}
+    for f in mai:
+        try:
+            flags[f.name] = read_aria_header(f).encrypted
+        except (OSError, NotAriaFile) as e:
+            return "unknown", [f"{f}: {e}"]
+    if all(flags.values()):
+        return "encrypted", [f"{len(flags)} Aria system tables encrypted"]
+    if any(flags.values()):
+        plain = sorted(k for k, v in flags.items() if not v)
+        return "mixed", [f"unencrypted system tables next to encrypted ones: {', '.join(plain)}"]
+    reasons = [f"{e}: not something a fresh install leaves" for e in entries if not _PRISTINE_TOP.match(e)]
+    for marker in ("grastate.dat", "gvwstate.dat", "galera.cache"):
+        if (datadir / marker).exists():
+            reasons.append(f"{marker}: this datadir has been part of a Galera cluster")
+    for f in (datadir / "mysql").iterdir():
+        if f.suffix.lower() not in (".frm", ".mai", ".mad", ".ibd", ".csv", ".csm", ".opt", ".trg", ".trn", ".par"):
+            reasons.append(f"mysql/{f.name}: unexpected in a fresh system schema")
+    if reasons:
+        return "unencrypted-with-data", reasons
+    return "unencrypted-pristine", ["only what mariadb-install-db creates, system tables unencrypted"]
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def gather_innodb(sql: Sql) -> InnodbState:
+    temporary = sql.rows("SELECT @@GLOBAL.innodb_encrypt_temporary_tables")
+    sys_rows = sql.rows("SELECT SPACE, NAME FROM information_schema.INNODB_SYS_TABLESPACES")
+    enc_rows = sql.rows(
+        "SELECT SPACE, NAME, ENCRYPTION_SCHEME, MIN_KEY_VERSION, CURRENT_KEY_VERSION, ROTATING_OR_FLUSHING, "
+        "KEY_ROTATION_PAGE_NUMBER, KEY_ROTATION_MAX_PAGE_NUMBER FROM information_schema.INNODB_TABLESPACES_ENCRYPTION"
+    )
+    return innodb_state(sys_rows, enc_rows, temporary_encrypted=bool(temporary) and temporary[0][0] in ("1", "ON"))
+
+
+def wait_for_rotation(sql: Sql, seconds: float, say: Callable[[str], None]) -> InnodbState:
+    deadline = time.monotonic() + seconds
+    state = gather_innodb(sql)
+    while state.pending and time.monotonic() < deadline:
+        example = (state.in_progress + state.unencrypted)[0]
+        say(f"waiting for InnoDB encryption: {state.pending} of {state.total} tablespaces pending, e.g. {example}")
+        time.sleep(2)
+        state = gather_innodb(sql)
+    return state
+
+
+def verify(sql: Sql, args: argparse.Namespace, *, mounts_text: str, swaps_text: str) -> dict[str, Any]:
+    variables = sql.pairs("SHOW GLOBAL VARIABLES")
+    status = sql.pairs("SHOW GLOBAL STATUS LIKE 'wsrep%'")
+    gaps: Gaps = []
+    report: dict[str, Any] = {"node": socket.gethostname(), "version": variables.get("version", "")}
+
+    def add(name: str, result: tuple[dict[str, Any], Gaps]) -> None:
+        report[name] = result[0]
+        gaps.extend(result[1])
+
+    add("galera", check_galera(status, variables, args.expect_size))
+    plugins = sql.rows(
+        "SELECT PLUGIN_NAME, PLUGIN_STATUS, LOAD_OPTION FROM information_schema.PLUGINS "
+        "WHERE PLUGIN_TYPE = 'ENCRYPTION'"
+    )
+    add("key", check_key_plugin(plugins, variables, mounts_text))
+    add("flags", check_flags(variables, allow_query_logs=args.allow_query_logs))
+    state = wait_for_rotation(sql, args.wait, _say) if args.wait > 0 else gather_innodb(sql)
+    add("innodb", check_innodb(state))
+    tables = table_infos(sql.rows(
+        "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS FROM information_schema.TABLES "
+        "WHERE TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE') "
+        "AND TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema')"
+    ))
+    add("tables", check_engines(tables, variables.get("log_output", "")))
+    datadir = Path(variables.get("datadir", "/var/lib/mysql"))
+    add("aria", check_aria(tables, datadir))
+    add("gcache", check_gcache(variables.get("wsrep_provider_options", ""), datadir, mounts_text))
+    add("swap", check_swap(swaps_text))
+    if args.canary:
+        add("canary", run_canary(sql, variables, mounts_text, say=_say))
+    report["never_encrypted"] = list(NEVER_ENCRYPTED)
+    report["gaps"] = gaps
+    report["ok"] = not gaps
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Prove that this MariaDB node is encrypted at rest.")
+    parser.add_argument("--canary", action="store_true", help="write a marker through SQL and scan the disk for it")
+    parser.add_argument("--wait", type=float, default=0, metavar="N", help="wait up to N s for encryption to finish")
+    parser.add_argument("--expect-size", type=int, default=None, metavar="N", help="expected Galera cluster size")
+    parser.add_argument("--allow-query-logs", action="store_true", help="the general/slow logs are on by config")
+    parser.add_argument("--client", default="mariadb", help="the mariadb client binary")
+    parser.add_argument("--datadir-state", type=Path, metavar="DIR", help="offline: print the state of DIR and exit")
+    args = parser.parse_args(argv)
+    if args.datadir_state is not None:
+        state, reasons = datadir_state(args.datadir_state)
+        for reason in reasons:
+            _say(reason)
+        print(state)
+        return 0
+    try:
+        report = verify(
+            Sql(mariadb_runner((args.client,))),
+            args,
+            mounts_text=Path("/proc/mounts").read_text(encoding="utf-8"),
+            swaps_text=Path("/proc/swaps").read_text(encoding="utf-8") if Path("/proc/swaps").exists() else "",
+        )
+    except (SqlError, OSError, subprocess.TimeoutExpired) as e:
+        print(json.dumps({"node": socket.gethostname(), "ok": False, "error": str(e), "gaps": [f"cannot verify: {e}"]},
+                         indent=2))
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=False))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

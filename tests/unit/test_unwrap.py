@@ -1,0 +1,471 @@
+"""mariadb-kms-unwrap: error classes, bounded retry, and real round trips against moto's KMS server.
+
+Policy denials cannot happen in moto (it enforces no key policy), so they are
+driven through botocore's Stubber; disabled keys, corrupt blobs and an
+unreachable endpoint are real.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+REPO = Path(__file__).resolve().parents[2]
+KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+REGION = "eu-west-1"
+FAKE_SECRET = "moto-only-unwrap-secret-5d1e"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+unwrap = _load("mariadb_kms_unwrap", REPO / "node" / "mariadb_kms_unwrap.py")
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def _stubbed_client() -> Any:
+    return boto3.client(
+        "kms", region_name=REGION, aws_access_key_id="AKIASTUB", aws_secret_access_key="stub-only"
+    )
+
+
+def _plaintext() -> bytes:
+    return bytes(range(32))
+
+
+# --------------------------------------------------------------------------
+# Classification and retry (Stubber)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cause"),
+    [
+        ("AccessDeniedException", 400, "access-denied"),
+        ("UnrecognizedClientException", 400, "access-denied"),
+        ("DisabledException", 400, "key-disabled"),
+        ("KMSInvalidStateException", 400, "key-disabled"),
+        ("InvalidCiphertextException", 400, "invalid-ciphertext"),
+        ("IncorrectKeyException", 400, "invalid-ciphertext"),
+        ("NotFoundException", 400, "key-not-found"),
+    ],
+)
+def test_permanent_errors_are_classified_and_not_retried(code: str, status: int, cause: str) -> None:
+    client = _stubbed_client()
+    sleeps = Sleeps()
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "decrypt", service_error_code=code, service_message="denied by test", http_status_code=status
+        )
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=sleeps, say=lambda _m: None)
+        stub.assert_no_pending_responses()
+    assert err.value.cause == cause
+    assert code in err.value.detail
+    assert sleeps.calls == []
+
+
+def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
+    client = _stubbed_client()
+    sleeps = Sleeps()
+    said: list[str] = []
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code="ThrottlingException", http_status_code=400)
+        stub.add_client_error("decrypt", service_error_code="KMSInternalException", http_status_code=500)
+        stub.add_response("decrypt", {"KeyId": KEY_ARN, "Plaintext": _plaintext()}, {"CiphertextBlob": b"blob",
+                                                                                     "KeyId": KEY_ARN})
+        assert unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=sleeps, say=said.append) == _plaintext()
+    assert sleeps.calls == [1.0, 2.0]
+    assert len(said) == 2 and "kms-unavailable" in said[0]
+
+
+def test_5xx_with_an_unknown_code_is_retried_a_bounded_number_of_times() -> None:
+    client = _stubbed_client()
+    sleeps = Sleeps()
+    policy = unwrap.RetryPolicy(attempts=4, first_delay=0.5, factor=3.0, max_delay=2.0)
+    with Stubber(client) as stub:
+        for _ in range(4):
+            stub.add_client_error("decrypt", service_error_code="SomethingNew", http_status_code=503)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, policy=policy, sleep=sleeps, say=lambda _m: None)
+        stub.assert_no_pending_responses()
+    assert err.value.cause == "kms-unavailable"
+    assert "after 4 attempts" in err.value.detail
+    assert sleeps.calls == [0.5, 1.5, 2.0]  # backoff, capped
+
+
+def test_a_blob_of_another_key_is_refused_even_if_the_endpoint_ignores_key_id() -> None:
+    client = _stubbed_client()
+    other = KEY_ARN.replace("1234abcd", "99999999")
+    with Stubber(client) as stub:
+        stub.add_response("decrypt", {"KeyId": other, "Plaintext": _plaintext()})
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
+    assert err.value.cause == "invalid-ciphertext"
+
+
+def test_a_plaintext_that_is_not_a_256_bit_key_is_refused() -> None:
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_response("decrypt", {"KeyId": KEY_ARN, "Plaintext": b"sixteen bytes..."})
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
+    assert err.value.cause == "invalid-ciphertext"
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends: connections are refused
+
+
+def test_unreachable_endpoint_is_retried_then_reported_unreachable(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, endpoint=f"http://127.0.0.1:{_closed_port()}", blob=b"x" * 64)
+    sleeps = Sleeps()
+    with pytest.raises(unwrap.UnwrapError) as err:
+        unwrap.unwrap(settings, check=True, sleep=sleeps, policy=unwrap.RetryPolicy(attempts=3))
+    assert err.value.cause == "unreachable"
+    assert sleeps.calls == [1.0, 2.0]
+    assert "EndpointConnectionError" in err.value.detail or "Could not connect" in err.value.detail
+
+
+def test_classify_credentials_and_unknown() -> None:
+    from botocore import exceptions as bce
+
+    assert unwrap.classify(bce.NoCredentialsError()) == "credentials-missing"
+    assert unwrap.classify(bce.ProfileNotFound(profile="x")) == "credentials-missing"
+    assert unwrap.classify(bce.ReadTimeoutError(endpoint_url="https://kms")) == "unreachable"
+    assert unwrap.classify(ValueError("odd")) == "unknown"
+
+
+# --------------------------------------------------------------------------
+# moto's server
+# --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = Path(sys.executable).with_name("moto_server")
+    found = str(binary) if binary.exists() else shutil.which("moto_server")
+    if not found:
+        pytest.fail("moto_server not found: install moto[server] (requirements-dev.txt)")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([found, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if server.poll() is not None:
+                    pytest.fail(f"moto_server exited: {log_path.read_text(errors='replace')}")
+                try:
+                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):  # noqa: S310 - loopback
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail("moto_server did not answer within 30 s")
+                    time.sleep(0.1)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node's chain must not find the developer's credentials; what make_client sets is undone.
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def _kms(url: str) -> Any:
+    return boto3.client(
+        "kms", region_name=REGION, endpoint_url=url, aws_access_key_id="AKIAMOTO", aws_secret_access_key=FAKE_SECRET
+    )
+
+
+def _key_and_blob(url: str) -> tuple[str, bytes, bytes]:
+    """A fresh moto key, a blob wrapped under it, and (for assertions only) the blob's plaintext."""
+    kms = _kms(url)
+    arn = str(kms.create_key(Description="unwrap test")["KeyMetadata"]["Arn"])
+    blob = bytes(kms.generate_data_key_without_plaintext(KeyId=arn, KeySpec="AES_256")["CiphertextBlob"])
+    plaintext = bytes(kms.decrypt(CiphertextBlob=blob, KeyId=arn)["Plaintext"])
+    return arn, blob, plaintext
+
+
+def _me() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _write_credentials(path: Path, mode: int = 0o600) -> Path:
+    path.write_text(f"[mariadb-kms]\naws_access_key_id = AKIAMOTONODE\naws_secret_access_key = {FAKE_SECRET}\n")
+    path.chmod(mode)
+    return path
+
+
+def _conf(
+    tmp_path: Path,
+    *,
+    key_arn: str,
+    blob: bytes,
+    endpoint: str,
+    mode: str = "kms-envelope",
+    credentials: Path | None = None,
+    gcache_dir: Path | None = None,
+) -> Path:
+    (tmp_path / "datakey.blob").write_bytes(blob)
+    lines = [
+        "[unwrap]",
+        f"mode = {mode}",
+        f"key_arn = {key_arn}",
+        f"region = {REGION}",
+        f"blob = {tmp_path / 'datakey.blob'}",
+        f"keyfile = {tmp_path / 'run' / 'keyfile'}",
+        f"datadir = {tmp_path / 'datadir'}",
+        f"owner = {_me()}",
+        f"endpoint_url = {endpoint}",
+    ]
+    if credentials is not None:
+        lines += [f"credentials_file = {credentials}", "profile = mariadb-kms"]
+    if gcache_dir is not None:
+        lines.append(f"gcache_dir = {gcache_dir}")
+    conf = tmp_path / "unwrap.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def _settings(tmp_path: Path, *, endpoint: str, blob: bytes) -> Any:
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    return unwrap.load_settings(_conf(tmp_path, key_arn=KEY_ARN, blob=blob, endpoint=endpoint, credentials=creds))
+
+
+def _run(conf: Path, *extra: str) -> int:
+    return int(unwrap.main(["--conf", str(conf), *extra]))
+
+
+def test_round_trip_writes_the_keyfile_0600_and_prints_no_secret(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arn, blob, plaintext = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == 0
+    keyfile = tmp_path / "run" / "keyfile"
+    content = keyfile.read_text()
+    assert re.fullmatch(r"1;[0-9a-f]{64}\n", content)
+    assert content.strip() == f"1;{plaintext.hex()}"
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert keyfile.stat().st_uid == os.geteuid()
+    assert stat.S_IMODE(keyfile.parent.stat().st_mode) == 0o750
+    assert [p.name for p in keyfile.parent.iterdir()] == ["keyfile"]  # no temporary file left behind
+    out = capsys.readouterr()
+    for secret in (plaintext.hex(), plaintext.hex().upper(), FAKE_SECRET):
+        assert secret not in out.out + out.err
+    assert "unwrapped" in out.err
+
+
+def test_instance_profile_style_default_chain_works_without_a_credentials_file(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn, blob, plaintext = _key_and_blob(moto_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAMOTOEC2")  # stands in for the instance profile
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url)
+    assert _run(conf) == 0
+    assert (tmp_path / "run" / "keyfile").read_text().strip() == f"1;{plaintext.hex()}"
+
+
+def test_check_writes_nothing(moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf, "--check") == 0
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "datadir").exists()
+    assert "check passed" in capsys.readouterr().err
+
+
+def test_remove_deletes_the_keyfile(moto_url: str, tmp_path: Path) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == 0
+    assert _run(conf, "--remove") == 0
+    assert not (tmp_path / "run" / "keyfile").exists()
+    assert _run(conf, "--remove") == 0  # idempotent
+
+
+def test_corrupt_blob_is_invalid_ciphertext_and_nothing_is_written(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    corrupt = bytes([blob[0] ^ 0xFF]) + blob[1:-8] + bytes(8)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=corrupt, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == unwrap.EXIT_CODES["invalid-ciphertext"]
+    assert not (tmp_path / "run" / "keyfile").exists()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
+    assert len(lines) == 1
+    assert "cause=invalid-ciphertext" in lines[0] and arn in lines[0]
+
+
+def test_disabled_key_is_refused(moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    _kms(moto_url).disable_key(KeyId=arn.rsplit("/", 1)[1])  # moto's server takes the key id, not the ARN
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == unwrap.EXIT_CODES["key-disabled"]
+    assert not (tmp_path / "run" / "keyfile").exists()
+    err = capsys.readouterr().err
+    assert f"FAILED cause=key-disabled key={arn}" in err
+
+
+def test_blob_of_another_moto_key_is_refused(moto_url: str, tmp_path: Path) -> None:
+    arn, _, _ = _key_and_blob(moto_url)
+    _, other_blob, _ = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=other_blob, endpoint=moto_url, credentials=creds)
+    # AWS answers IncorrectKeyException, moto AccessDeniedException; both refuse, and nothing is written.
+    assert _run(conf) in (unwrap.EXIT_CODES["invalid-ciphertext"], unwrap.EXIT_CODES["access-denied"])
+    assert not (tmp_path / "run" / "keyfile").exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_group_or_world_readable_credentials_are_refused(moto_url: str, tmp_path: Path, mode: int) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials", mode)
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == unwrap.EXIT_CODES["credentials-insecure"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_credentials_file_or_profile(moto_url: str, tmp_path: Path) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=tmp_path / "nope")
+    assert _run(conf) == unwrap.EXIT_CODES["credentials-missing"]
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[someone-else]\naws_access_key_id = AKIAX\naws_secret_access_key = {FAKE_SECRET}\n")
+    creds.chmod(0o600)
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds)
+    assert _run(conf) == unwrap.EXIT_CODES["credentials-missing"]
+
+
+def test_aws_plugin_mode_places_the_raw_blob_in_the_datadir(moto_url: str, tmp_path: Path) -> None:
+    arn, blob, plaintext = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds, mode="aws-plugin")
+    assert _run(conf) == 0
+    datadir = tmp_path / "datadir"
+    for name in ("aws-kms-key.1.1", "aws-kms-key.2.1"):
+        assert (datadir / name).read_bytes() == blob
+        assert stat.S_IMODE((datadir / name).stat().st_mode) == 0o600
+    assert not (tmp_path / "run" / "keyfile").exists()  # the plaintext is never written in this mode
+    assert plaintext not in b"".join(p.read_bytes() for p in datadir.iterdir())
+
+
+def test_gcache_dir_must_be_tmpfs(moto_url: str, tmp_path: Path) -> None:
+    arn, blob, _ = _key_and_blob(moto_url)
+    creds = _write_credentials(tmp_path / "aws-credentials")
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=moto_url, credentials=creds, gcache_dir=tmp_path / "gc")
+    mounts = Path("/proc/mounts").read_text()
+    if unwrap.filesystem_type(tmp_path, mounts) in ("tmpfs", "ramfs"):
+        pytest.skip("the test's temporary directory is itself on tmpfs")
+    assert _run(conf) == unwrap.EXIT_CODES["gcache-not-tmpfs"]
+    assert not (tmp_path / "run" / "keyfile").exists()
+
+
+def test_gcache_dir_on_tmpfs_is_handed_to_the_owner(tmp_path: Path) -> None:
+    mounts = "tmpfs /run tmpfs rw 0 0\n/dev/vda / ext4 rw 0 0\n"
+    target = tmp_path / "gcache"
+    with pytest.raises(unwrap.UnwrapError) as err:
+        unwrap.prepare_gcache_dir(target, os.geteuid(), os.getegid(), mounts)
+    assert err.value.cause == "gcache-not-tmpfs"
+    fake_tmpfs = f"tmpfs {tmp_path} tmpfs rw 0 0\n/dev/vda / ext4 rw 0 0\n"
+    unwrap.prepare_gcache_dir(target, os.geteuid(), os.getegid(), fake_tmpfs)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+
+
+def test_filesystem_type_takes_the_longest_mount_point() -> None:
+    mounts = (
+        "/dev/vda / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\ntmpfs /run/galera tmpfs rw 0 0\n/dev/x /runner xfs rw 0 0\n"
+    )
+    assert unwrap.filesystem_type(Path("/run/galera/galera.cache"), mounts) == "tmpfs"
+    assert unwrap.filesystem_type(Path("/runner/x"), mounts) == "xfs"
+    assert unwrap.filesystem_type(Path("/var/lib/mysql"), mounts) == "ext4"
+
+
+def test_bad_settings_are_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "unwrap.conf"
+    conf.write_text("[unwrap]\nmode = plaintext\nkey_arn = x\nregion = eu-west-1\nblob = /nonexistent\n")
+    assert _run(conf) == unwrap.EXIT_CODES["config"]
+    assert "cause=config" in capsys.readouterr().err
+    assert _run(tmp_path / "absent.conf") == unwrap.EXIT_CODES["config"]
+
+
+def test_unit_file_passes_no_secret_through_the_environment() -> None:
+    unit = (REPO / "node" / "mariadb-kms-unwrap.service").read_text()
+    active = [line for line in unit.splitlines() if not line.lstrip().startswith("#")]
+    assert not any(line.startswith(("Environment=", "EnvironmentFile=")) for line in active)
+
+
+@pytest.mark.parametrize("state", ["Disabled", "PendingDeletion", "Unavailable"])
+def test_describe_key_names_a_key_that_is_not_enabled(state: str) -> None:
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": state}}, {"KeyId": KEY_ARN})
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.check_key_state(client, KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
+    assert err.value.cause == "key-disabled"
+    assert state in err.value.detail
+
+
+def test_describe_key_denied_leaves_the_decision_to_decrypt() -> None:
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_key", service_error_code="AccessDeniedException", http_status_code=400)
+        unwrap.check_key_state(client, KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
+        unwrap.check_key_state(client, KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
+        stub.assert_no_pending_responses()

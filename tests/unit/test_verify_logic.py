@@ -1,0 +1,610 @@
+"""mariadb-kms-verify's logic: query rows and files in, findings out.
+
+Every check is fed canned rows (shaped like what MariaDB 10.11 returned on a
+real Debian 12 node) and must find what it looks for: each has a case that
+passes and a case that must be reported as a gap. The Aria header parser is
+checked against real .MAI headers written by MariaDB 10.11 (an encrypted
+system table, and tables made with aria_encrypt_tables off), and the canary
+scanner against a planted marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.machinery
+import importlib.util
+import os
+import re
+import sys
+import zlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+verify = _load("mariadb_kms_verify", REPO / "node" / "mariadb_kms_verify.py")
+
+# The first header_length bytes of .MAI files written by MariaDB 10.11.18 on Debian 12, zlib + base64.
+# ctl.aria_plain: made with aria_encrypt_tables=OFF, ROW_FORMAT=PAGE TRANSACTIONAL=1
+PLAIN_TRANSACTIONAL = (
+    "eNr794+TmYeB8QDDdYZ2hvcMjAwgxMDMDKKBrHO+bGgULvAfClBFFdBoguAD3Dy4iegmZ/PYV0CZjGh8fAbbg8jUzdW2b9gEPy7c"
+    "z/QHph+760KxiDFOB+K5QAY3kF4FpJUZmIBmsIBJaIgx6CowsLIyQkMSaLIANoOA8kApThBk4QALOQCNgTsITLOAReBaGFgZOBgn"
+    "Aa2C6IcKAgBtMjCw"
+)
+# ctl.aria_enc_nt: aria_encrypt_tables=ON, ROW_FORMAT=PAGE TRANSACTIONAL=0
+ENCRYPTED_NOT_TRANSACTIONAL = (
+    "eNr794+TmYeB8RrDdYZ2hvcMjAwgxMDMzEAq+A8FqKIKaDQJ5sFNRDc5m8e+AspkROPjAR/sQWTq5mrbN2yCHxfuZ/oD04/ddfUN"
+    "mGKM04F4LpDBDaTnAWkBBiagGSxgEgIZGHQVGFhZGaGuUwCpwWIQUClQihMEWTjAQg5AY+AOAtMsYBG4FgZWBg7GSUCrIPqhgowi"
+    "n3cL1mllhAmZWnqyRwddyWDQtn8PAJCGNEY="
+)
+# mysql.global_priv, made by mariadb-install-db under our encryption config
+ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV = (
+    "eNr794+TmYOJiYvhOkM7w28GJgYGRgYGBmZmIL0TyNqkBhaY6cvGAOVBATMDGvgPBaiiDmg0QcAINw9KK2CYnM1jH4usGolPJPhg"
+    "DyJTN1fbvmET/LhwP9MfhM0KWNTHNWCKsXQC8RQggw1ILwTSStAw4QDSMF8EKzCwsjGCuEBCgYFlAhbDmRgZ+IFSTQzsLB2MwZDA"
+    "ZfoLDw+ICCMj0AkIUQZGpr9QHiOMD1LDCHEoE4RkqWVgYeABQrB7YSHGxMAossmaV5L/Dm9Q8J79Ucwct/tyFpc1AgD/KjhQ"
+)
+# ctl.aria_dyn: ROW_FORMAT=DYNAMIC (Aria cannot encrypt it)
+PLAIN_DYNAMIC = (
+    "eNr794+TmYORcRXDdYZ2hvcMjAwgxMAIIkgD/6EAVVSBgVzwH24iusnZPPYVUCYjGh8P+GAPIlM3V9u+YRP8uHA/0x+YfhJcyYKG"
+    "RYAmMIJZCKCrwMDGyojwvwAWc4DhywiU4gJBFg6wkAOaMSALUEQApI0pMA=="
+)
+
+
+def _header(blob: tuple[str, ...] | str) -> bytes:
+    text = "".join(blob) if isinstance(blob, tuple) else blob
+    return zlib.decompress(base64.b64decode(text))
+
+
+def _mai(path: Path, blob: tuple[str, ...] | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _header(blob)
+    path.write_bytes(data + bytes(8192 - len(data)))  # a .MAI's first block, as on disk
+    return path
+
+
+TMPFS_AND_DISK = "/dev/vda / ext4 rw 0 0\ntmpfs /run tmpfs rw,nosuid 0 0\ntmpfs /run/galera tmpfs rw 0 0\n"
+
+
+# --------------------------------------------------------------------------
+# The client's batch output
+# --------------------------------------------------------------------------
+
+
+def test_batch_output_is_split_unescaped_and_null_aware() -> None:
+    text = "a\\tb\tNULL\tline\\nbreak\n0\t\\\\x\t\n"
+    assert verify.parse_batch_output(text) == [["a\tb", None, "line\nbreak"], ["0", "\\x", ""]]
+
+
+def test_sql_strings_are_quoted() -> None:
+    assert verify.sql_string("it's a \\ test") == "'it\\'s a \\\\ test'"
+
+
+# --------------------------------------------------------------------------
+# Galera, flags, key
+# --------------------------------------------------------------------------
+
+SYNCED = {
+    "wsrep_ready": "ON", "wsrep_connected": "ON", "wsrep_cluster_status": "Primary",
+    "wsrep_local_state_comment": "Synced", "wsrep_cluster_size": "3", "wsrep_cluster_state_uuid": "0ad3e0a6",
+}
+
+
+def test_galera_synced_primary_of_the_expected_size_passes() -> None:
+    section, gaps = verify.check_galera(SYNCED, {"wsrep_on": "ON"}, 3)
+    assert gaps == []
+    assert section["cluster_size"] == 3 and section["local_state"] == "Synced"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"wsrep_local_state_comment": "Joining: receiving State Transfer"}, "not Synced"),
+        ({"wsrep_cluster_status": "non-Primary"}, "not Primary"),
+        ({"wsrep_ready": "OFF"}, "not ready"),
+        ({"wsrep_cluster_size": "2"}, "expected 3"),
+    ],
+)
+def test_galera_gaps(change: dict[str, str], expected: str) -> None:
+    _, gaps = verify.check_galera({**SYNCED, **change}, {"wsrep_on": "ON"}, 3)
+    assert len(gaps) == 1 and expected in gaps[0]
+
+
+def test_galera_off_is_a_gap() -> None:
+    _, gaps = verify.check_galera({}, {"wsrep_on": "OFF"}, None)
+    assert any("wsrep_on" in g for g in gaps)
+
+
+GOOD_FLAGS = {
+    "innodb_encrypt_tables": "FORCE", "innodb_encrypt_log": "ON", "innodb_encrypt_temporary_tables": "ON",
+    "encrypt_tmp_files": "ON", "encrypt_tmp_disk_tables": "ON", "encrypt_binlog": "ON", "aria_encrypt_tables": "ON",
+    "innodb_encryption_threads": "4", "general_log": "OFF", "slow_query_log": "OFF", "log_output": "FILE",
+}
+
+
+def test_flags_all_on_pass() -> None:
+    section, gaps = verify.check_flags(GOOD_FLAGS, allow_query_logs=False)
+    assert gaps == []
+    assert section["innodb_encrypt_tables"] == "FORCE"
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["innodb_encrypt_log", "innodb_encrypt_temporary_tables", "encrypt_tmp_files", "encrypt_tmp_disk_tables",
+     "encrypt_binlog", "aria_encrypt_tables"],
+)
+def test_each_flag_off_is_a_gap_naming_it(flag: str) -> None:
+    _, gaps = verify.check_flags({**GOOD_FLAGS, flag: "OFF"}, allow_query_logs=False)
+    assert len(gaps) == 1 and flag in gaps[0]
+
+
+def test_tables_off_threads_zero_and_query_logs() -> None:
+    _, gaps = verify.check_flags(
+        {**GOOD_FLAGS, "innodb_encrypt_tables": "OFF", "innodb_encryption_threads": "0", "general_log": "ON",
+         "log_output": "FILE,TABLE"},
+        allow_query_logs=False,
+    )
+    text = "\n".join(gaps)
+    assert "innodb_encrypt_tables" in text and "innodb_encryption_threads" in text
+    assert "general_log" in text and "log_output" in text
+    _, allowed = verify.check_flags({**GOOD_FLAGS, "slow_query_log": "ON"}, allow_query_logs=True)
+    assert allowed == []
+
+
+PLUGIN_OK = [["file_key_management", "ACTIVE", "FORCE_PLUS_PERMANENT"]]
+
+
+def test_key_plugin_active_permanent_and_keyfile_on_tmpfs() -> None:
+    variables = {"file_key_management_filename": "/run/mariadb-kms/keyfile"}
+    section, gaps = verify.check_key_plugin(PLUGIN_OK, variables, TMPFS_AND_DISK)
+    assert gaps == []
+    assert section["keyfile"]["filesystem"] == "tmpfs"
+
+
+def test_key_plugin_gaps() -> None:
+    _, none = verify.check_key_plugin([], {}, TMPFS_AND_DISK)
+    assert any("0 active" in g for g in none)
+    _, loose = verify.check_key_plugin([["file_key_management", "ACTIVE", "ON"]], {}, TMPFS_AND_DISK)
+    assert any("FORCE_PLUS_PERMANENT" in g for g in loose)
+    _, on_disk = verify.check_key_plugin(PLUGIN_OK, {"file_key_management_filename": "/etc/key"}, TMPFS_AND_DISK)
+    assert any("ext4" in g for g in on_disk)
+
+
+# --------------------------------------------------------------------------
+# InnoDB tablespaces
+# --------------------------------------------------------------------------
+
+# As 10.11 lists them on a fresh node (INNODB_SYS_TABLESPACES has no space 0 row).
+SYS_ROWS = [
+    ["1", "mysql/innodb_table_stats"], ["2", "mysql/innodb_index_stats"], ["3", "mysql/transaction_registry"],
+    ["4", "mysql/gtid_slave_pos"], ["4294967294", "innodb_temporary"], ["5", "app/orders"],
+]
+
+
+def _enc(space: str, name: str, scheme: str = "1", min_v: str = "1", rotating: str = "0") -> list[str | None]:
+    return [space, name, scheme, min_v, "1", rotating, None, None]
+
+
+ENC_ROWS = [
+    _enc("0", "innodb_system"), _enc("1", "mysql/innodb_table_stats"), _enc("2", "mysql/innodb_index_stats"),
+    _enc("3", "mysql/transaction_registry"), _enc("4", "mysql/gtid_slave_pos"), _enc("5", "app/orders"),
+]
+
+
+def test_every_tablespace_encrypted_passes_including_space_0_and_the_temporary_one() -> None:
+    state = verify.innodb_state(SYS_ROWS, ENC_ROWS, temporary_encrypted=True)
+    section, gaps = verify.check_innodb(state)
+    assert gaps == []
+    assert section["tablespaces"] == 7 == section["encrypted"]
+
+
+def test_a_tablespace_with_no_encryption_row_is_a_gap() -> None:
+    rows = [r for r in ENC_ROWS if r[0] != "5"]
+    _, gaps = verify.check_innodb(verify.innodb_state(SYS_ROWS, rows, temporary_encrypted=True))
+    assert gaps == ["innodb: app/orders (space 5): no row in INNODB_TABLESPACES_ENCRYPTION"]
+
+
+def test_space_0_is_checked_even_though_sys_tablespaces_omits_it() -> None:
+    rows = [r for r in ENC_ROWS if r[0] != "0"]
+    _, gaps = verify.check_innodb(verify.innodb_state(SYS_ROWS, rows, temporary_encrypted=True))
+    assert gaps == ["innodb: innodb_system (space 0): no row in INNODB_TABLESPACES_ENCRYPTION"]
+
+
+def test_rotation_is_in_progress_and_unencrypted_is_a_gap() -> None:
+    rows = [*ENC_ROWS[:4], _enc("4", "mysql/gtid_slave_pos", min_v="0"),
+            ["5", "app/orders", "1", "0", "1", "1", "120", "640"]]
+    state = verify.innodb_state(SYS_ROWS, rows, temporary_encrypted=True)
+    assert state.pending == 2
+    assert "rotating (page 120 of 640)" in state.in_progress[1]
+    unencrypted = verify.innodb_state(SYS_ROWS, [*ENC_ROWS[:5], _enc("5", "app/orders", scheme="0", min_v="0")],
+                                      temporary_encrypted=True)
+    assert unencrypted.unencrypted == ["app/orders (space 5): encryption_scheme 0"]
+
+
+def test_temporary_tablespace_follows_its_flag() -> None:
+    state = verify.innodb_state(SYS_ROWS, ENC_ROWS, temporary_encrypted=False)
+    assert state.unencrypted == ["innodb_temporary (space 4294967294): innodb_encrypt_temporary_tables is OFF"]
+
+
+class FakeSql:
+    """Answers queries from canned batch output; records every statement."""
+
+    def __init__(self, answers: dict[str, str], on_execute: Any = None) -> None:
+        self.answers = answers
+        self.executed: list[str] = []
+        self.on_execute = on_execute
+
+    def __call__(self, sql: str) -> str:
+        self.executed.append(sql)
+        if self.on_execute:
+            self.on_execute(sql)
+        for needle, output in self.answers.items():
+            if needle in sql:
+                return output
+        return ""
+
+
+def _batch(rows: list[list[str | None]]) -> str:
+    return "".join("\t".join("NULL" if v is None else v for v in r) + "\n" for r in rows)
+
+
+def test_wait_reports_progress_until_rotation_finishes() -> None:
+    calls = {"n": 0}
+    rotating = [*ENC_ROWS[:5], ["5", "app/orders", "1", "0", "1", "1", "10", "20"]]
+
+    def enc_answer(sql: str) -> None:
+        if "INNODB_TABLESPACES_ENCRYPTION" in sql:
+            calls["n"] += 1
+
+    fake = FakeSql({"innodb_encrypt_temporary_tables": "1\n", "INNODB_SYS_TABLESPACES": _batch(SYS_ROWS)}, enc_answer)
+    answers = iter([_batch(rotating), _batch(rotating), _batch(ENC_ROWS)])
+    fake.answers["INNODB_TABLESPACES_ENCRYPTION"] = ""
+
+    def run(sql: str) -> str:
+        if "INNODB_TABLESPACES_ENCRYPTION" in sql:
+            return next(answers)
+        return fake(sql)
+
+    said: list[str] = []
+    original_sleep = verify.time.sleep
+    verify.time.sleep = lambda _s: None
+    try:
+        state = verify.wait_for_rotation(verify.Sql(run), 60, said.append)
+    finally:
+        verify.time.sleep = original_sleep
+    assert state.pending == 0
+    assert len(said) == 2 and "1 of 7 tablespaces pending" in said[0] and "rotating" in said[0]
+
+
+# --------------------------------------------------------------------------
+# Engines that cannot be encrypted
+# --------------------------------------------------------------------------
+
+
+def _t(schema: str, name: str, engine: str | None, row_format: str | None = "Page") -> Any:
+    return verify.TableInfo(schema, name, engine, row_format, "")
+
+
+def test_unencryptable_engines_are_gaps_and_stock_log_tables_are_exempt() -> None:
+    tables = [
+        _t("mysql", "global_priv", "Aria"), _t("mysql", "general_log", "CSV", "Dynamic"),
+        _t("mysql", "slow_log", "CSV", "Dynamic"), _t("app", "orders", "InnoDB", "Dynamic"),
+        _t("app", "legacy", "MyISAM", "Fixed"), _t("app", "export", "CSV", "Dynamic"),
+        _t("app", "dyn", "Aria", "Dynamic"), _t("app", "cache", "MEMORY", "Fixed"), _t("app", "broken", None, None),
+    ]
+    section, gaps = verify.check_engines(tables, "FILE")
+    text = "\n".join(gaps)
+    assert "app.legacy uses MyISAM" in text and "app.export uses CSV" in text
+    assert "app.dyn is Aria ROW_FORMAT=Dynamic" in text and "app.broken" in text
+    assert "orders" not in text and "cache" not in text and "global_priv" not in text
+    assert len(gaps) == 4
+    assert len(section["exempt"]) == 2
+    _, with_table_logs = verify.check_engines(tables, "FILE,TABLE")
+    assert any("mysql.general_log" in g for g in with_table_logs)
+
+
+# --------------------------------------------------------------------------
+# Aria: the .MAI header
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "encrypted", "transactional", "page"),
+    [
+        (ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV, True, True, True),
+        (ENCRYPTED_NOT_TRANSACTIONAL, True, False, True),
+        (PLAIN_TRANSACTIONAL, False, True, True),
+        (PLAIN_DYNAMIC, False, False, False),
+    ],
+)
+def test_real_aria_headers_are_read_correctly(fixture: tuple[str, ...], encrypted: bool, transactional: bool,
+                                              page: bool) -> None:
+    header = verify.parse_aria_header(_header(fixture))
+    assert (header.encrypted, header.transactional, header.page_format) == (encrypted, transactional, page)
+
+
+def test_not_an_aria_file() -> None:
+    with pytest.raises(verify.NotAriaFile):
+        verify.parse_aria_header(b"\xfe\xfe\x07\x01" + bytes(600))  # MyISAM's magic
+    with pytest.raises(verify.NotAriaFile):
+        verify.parse_aria_header(_header(PLAIN_TRANSACTIONAL)[:200])
+
+
+def test_check_aria_reports_each_table_from_its_header(tmp_path: Path) -> None:
+    _mai(tmp_path / "mysql" / "global_priv.MAI", ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV)
+    _mai(tmp_path / "app" / "enc_nt.MAI", ENCRYPTED_NOT_TRANSACTIONAL)
+    _mai(tmp_path / "app" / "plain.MAI", PLAIN_TRANSACTIONAL)
+    _mai(tmp_path / "app" / "parted#P#p0.MAI", ENCRYPTED_NOT_TRANSACTIONAL)
+    _mai(tmp_path / "app" / "parted#P#p1.MAI", PLAIN_DYNAMIC)
+    _mai(tmp_path / "my@002ddb" / "t@0024.MAI", ENCRYPTED_NOT_TRANSACTIONAL)
+    tables = [
+        _t("mysql", "global_priv", "Aria"), _t("app", "enc_nt", "Aria"), _t("app", "plain", "Aria"),
+        _t("app", "parted", "Aria"), _t("my-db", "t$", "Aria"), _t("app", "gone", "Aria"),
+        _t("app", "orders", "InnoDB"),
+    ]
+    section, gaps = verify.check_aria(tables, tmp_path)
+    each = {r["table"]: r for r in section["each"]}
+    assert each["mysql.global_priv"] == {"table": "mysql.global_priv", "encrypted": True, "transactional": True}
+    assert each["app.enc_nt"]["encrypted"] is True
+    assert each["my-db.t$"]["encrypted"] is True  # found through MariaDB's filename encoding
+    assert each["app.plain"]["encrypted"] is False
+    assert each["app.parted"]["encrypted"] is False  # one partition is not
+    text = "\n".join(gaps)
+    assert "app.plain is not encrypted" in text and "app.plain is TRANSACTIONAL=1" in text
+    assert "app.parted is not encrypted" in text
+    assert "app.gone: no .MAI file" in text
+    assert "global_priv" not in text and "enc_nt" not in text
+    assert "1 system tables" in section["limitation"]
+    assert section["tables"] == 6 and section["encrypted"] == 3
+
+
+def test_filename_encoding() -> None:
+    assert verify.filename_encode("orders_2024") == "orders_2024"
+    assert verify.filename_encode("my-db") == "my@002ddb"
+    assert verify.filename_encode("a.b") == "a@002eb"
+
+
+# --------------------------------------------------------------------------
+# gcache, swap
+# --------------------------------------------------------------------------
+
+
+def test_gcache_on_tmpfs_passes_and_on_disk_is_a_gap(tmp_path: Path) -> None:
+    opts = "base_dir = /var/lib/mysql/; gcache.dir = /run/galera; gcache.name = galera.cache; gcache.recover = no; " \
+           "gcache.size = 256M; gmcast.segment = 1"
+    section, gaps = verify.check_gcache(opts, tmp_path, TMPFS_AND_DISK)
+    assert gaps == [] and section["filesystem"] == "tmpfs" and section["size"] == "256M"
+    _, on_disk = verify.check_gcache("gcache.dir = /var/lib/mysql; gcache.size = 128M", tmp_path, TMPFS_AND_DISK)
+    assert any("ext4" in g for g in on_disk)
+    (tmp_path / "galera.cache").write_bytes(b"old")
+    (tmp_path / "gcache.page.000000").write_bytes(b"old")
+    _, stray = verify.check_gcache(opts, tmp_path, TMPFS_AND_DISK)
+    assert len(stray) == 2 and "old gcache file" in stray[0]
+
+
+def _sys_block(root: Path, name: str, uuid: str | None = None, slaves: tuple[str, ...] = ()) -> Path:
+    dev = root / "devices" / "virtual" / "block" / name
+    dev.mkdir(parents=True)
+    if uuid is not None:
+        (dev / "dm").mkdir()
+        (dev / "dm" / "uuid").write_text(uuid + "\n")
+    (dev / "slaves").mkdir()
+    for s in slaves:
+        (dev / "slaves" / s).symlink_to(root / "devices" / "virtual" / "block" / s)
+    (root / "class" / "block").mkdir(parents=True, exist_ok=True)
+    (root / "class" / "block" / name).symlink_to(dev)
+    return dev
+
+
+def test_swap_encryption_is_read_from_dm_crypt(tmp_path: Path) -> None:
+    _sys_block(tmp_path, "sda2")
+    _sys_block(tmp_path, "dm-0", "CRYPT-LUKS2-abc-swap")
+    _sys_block(tmp_path, "dm-1", "CRYPT-LUKS2-def-root")
+    _sys_block(tmp_path, "dm-2", "LVM-xyz", slaves=("dm-1",))  # LVM on LUKS
+    (tmp_path / "dev" / "block").mkdir(parents=True)
+    (tmp_path / "dev" / "block" / "253:2").symlink_to(tmp_path / "class" / "block" / "dm-2")
+    (tmp_path / "dev" / "block" / "8:1").symlink_to(tmp_path / "class" / "block" / "sda2")
+    swaps = (
+        "Filename\tType\tSize\tUsed\tPriority\n"
+        "/dev/dm-0  partition\t1048572\t0\t-2\n"
+        "/dev/zram0 partition\t1048572\t0\t100\n"
+        "/swapfile  file\t1048572\t0\t-3\n"
+    )
+
+    class St:
+        def __init__(self, major: int, minor: int) -> None:
+            self.st_dev = os.makedev(major, minor)
+
+    section, gaps = verify.check_swap(swaps, sys_root=tmp_path, stat=lambda _p: St(253, 2))  # type: ignore[arg-type,return-value]
+    assert gaps == []
+    assert [d["encrypted"] for d in section["devices"]] == [True, True, True]
+    plain = "Filename\tType\tSize\tUsed\tPriority\n/dev/sda2 partition 1 0 -2\n/swapfile file 1 0 -3\n"
+    _, gaps = verify.check_swap(plain, sys_root=tmp_path, stat=lambda _p: St(8, 1))  # type: ignore[arg-type,return-value]
+    assert len(gaps) == 2 and all("not encrypted" in g for g in gaps)
+    _, none = verify.check_swap("Filename\tType\tSize\tUsed\tPriority\n", sys_root=tmp_path)
+    assert none == []
+
+
+# --------------------------------------------------------------------------
+# The canary scanner (control: a planted marker is found)
+# --------------------------------------------------------------------------
+
+
+def test_scanner_finds_a_planted_marker_and_only_there(tmp_path: Path) -> None:
+    marker = b"mariadb-kms-canary-0123456789abcdef"
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "t.ibd").write_bytes(os.urandom(100_000) + marker + os.urandom(1000))
+    (tmp_path / "db" / "clean.ibd").write_bytes(os.urandom(200_000))
+    (tmp_path / "binlog.000001").write_bytes(b"x" * 10 + marker[:10])  # a prefix is not the marker
+    result = verify.scan_for_marker([tmp_path], marker, "/dev/vda / ext4 rw 0 0\n")
+    assert result.found == [str(tmp_path / "db" / "t.ibd")]
+    assert result.files == 3 and result.bytes > 300_000
+
+
+def test_scanner_finds_a_marker_across_a_chunk_boundary(tmp_path: Path) -> None:
+    marker = b"boundary-marker-42"
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 1000 + marker + b"b" * 1000)
+    for chunk in (7, 1003, 1010, 4096):
+        assert verify.file_contains(path, marker, chunk=chunk), chunk
+    assert not verify.file_contains(path, b"absent-marker", chunk=7)
+
+
+def test_scanner_skips_tmpfs_because_it_is_not_at_rest(tmp_path: Path) -> None:
+    marker = b"gcache-marker-7"
+    (tmp_path / "galera").mkdir()
+    (tmp_path / "galera" / "galera.cache").write_bytes(marker)
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "disk" / "ibdata1").write_bytes(marker)
+    mounts = f"/dev/vda / ext4 rw 0 0\ntmpfs {tmp_path / 'galera'} tmpfs rw 0 0\n"
+    result = verify.scan_for_marker([tmp_path / "galera", tmp_path / "disk"], marker, mounts)
+    assert result.found == [str(tmp_path / "disk" / "ibdata1")]
+    assert any("tmpfs" in s for s in result.skipped)
+
+
+def test_persistent_roots_come_from_the_servers_variables() -> None:
+    roots = verify.persistent_roots({
+        "datadir": "/var/lib/mysql/", "innodb_log_group_home_dir": "./", "log_bin_basename": "/srv/binlog/mariadb-bin",
+        "aria_log_dir_path": "/var/lib/mysql/", "tmpdir": "/tmp:/srv/tmp2", "log_error": "",
+        "general_log_file": "vm.log", "innodb_undo_directory": "/srv/undo",
+    })
+    for expected in ("/var/lib/mysql/", "/srv/binlog", "/tmp", "/srv/tmp2", "/var/log/mysql", "/srv/undo"):
+        assert expected in roots
+
+
+def _canary_sql(datadir: Path, *, leaks: bool) -> FakeSql:
+    """A stand-in server: on INSERT it writes the marker to a data file, in plaintext or not."""
+
+    def on_execute(sql: str) -> None:
+        if "INSERT INTO" in sql:
+            found = re.search(r"'(mariadb-kms-canary-[0-9a-f]+)'", sql)
+            assert found
+            data = found.group(1).encode() if leaks else bytes(reversed(found.group(1).encode()))
+            (datadir / "canary.ibd").write_bytes(b"\0" * 100 + data)
+
+    return FakeSql({
+        "innodb_max_dirty_pages_pct": "90.000000\n",
+        "INNODB_BUFFER_POOL_PAGES_DIRTY": "0\n",
+    }, on_execute)
+
+
+@pytest.mark.parametrize("leaks", [True, False])
+def test_canary_finds_a_plaintext_marker_and_always_deletes_it(tmp_path: Path, leaks: bool) -> None:
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    fake = _canary_sql(datadir, leaks=leaks)
+    section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n")
+    assert section["found_in"] == ([str(datadir / "canary.ibd")] if leaks else [])
+    assert bool(gaps) is leaks
+    statements = "\n".join(fake.executed)
+    assert "ENGINE=InnoDB" in statements and "ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0" in statements
+    assert "SET GLOBAL innodb_max_dirty_pages_pct = 0" in statements
+    assert "SET GLOBAL innodb_max_dirty_pages_pct = 90.0" in statements  # put back
+    assert fake.executed[-1].count("DELETE FROM") == 2  # the marker rows go, found or not
+
+
+# --------------------------------------------------------------------------
+# A datadir's state, for the installer
+# --------------------------------------------------------------------------
+
+
+def _fresh_datadir(root: Path, fixture: tuple[str, ...]) -> Path:
+    root.mkdir()
+    for name in ("global_priv", "db", "proc"):
+        _mai(root / "mysql" / f"{name}.MAI", fixture)
+        (root / "mysql" / f"{name}.frm").write_bytes(b"frm")
+    for name in ("aria_log.00000001", "aria_log_control", "ibdata1", "ib_logfile0", "ib_buffer_pool",
+                 "mysql_upgrade_info", "debian-10.11.flag"):
+        (root / name).write_bytes(b"x")
+    (root / "performance_schema").mkdir()
+    (root / "sys").mkdir()
+    return root
+
+
+def test_datadir_states(tmp_path: Path) -> None:
+    assert verify.datadir_state(tmp_path / "absent")[0] == "empty"
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "lost+found").mkdir()
+    (tmp_path / "blank" / "debian-10.11.flag").write_bytes(b"")
+    assert verify.datadir_state(tmp_path / "blank")[0] == "empty"
+    assert verify.datadir_state(_fresh_datadir(tmp_path / "enc", ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV))[0] == "encrypted"
+    pristine = _fresh_datadir(tmp_path / "plain", PLAIN_TRANSACTIONAL)
+    assert verify.datadir_state(pristine)[0] == "unencrypted-pristine"
+    (pristine / "grastate.dat").write_text("seqno: 10\n")
+    state, reasons = verify.datadir_state(pristine)
+    assert state == "unencrypted-with-data" and any("Galera" in r for r in reasons)
+    app = _fresh_datadir(tmp_path / "app", PLAIN_TRANSACTIONAL)
+    (app / "shop").mkdir()
+    assert verify.datadir_state(app)[0] == "unencrypted-with-data"
+    mixed = _fresh_datadir(tmp_path / "mixed", ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV)
+    _mai(mixed / "mysql" / "db.MAI", PLAIN_TRANSACTIONAL)
+    assert verify.datadir_state(mixed)[0] == "mixed"
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "ibdata1").write_bytes(b"x")
+    assert verify.datadir_state(tmp_path / "odd")[0] == "unknown"
+
+
+# --------------------------------------------------------------------------
+# The whole report from canned server answers
+# --------------------------------------------------------------------------
+
+
+def _server(overrides: dict[str, str] | None = None, tables: list[list[str | None]] | None = None) -> FakeSql:
+    variables = {**GOOD_FLAGS, "wsrep_on": "ON", "datadir": "/nonexistent-datadir/", "version": "10.11.18-MariaDB",
+                 "wsrep_provider_options": "gcache.dir = /run/galera; gcache.size = 256M",
+                 "file_key_management_filename": "/run/mariadb-kms/keyfile", **(overrides or {})}
+    return FakeSql({
+        "SHOW GLOBAL VARIABLES": _batch([[k, v] for k, v in variables.items()]),
+        "SHOW GLOBAL STATUS": _batch([[k, v] for k, v in SYNCED.items()]),
+        "information_schema.PLUGINS": _batch(PLUGIN_OK),
+        "innodb_encrypt_temporary_tables": "1\n",
+        "INNODB_SYS_TABLESPACES": _batch(SYS_ROWS),
+        "INNODB_TABLESPACES_ENCRYPTION": _batch(ENC_ROWS),
+        "information_schema.TABLES": _batch(tables or [["app", "orders", "InnoDB", "Dynamic", ""]]),
+    })
+
+
+def _args(**kw: Any) -> argparse.Namespace:
+    defaults: dict[str, Any] = {"expect_size": 3, "allow_query_logs": False, "wait": 0, "canary": False}
+    return argparse.Namespace(**{**defaults, **kw})
+
+
+def test_a_fully_encrypted_node_reports_ok() -> None:
+    report = verify.verify(verify.Sql(_server()), _args(), mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert report["gaps"] == [] and report["ok"] is True
+    assert set(report) >= {"galera", "key", "flags", "innodb", "tables", "aria", "gcache", "swap", "never_encrypted"}
+    assert any(".frm" in n for n in report["never_encrypted"])
+
+
+def test_one_gap_fails_the_report() -> None:
+    report = verify.verify(verify.Sql(_server({"encrypt_binlog": "OFF"})), _args(), mounts_text=TMPFS_AND_DISK,
+                           swaps_text="")
+    assert report["ok"] is False and report["gaps"] == ["flags: encrypt_binlog is OFF, not ON"]
+
+
+def test_main_exit_status_and_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    def boom(_client: Any) -> Any:
+        def run(_sql: str) -> str:
+            raise verify.SqlError("Can't connect to local server through socket '/run/mysqld/mysqld.sock'")
+        return run
+
+    monkeypatch.setattr(verify, "mariadb_runner", boom)
+    assert verify.main([]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and "Can't connect" in report["error"]
