@@ -149,6 +149,8 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "amiId", "string", "Pinned Debian 12 AMI for EC2 nodes (required when ec2Nodes is not empty).", default=""
     ),
+    ConfigKey("createKmsVpcEndpoint", "boolean", "Create a KMS interface VPC endpoint with private DNS, for nodes in private subnets (they must reach KMS on 443).", default=False),
+    ConfigKey("kmsEndpointSubnetIds", "array", "Subnets for that endpoint. Empty: one node subnet per availability zone.", default=[]),
     ConfigKey("adminCidrs", "array", "CIDRs allowed to reach EC2 nodes on SSH (22).", default=[]),
     ConfigKey("clientCidrs", "array", "CIDRs allowed to reach EC2 nodes on MariaDB (3306).", default=[]),
     ConfigKey("onPremCidrs", "array", "CIDRs of on-prem Galera members, allowed on 4567/4568/4444.", default=[]),
@@ -238,6 +240,8 @@ class MariaDbSettings:
 class NetworkConfig:
     vpc_id: str | None
     ami_id: str | None
+    create_kms_vpc_endpoint: bool
+    kms_endpoint_subnet_ids: tuple[str, ...]
     admin_cidrs: tuple[str, ...]
     client_cidrs: tuple[str, ...]
     onprem_cidrs: tuple[str, ...]
@@ -560,6 +564,14 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         c.bad("vpcId", "", "the VPC id of the EC2 nodes' subnets (ec2Nodes is not empty)")
     if ec2 and ami_id is None:
         c.bad("amiId", "", "a pinned Debian 12 AMI id (ec2Nodes is not empty)")
+    endpoint_subnets = tuple(str(x) for x in (v["kmsEndpointSubnetIds"] or ()))
+    for sn in endpoint_subnets:
+        if not _SUBNET.match(sn):
+            c.bad("kmsEndpointSubnetIds", sn, "a subnet id such as subnet-0123456789abcdef0")
+    if endpoint_subnets and not v["createKmsVpcEndpoint"]:
+        c.bad("kmsEndpointSubnetIds", list(endpoint_subnets), "no value unless createKmsVpcEndpoint is true")
+    if v["createKmsVpcEndpoint"] and not ec2:
+        c.bad("createKmsVpcEndpoint", True, "false when there are no EC2 nodes (the endpoint serves them)")
     admin_cidrs = _cidr_list(c, "adminCidrs", v["adminCidrs"])
     client_cidrs = _cidr_list(c, "clientCidrs", v["clientCidrs"])
     onprem_cidrs = _cidr_list(c, "onPremCidrs", v["onPremCidrs"])
@@ -613,6 +625,8 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         network=NetworkConfig(
             vpc_id=vpc_id,
             ami_id=ami_id,
+            create_kms_vpc_endpoint=bool(v["createKmsVpcEndpoint"]),
+            kms_endpoint_subnet_ids=endpoint_subnets,
             admin_cidrs=admin_cidrs,
             client_cidrs=client_cidrs,
             onprem_cidrs=onprem_cidrs,

@@ -8,7 +8,8 @@ set -euo pipefail
 # iproute2 makes the bridge, veths and netns; util-linux has nsenter and flock;
 # apt-utils indexes the local package repository (apt-ftparchive);
 # cloud-init gives `cloud-init schema` for rendered user-data; openssh-client for SSH checks;
-# tcpdump to look at testbed traffic when debugging.
+# tcpdump to look at testbed traffic when debugging; systemd gives systemd-analyze
+# (unit checks); nftables and e2fsprogs are what the first-boot scripts' tests run.
 PACKAGES=(
   debootstrap
   debian-archive-keyring
@@ -20,6 +21,9 @@ PACKAGES=(
   openssh-client
   tcpdump
   python3
+  systemd
+  nftables
+  e2fsprogs
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -168,6 +168,18 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("malformed VPC endpoint", with_(kmsVpcEndpointId="vpc-123"), "kmsVpcEndpointId", "vpce-"),
     ("bootstrap node not a node", with_(bootstrapNode="nope"), "bootstrapNode", "one of the node names"),
     ("boolean given as a string", with_(generalLog="yes"), "generalLog", "true or false"),
+    (
+        "endpoint subnet not a subnet",
+        with_(createKmsVpcEndpoint=True, kmsEndpointSubnetIds=["sub-1"]),
+        "kmsEndpointSubnetIds",
+        "subnet-",
+    ),
+    (
+        "endpoint subnets without the endpoint",
+        with_(kmsEndpointSubnetIds=["subnet-0123456789abcdef0"]),
+        "kmsEndpointSubnetIds",
+        "createKmsVpcEndpoint",
+    ),
     ("tag in the aws: namespace", with_(tags={"aws:owner": "x"}), "tags.aws:owner", "not starting with aws:"),
 ]
 
