@@ -1,7 +1,8 @@
 """mariadb-kms: a MariaDB Galera cluster encrypted at rest under one AWS KMS key.
 
 Load and validate config, build the AWS side (identities, key, cluster data
-key), export the outputs. The output names are a public contract read through
+key) and the cluster (nodes, the SSH path, bootstrap, verification), export
+the outputs. The output names are a public contract read through
 StackReference: every one is always present, null when it does not apply.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pulumi
 
+from components.cluster import MariaDbCluster
 from components.cluster_data_key import ClusterDataKey
 from components.config import ConfigError
 from components.deployer import deployer_arns, deploying_identity
@@ -65,6 +67,17 @@ data_key = ClusterDataKey(
     opts=pulumi.ResourceOptions(depends_on=[key]),
 )
 
+cluster = MariaDbCluster(
+    "cluster",
+    cluster=cfg,
+    key_arn=key.arn,
+    data_key_blob=data_key.ciphertext_blob,
+    ssh_private_key=secrets.ssh_private_key,
+    instance_profile_name=node_identity.instance_profile_name if node_identity else None,
+    onprem_access_key_id=onprem_identity.access_key_id if onprem_identity else None,
+    onprem_secret_access_key=onprem_identity.secret_access_key if onprem_identity else None,
+)
+
 pulumi.export("kmsKeyArn", key.arn)
 pulumi.export("kmsKeyId", key.key_id)
 pulumi.export("kmsAliasName", key.alias_name)
@@ -73,3 +86,6 @@ pulumi.export("instanceProfileName", node_identity.instance_profile_name if node
 pulumi.export("onPremUserName", onprem_identity.user_name if onprem_identity else None)
 pulumi.export("onPremAccessKeyId", onprem_identity.access_key_id if onprem_identity else None)
 pulumi.export("clusterDataKeyCiphertext", data_key.ciphertext_blob)
+pulumi.export("nodes", cluster.nodes)
+pulumi.export("galeraClusterAddress", cluster.galera_cluster_address)
+pulumi.export("verification", cluster.verification)

@@ -29,12 +29,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import runpy
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,26 @@ class Types:
     # A dynamic resource's token is pulumi-python:dynamic[/<module>]:<name>.
     DYNAMIC_PREFIX = "pulumi-python:dynamic"
     DATA_KEY = "pulumi-python:dynamic/mariadb-kms:ClusterDataKey"
+    # The SSH path (issue 4).
+    MARIADB_CLUSTER = "mariadb-kms:index:MariaDbCluster"
+    ONPREM_NODE = "mariadb-kms:index:OnPremNode"
+    NODE_SSH_PATH = "mariadb-kms:index:NodeSshPath"
+    VERIFICATION = "mariadb-kms:index:Verification"
+    REMOTE_COMMAND = "command:remote:Command"
+    REMOTE_COPY = "command:remote:CopyToRemote"
+    # EC2 nodes (issue 4).
+    EC2_NODE = "mariadb-kms:index:Ec2Node"
+    NODE_SECURITY_GROUP = "mariadb-kms:index:NodeSecurityGroup"
+    KMS_VPC_ENDPOINT = "mariadb-kms:index:KmsVpcEndpoint"
+    TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+    EC2_INSTANCE = "aws:ec2/instance:Instance"
+    EC2_NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
+    EBS_VOLUME = "aws:ebs/volume:Volume"
+    EC2_VOLUME_ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"
+    EC2_SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+    SG_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+    SG_EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+    EC2_VPC_ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
 
 
 class Invokes:
@@ -317,6 +339,70 @@ class RecordingMocks(pulumi_mocks.Mocks):
             return self._session_context(str(args.args.get("arn", "")))
         raise NotImplementedError(f"the mocks do not model invoke {args.token}; add it to tests/unit/mocks.py")
 
+    def _computed_ec2(self, typ: str, name: str, inputs: dict[str, Any]) -> _Computed | None:
+        """EC2 nodes, their security group, the KMS endpoint and the SSH host key (issue 4)."""
+        acct, region, part = ACCOUNT_ID, self.region, PARTITION
+        if typ == Types.TLS_PRIVATE_KEY:
+            if inputs.get("algorithm") != "ED25519":
+                raise NotImplementedError("the mocks model ED25519 host keys only")
+            private, public, pem = ed25519_openssh(f"{self.stack}/{name}")
+            fingerprint = base64.b64encode(hashlib.sha256(base64.b64decode(public.split()[1])).digest())
+            return _Computed(_stable_hex("tls", name, length=40), {
+                "privateKeyOpenssh": private,
+                "privateKeyPem": pem,
+                "privateKeyPemPkcs8": pem,
+                "publicKeyOpenssh": public,
+                "publicKeyFingerprintSha256": "SHA256:" + fingerprint.decode().rstrip("="),
+            })
+        if typ == Types.EC2_NETWORK_INTERFACE:
+            eni = _ec2_id("eni", name)
+            ips = [str(ip) for ip in inputs.get("privateIps") or []] or [_mock_private_ip(name)]
+            return _Computed(eni, {
+                "arn": f"arn:{part}:ec2:{region}:{acct}:network-interface/{eni}",
+                "privateIp": ips[0],
+                "privateIps": ips,
+                "privateDnsName": f"ip-{ips[0].replace('.', '-')}.{region}.compute.internal",
+                "macAddress": "02:" + ":".join(_stable_hex("mac", name, length=10)[i:i + 2] for i in range(0, 10, 2)),
+                "ownerId": acct,
+            })
+        if typ == Types.EBS_VOLUME:
+            vol = _ec2_id("vol", name)
+            return _Computed(vol, {"arn": f"arn:{part}:ec2:{region}:{acct}:volume/{vol}", "iops": 3000,
+                                   "throughput": 125})
+        if typ == Types.EC2_INSTANCE:
+            instance = _ec2_id("i", name)
+            eni = (inputs.get("primaryNetworkInterface") or {}).get("networkInterfaceId")
+            return _Computed(instance, {
+                "arn": f"arn:{part}:ec2:{region}:{acct}:instance/{instance}",
+                "instanceState": "running",
+                "primaryNetworkInterfaceId": eni,
+            })
+        if typ == Types.EC2_VOLUME_ATTACHMENT:
+            return _Computed(f"vai-{int(_stable_hex('vai', name, length=8), 16)}", {})
+        if typ == Types.EC2_SECURITY_GROUP:
+            group = _ec2_id("sg", name)
+            group_name = str(inputs.get("name") or _autoname(name))
+            return _Computed(group, {
+                "arn": f"arn:{part}:ec2:{region}:{acct}:security-group/{group}",
+                "name": group_name,
+                "ownerId": acct,
+            }, frozenset({"name"}))
+        if typ in (Types.SG_INGRESS_RULE, Types.SG_EGRESS_RULE):
+            rule = _ec2_id("sgr", name)
+            return _Computed(rule, {"arn": f"arn:{part}:ec2:{region}:{acct}:security-group-rule/{rule}",
+                                    "securityGroupRuleId": rule})
+        if typ == Types.EC2_VPC_ENDPOINT:
+            endpoint = _ec2_id("vpce", name)
+            service = str(inputs.get("serviceName", "")).rsplit(".", 1)[-1]
+            return _Computed(endpoint, {
+                "arn": f"arn:{part}:ec2:{region}:{acct}:vpc-endpoint/{endpoint}",
+                "state": "available",
+                "dnsEntries": [{"dnsName": f"{endpoint}.{service}.{region}.vpce.amazonaws.com",
+                                "hostedZoneId": "Z7HUB22UULQXV"}],
+                "networkInterfaceIds": [_ec2_id("eni", f"{name}/{s}") for s in inputs.get("subnetIds") or []],
+            })
+        return None
+
     def _session_context(self, arn: str) -> dict[str, Any]:
         # IAM looks the role up by name and answers with its full ARN, path included.
         prefix = f"arn:{PARTITION}:sts::{ACCOUNT_ID}:assumed-role/{DEPLOYER_ROLE_NAME}/"
@@ -416,9 +502,67 @@ class RecordingMocks(pulumi_mocks.Mocks):
             key_arn = str(rpc.unwrap_rpc_secret(inputs.get("key_arn")))
             blob = fake_ciphertext_blob(key_arn)
             return _Computed(f"{name}-{_stable_hex(key_arn, length=12)}", {"ciphertext_blob": blob})
+        if typ == Types.REMOTE_COMMAND:
+            return _Computed(f"{name}-{_stable_hex(typ, name, length=12)}", _remote_command_output(name, inputs))
+        ec2 = self._computed_ec2(typ, name, inputs)
+        if ec2 is not None:
+            return ec2
         # Not modelled yet: echo the inputs, computed outputs stay absent
         # (unknown in preview, None in up).
         return _Computed(f"{name}-{_stable_hex(typ, name, length=12)}", {})
+
+
+def _ec2_id(prefix: str, name: str) -> str:
+    return f"{prefix}-{_stable_hex(prefix, name, length=17)}"
+
+
+@cache
+def ed25519_openssh(seed: str) -> tuple[str, str, str]:
+    """A real ed25519 key pair derived from ``seed``: (OpenSSH private, OpenSSH public line + newline, PEM).
+
+    Cached, so one resource name gives byte-identical keys for the whole test run
+    (OpenSSH's private format carries random check bytes).
+    """
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"ed25519/{seed}".encode()).digest())
+    private = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+    pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode()
+    public = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    return private, public + "\n", pem
+
+
+def _mock_private_ip(name: str) -> str:
+    digest = hashlib.sha256(f"ip/{name}".encode()).digest()
+    return f"10.20.{digest[0]}.{digest[1] % 250 + 4}"
+
+
+def canned_verify_report(node: str, cluster_size: int) -> dict[str, Any]:
+    """A passing report in the shape node/mariadb_kms_verify.py prints (the parts tests read)."""
+    return {
+        "node": node,
+        "version": "10.11.6-MariaDB-0+deb12u1",
+        "galera": {"wsrep_on": "ON", "ready": "ON", "connected": "ON", "cluster_status": "Primary",
+                   "local_state": "Synced", "cluster_size": cluster_size},
+        "key": {"plugins": [{"name": "file_key_management", "status": "ACTIVE",
+                             "load_option": "FORCE_PLUS_PERMANENT"}]},
+        "innodb": {"total": 7, "encrypted": 7, "in_progress": [], "unencrypted": []},
+        "canary": {"found_in": [], "files_scanned": 42},
+        "gaps": [],
+        "ok": True,
+    }
+
+
+def _remote_command_output(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A remote command's stdout/stderr: the verify tool's JSON report for verification commands, else empty."""
+    create = str(rpc.unwrap_rpc_secret(inputs.get("create")) or "")
+    if "mariadb-kms-verify" in create:
+        size = re.search(r"--expect-size (\d+)", create)
+        node = name.removesuffix("-verification-run")
+        report = canned_verify_report(node, int(size.group(1)) if size else 0)
+        return {"stdout": json.dumps(report, indent=2), "stderr": ""}
+    return {"stdout": "", "stderr": ""}
 
 
 class _RequestLocal(threading.local):
@@ -592,8 +736,9 @@ def run_program(
     caller_session: str = "ci-run-1",
     caller_arn: str | None = None,
     expect_failure: bool = False,
+    program: Callable[[], None] | None = None,
 ) -> Recording:
-    """Run ``__main__.py`` once under mocks and return what it did.
+    """Run ``__main__.py`` (or ``program``, e.g. one component) once under mocks and return what it did.
 
     The caller is the deployer role's session ``caller_session`` unless
     ``caller_arn`` names another identity.
@@ -607,7 +752,7 @@ def run_program(
         del os.environ[k]
     try:
         recording = contextvars.Context().run(
-            _run_isolated, config, preview, region, stack, caller_session, caller_arn
+            _run_isolated, config, preview, region, stack, caller_session, caller_arn, program
         )
     finally:
         os.environ.update(saved_env)
@@ -622,7 +767,7 @@ def run_program(
 
 def _run_isolated(
     config: Mapping[str, Any], preview: bool, region: str | None, stack: str, caller_session: str,
-    caller_arn: str | None,
+    caller_arn: str | None, program_fn: Callable[[], None] | None = None,
 ) -> Recording:
     recording = Recording(preview=preview)
     mocks = RecordingMocks(
@@ -651,7 +796,10 @@ def _run_isolated(
         pulumi.runtime.register_stack_transformation(recorder)
 
         def program() -> None:
-            runpy.run_path(str(MAIN), run_name="__main__")
+            if program_fn is not None:
+                program_fn()
+            else:
+                runpy.run_path(str(MAIN), run_name="__main__")
 
         try:
             loop.run_until_complete(run_pulumi_func(program))

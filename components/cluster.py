@@ -1,0 +1,285 @@
+"""MariaDbCluster: the nodes, their SSH paths, the one-time bootstrap and the verification.
+
+Wiring only (the order rules are in ``components/remote_steps``):
+
+- EC2 nodes (``Ec2Node``, one security group, the optional KMS VPC endpoint)
+  and on-prem nodes (``OnPremNode``);
+  the member list is every node's address, known before any instance exists
+  (EC2 nodes have their own network interfaces);
+- per node a ``NodeSshPath``: installs run in parallel, then nodes are
+  configured and (re)started one after another, bootstrap node first;
+- ``galera_new_cluster`` once, on the bootstrap node;
+- a ``Verification`` per node after the last node has rolled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+
+from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig, OnPremNodeConfig
+from components.mycnf import GALERA_PORT
+from components.node_files import load_node_files, render_unwrap_conf
+from components.node_path import COMMAND_INPUTS, JumpHost, NodePathInputs, NodeSshPath, remote_command, ssh_connection
+from components.onprem_node import OnPremNode
+from components.remote_steps import (
+    FileSpec,
+    bootstrap_step,
+    config_files,
+    credentials_files,
+    files_digest,
+    galera_cluster_address,
+    node_plan,
+    put_payload,
+    rolling_order,
+    seed_files,
+    verify_step,
+)
+from components.verification import Verification
+
+COMPONENT_TYPE = "mariadb-kms:index:MariaDbCluster"
+
+# The bootstrap command ignores a change of every input it has: it is never
+# updated or replaced, so it never runs galera_new_cluster a second time. Its
+# connection changes when the bootstrap node is replaced (a new host key or
+# address), or when bootstrapNode names another node later; without this, the
+# replacement would bootstrap a second cluster next to the running one, a
+# split brain. The node-side script refuses too when another member answers;
+# this makes sure it is never asked.
+BOOTSTRAP_IGNORE_CHANGES = COMMAND_INPUTS
+
+
+def node_files_payload(mode: str) -> tuple[str, str]:
+    """The put payload of ``node/`` for ``mode`` and its digest (read from disk once, by the one loader)."""
+    files: dict[str, FileSpec] = {dest: spec for dest, spec in load_node_files(mode).items()}
+    return put_payload(files), files_digest(files)
+
+
+def _restart_digest(files: dict[str, FileSpec], node_files_digest: str) -> str:
+    return hashlib.sha256(f"{files_digest(files)}\0{node_files_digest}".encode()).hexdigest()
+
+
+class MariaDbCluster(pulumi.ComponentResource):
+    nodes: pulumi.Output[list[dict[str, str]]]
+    """[{name, kind, address}] in configuration order: a public output."""
+    galera_cluster_address: pulumi.Output[str]
+    verification: pulumi.Output[dict[str, Any]]
+    """{node name: the verify tool's report}."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cluster: ClusterConfig,
+        key_arn: pulumi.Input[str],
+        data_key_blob: pulumi.Input[str],
+        ssh_private_key: pulumi.Input[str] | None,
+        instance_profile_name: pulumi.Input[str] | None = None,
+        onprem_access_key_id: pulumi.Input[str] | None = None,
+        onprem_secret_access_key: pulumi.Input[str] | None = None,
+        jump_host: JumpHost | None = None,
+        kms_endpoint_url: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """``kms_endpoint_url`` is for the rehearsal's local KMS stand-in only."""
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        if cluster.onprem_nodes and (onprem_access_key_id is None or onprem_secret_access_key is None):
+            raise ValueError("on-prem nodes need the on-prem access key id and secret")
+        self._cfg = cluster
+        self._key_arn = pulumi.Output.from_input(key_arn)
+        self._blob = pulumi.Output.from_input(data_key_blob)
+        self._endpoint = kms_endpoint_url
+        self._kms_endpoint: pulumi.Resource | None = None
+        child = pulumi.ResourceOptions(parent=self)
+
+        machines: dict[str, Any] = {}
+        machines.update(self._ec2_nodes(name, instance_profile_name, child))
+        for onprem_node in cluster.onprem_nodes:
+            machines[onprem_node.name] = OnPremNode(onprem_node.name, node=onprem_node, opts=child)
+
+        addresses = {n.name: pulumi.Output.from_input(machines[n.name].address) for n in cluster.nodes}
+        members = pulumi.Output.all(*(addresses[n.name] for n in cluster.nodes)).apply(
+            lambda values: [str(v) for v in values]
+        )
+        node_files, node_files_digest = node_files_payload(cluster.mariadb.key_management)
+        credentials: pulumi.Output[str] | None = None
+        if cluster.onprem_nodes:
+            credentials = pulumi.Output.secret(
+                pulumi.Output.all(onprem_access_key_id, onprem_secret_access_key).apply(
+                    lambda v: put_payload(credentials_files(cluster, access_key_id=v[0], secret_access_key=v[1]))
+                )
+            )
+
+        paths: dict[str, NodeSshPath] = {}
+        connections: dict[str, command.remote.ConnectionArgs] = {}
+        config_digests: dict[str, pulumi.Output[str]] = {}
+        for n in rolling_order(cluster):
+            machine = machines[n.name]
+            connections[n.name] = ssh_connection(
+                host=machine.address,
+                port=22 if isinstance(n, Ec2NodeConfig) else n.ssh_port,
+                user=machine.ssh_user,
+                host_key=machine.host_public_key,
+                private_key=ssh_private_key,
+                jump_host=jump_host,
+            )
+            rendered = self._config_files(n, addresses[n.name], members)
+            config_digests[n.name] = rendered.apply(lambda f: _restart_digest(f, node_files_digest))
+            onprem = isinstance(n, OnPremNodeConfig)
+            inputs = NodePathInputs(
+                identity=machine.identity if onprem else machine.instance_id,
+                node_files=node_files,
+                node_files_digest=node_files_digest,
+                config_files=rendered.apply(put_payload),
+                config_digest=config_digests[n.name],
+                seed_files=self._seed_payload(on_premises=onprem),
+                credentials=credentials if onprem else None,
+                credentials_version=onprem_access_key_id if onprem else None,
+            )
+            paths[n.name] = NodeSshPath(
+                f"{n.name}-ssh",
+                plan=node_plan(n, cluster),
+                connection=connections[n.name],
+                inputs=inputs,
+                machine=[] if onprem else self._ec2_prerequisites(machine.instance),
+                opts=pulumi.ResourceOptions(parent=machine),
+            )
+
+        # Rolling: every node after the previous one is Synced again; the bootstrap in front.
+        order = rolling_order(cluster)
+        first = order[0].name
+        previous_roll: command.remote.Command | None = None
+        self.bootstrap: command.remote.Command | None = None
+        for n in order:
+            path = paths[n.name]
+            preflight = path.configure(after=[previous_roll] if previous_roll is not None else [])
+            after: list[pulumi.Resource] = []
+            if n.name == first:
+                self.bootstrap = remote_command(
+                    f"{name}-bootstrap",
+                    bootstrap_step(),
+                    connection=connections[first],
+                    stdin=None,
+                    triggers=[],
+                    depends_on=[*(p.install for p in paths.values()), preflight],
+                    parent=self,
+                    ignore_changes=BOOTSTRAP_IGNORE_CHANGES,
+                )
+                after = [self.bootstrap]
+            previous_roll = path.roll(after=after)
+        if previous_roll is None:
+            raise ValueError("a cluster needs at least one node")
+
+        run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
+        reports: dict[str, pulumi.Output[Any]] = {}
+        for n in cluster.nodes:
+            path = paths[n.name]
+            step = verify_step(n, cluster, expect_size=len(cluster.nodes))
+            trigger_values: list[pulumi.Input[Any]] = [path.inputs.identity, config_digests[n.name], members]
+            if run_stamp is not None:
+                trigger_values.append(run_stamp)
+            verification = Verification(
+                f"{n.name}-verification",
+                step=step,
+                connection=connections[n.name],
+                triggers=trigger_values,
+                after=list(dict.fromkeys([path.commands["roll"], previous_roll])),
+                opts=pulumi.ResourceOptions(parent=machines[n.name]),
+            )
+            reports[n.name] = verification.report
+            path.finish()
+
+        names = [n.name for n in cluster.nodes]
+        kinds = [n.kind for n in cluster.nodes]
+        self.nodes = members.apply(
+            lambda addrs: [{"name": nm, "kind": k, "address": a} for nm, k, a in zip(names, kinds, addrs, strict=True)]
+        )
+        self.galera_cluster_address = members.apply(lambda addrs: galera_cluster_address(addrs, GALERA_PORT))
+        self.verification = pulumi.Output.all(*(reports[nm] for nm in names)).apply(
+            lambda values: dict(zip(names, values, strict=True))
+        )
+        self.register_outputs({
+            "nodes": self.nodes,
+            "galeraClusterAddress": self.galera_cluster_address,
+            "verification": self.verification,
+        })
+
+    def _ec2_prerequisites(self, instance: pulumi.Resource) -> list[pulumi.Resource]:
+        """Not before the instance exists, nor before its way to KMS (the install unwraps the key)."""
+        return [instance, *([self._kms_endpoint] if self._kms_endpoint is not None else [])]
+
+    def _config_files(
+        self, node: NodeConfig, address: pulumi.Output[str], members: pulumi.Output[list[str]]
+    ) -> pulumi.Output[dict[str, FileSpec]]:
+        cfg, endpoint = self._cfg, self._endpoint
+
+        def render(values: list[Any]) -> dict[str, FileSpec]:
+            key_arn, blob, node_address, member_addresses = values
+            return config_files(
+                node, cfg, key_arn=str(key_arn), blob_b64=str(blob), node_address=str(node_address),
+                member_addresses=[str(m) for m in member_addresses], kms_endpoint_url=endpoint,
+            )
+
+        return pulumi.Output.all(self._key_arn, self._blob, address, members).apply(render)
+
+    def _seed_payload(self, *, on_premises: bool) -> pulumi.Output[str]:
+        cfg, endpoint = self._cfg, self._endpoint
+        return pulumi.Output.all(self._key_arn, self._blob).apply(
+            lambda v: put_payload(
+                seed_files(cfg, key_arn=v[0], blob_b64=v[1], on_premises=on_premises, kms_endpoint_url=endpoint)
+            )
+        )
+
+    def _ec2_nodes(
+        self, name: str, instance_profile_name: pulumi.Input[str] | None, child: pulumi.ResourceOptions
+    ) -> dict[str, Any]:
+        cfg = self._cfg
+        if not cfg.ec2_nodes:
+            return {}
+        if instance_profile_name is None:
+            raise ValueError("EC2 nodes need the node instance profile")
+        # Imported here so a stack of on-prem nodes only never loads the EC2 half.
+        from components.ec2_node import Ec2Node
+        from components.security_group import NodeSecurityGroup
+
+        group = NodeSecurityGroup(f"{name}-nodes", cluster=cfg, opts=child)
+        if cfg.network.create_kms_vpc_endpoint and cfg.network.vpc_id is not None:
+            from components.kms_endpoint import KmsVpcEndpoint, endpoint_subnets
+
+            self._kms_endpoint = KmsVpcEndpoint(
+                f"{name}-kms",
+                vpc_id=cfg.network.vpc_id,
+                region=cfg.region,
+                subnet_ids=endpoint_subnets(cfg.ec2_nodes, cfg.network.kms_endpoint_subnet_ids),
+                node_security_group_id=group.id,
+                stack=cfg.stack,
+                tags=cfg.tags,
+                opts=child,
+            )
+        endpoint = self._endpoint
+        # The same unwrap.conf the SSH path's config step installs, so first boot and later runs agree.
+        unwrap_conf = self._key_arn.apply(
+            lambda arn: render_unwrap_conf(
+                mode=cfg.mariadb.key_management, key_arn=arn, region=cfg.region, on_premises=False,
+                endpoint_url=endpoint,
+            )
+        )
+        return {
+            n.name: Ec2Node(
+                n.name,
+                node=n,
+                cluster=cfg,
+                key_arn=self._key_arn,
+                data_key_blob=self._blob,
+                instance_profile_name=instance_profile_name,
+                security_group_id=group.id,
+                unwrap_conf=unwrap_conf,
+                opts=child,
+            )
+            for n in cfg.ec2_nodes
+        }
+
