@@ -6,8 +6,11 @@ Wiring only (the order rules are in ``components/remote_steps``):
   and on-prem nodes (``OnPremNode``);
   the member list is every node's address, known before any instance exists
   (EC2 nodes have their own network interfaces);
+- the cluster CA (``ClusterCa``) and each node's certificate, when any TLS
+  channel is on; the key reaches its node on stdin only;
 - per node a ``NodeSshPath``: installs run in parallel, then nodes are
-  configured and (re)started one after another, bootstrap node first;
+  configured (certificates first) and (re)started one after another,
+  bootstrap node first; a renewed certificate is reloaded the same way;
 - ``galera_new_cluster`` once, on the bootstrap node;
 - a ``Verification`` per node after the last node has rolled.
 """
@@ -21,6 +24,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
+from components.cluster_ca import ClusterCa
 from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig, OnPremNodeConfig
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
@@ -39,6 +43,7 @@ from components.remote_steps import (
     seed_files,
     verify_step,
 )
+from components.tls_material import tls_files
 from components.verification import Verification
 
 COMPONENT_TYPE = "mariadb-kms:index:MariaDbCluster"
@@ -59,6 +64,11 @@ def node_files_payload(mode: str) -> tuple[str, str]:
     return put_payload(files), files_digest(files)
 
 
+def _tls_payload(pems: list[Any]) -> str:
+    ca_cert_pem, cert_pem, key_pem = (str(p) for p in pems)
+    return put_payload(tls_files(ca_cert_pem, cert_pem, key_pem))
+
+
 def _restart_digest(files: dict[str, FileSpec], node_files_digest: str) -> str:
     return hashlib.sha256(f"{files_digest(files)}\0{node_files_digest}".encode()).hexdigest()
 
@@ -69,6 +79,8 @@ class MariaDbCluster(pulumi.ComponentResource):
     galera_cluster_address: pulumi.Output[str]
     verification: pulumi.Output[dict[str, Any]]
     """{node name: the verify tool's report}."""
+    ca_cert_pem: pulumi.Output[str] | None
+    """The cluster CA certificate clients verify nodes against; None when every TLS channel is off."""
 
     def __init__(
         self,
@@ -105,6 +117,13 @@ class MariaDbCluster(pulumi.ComponentResource):
         members = pulumi.Output.all(*(addresses[n.name] for n in cluster.nodes)).apply(
             lambda values: [str(v) for v in values]
         )
+        self.ca: ClusterCa | None = None
+        if cluster.tls.any_channel:
+            self.ca = ClusterCa(
+                f"{name}-ca", cluster_name=cluster.mariadb.cluster_name, stack=cluster.stack, nodes=addresses,
+                settings=cluster.tls, opts=child,
+            )
+        self.ca_cert_pem = self.ca.ca_cert_pem if self.ca is not None else None
         node_files, node_files_digest = node_files_payload(cluster.mariadb.key_management)
         credentials: pulumi.Output[str] | None = None
         if cluster.onprem_nodes:
@@ -130,6 +149,7 @@ class MariaDbCluster(pulumi.ComponentResource):
             rendered = self._config_files(n, addresses[n.name], members)
             config_digests[n.name] = rendered.apply(lambda f: _restart_digest(f, node_files_digest))
             onprem = isinstance(n, OnPremNodeConfig)
+            tls_payload, tls_digest = self._tls_inputs(n.name)
             inputs = NodePathInputs(
                 identity=machine.identity if onprem else machine.instance_id,
                 node_files=node_files,
@@ -139,6 +159,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 seed_files=self._seed_payload(on_premises=onprem),
                 credentials=credentials if onprem else None,
                 credentials_version=onprem_access_key_id if onprem else None,
+                tls_files=tls_payload,
+                tls_digest=tls_digest,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh",
@@ -180,6 +202,8 @@ class MariaDbCluster(pulumi.ComponentResource):
             path = paths[n.name]
             step = verify_step(n, cluster, expect_size=len(cluster.nodes))
             trigger_values: list[pulumi.Input[Any]] = [path.inputs.identity, config_digests[n.name], members]
+            if path.inputs.tls_digest is not None:
+                trigger_values.append(path.inputs.tls_digest)
             if run_stamp is not None:
                 trigger_values.append(run_stamp)
             verification = Verification(
@@ -206,7 +230,21 @@ class MariaDbCluster(pulumi.ComponentResource):
             "nodes": self.nodes,
             "galeraClusterAddress": self.galera_cluster_address,
             "verification": self.verification,
+            "caCertPem": self.ca_cert_pem,
         })
+
+    def _tls_inputs(self, node: str) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
+        """The node's TLS put payload (secret: it holds the key) and a digest of its certificates only."""
+        if self.ca is None:
+            return None, None
+        cert = self.ca.certificates[node]
+        payload: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(self.ca.ca_cert_pem, cert.cert_pem, cert.key_pem).apply(_tls_payload)
+        )
+        digest = pulumi.Output.all(self.ca.ca_cert_pem, cert.cert_pem).apply(
+            lambda v: hashlib.sha256(f"{v[0]}\0{v[1]}".encode()).hexdigest()
+        )
+        return payload, digest
 
     def _ec2_prerequisites(self, instance: pulumi.Resource) -> list[pulumi.Resource]:
         """Not before the instance exists, nor before its way to KMS (the install unwraps the key)."""

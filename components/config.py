@@ -175,6 +175,43 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "Re-run the verification on every `pulumi up`, not only when a node changes.",
         default=False,
     ),
+    ConfigKey(
+        "tlsReplication",
+        "boolean",
+        "Encrypt Galera replication and IST (4567, 4568) with TLS under the cluster CA. Off only deliberately: the verification then accepts plaintext on this channel.",
+        default=True,
+    ),
+    ConfigKey(
+        "tlsSst",
+        "boolean",
+        "Encrypt SST (mariabackup through socat with OpenSSL, 4444); donor and joiner each verify the other against the cluster CA.",
+        default=True,
+    ),
+    ConfigKey(
+        "tlsClients",
+        "boolean",
+        "Serve client connections (3306) with TLS under the node's certificate (TLSv1.2 and TLSv1.3 only).",
+        default=True,
+    ),
+    ConfigKey(
+        "requireSecureTransport",
+        "boolean",
+        "require_secure_transport: refuse TCP client connections without TLS (needs tlsClients).",
+        default=True,
+    ),
+    ConfigKey("tlsValidityDays", "integer", "Validity of each node certificate in days (2..3650).", default=365),
+    ConfigKey(
+        "tlsEarlyRenewalDays",
+        "integer",
+        "`pulumi up` renews a node certificate once fewer than this many days remain (1..tlsValidityDays-1), one node at a time.",
+        default=30,
+    ),
+    ConfigKey(
+        "tlsCaValidityDays",
+        "integer",
+        "Validity of the cluster root CA in days (more than tlsValidityDays, up to 36500). It is renewed with the same key when less than tlsValidityDays remain.",
+        default=3650,
+    ),
     ConfigKey("tags", None, "Tags added to every taggable AWS resource (map of string to string).", default={}),
 )
 
@@ -248,6 +285,24 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Encryption in transit, per channel; every channel is on unless config turns it off."""
+
+    replication: bool = True  # Galera replication and IST
+    sst: bool = True
+    clients: bool = True
+    require_secure_transport: bool = True
+    validity_days: int = 365
+    early_renewal_days: int = 30
+    ca_validity_days: int = 3650
+
+    @property
+    def any_channel(self) -> bool:
+        """Whether nodes need certificates at all."""
+        return self.replication or self.sst or self.clients
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     stack: str
     region: str
@@ -262,6 +317,7 @@ class ClusterConfig:
     ssh_authorized_key: str | None
     tags: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
     def nodes(self) -> tuple[NodeConfig, ...]:
@@ -472,6 +528,43 @@ def _onprem_nodes(c: _Collector, raw: Any) -> list[OnPremNodeConfig]:
     return nodes
 
 
+_TLS_CHANNELS = {
+    "tlsReplication": "Galera replication and IST cross the network in plaintext",
+    "tlsSst": "SST sends the datadir's unencrypted parts (.frm definitions, the Aria log) in plaintext",
+    "tlsClients": "client connections carry queries and rows in plaintext",
+}
+
+
+def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
+    for key, consequence in _TLS_CHANNELS.items():
+        if v[key] is False:
+            c.warnings.append(f"{key} is false: {consequence}")
+    if v["requireSecureTransport"] and v["tlsClients"] is False:
+        c.bad("requireSecureTransport", True, "false when tlsClients is false (no client could connect over TCP)")
+    elif v["requireSecureTransport"] is False and v["tlsClients"]:
+        c.warnings.append("requireSecureTransport is false: clients may still connect without TLS")
+    validity = _int_in(c, "tlsValidityDays", v["tlsValidityDays"], 2, 3650)
+    renewal = v["tlsEarlyRenewalDays"]
+    if renewal is not None and not 1 <= renewal < validity:
+        c.bad("tlsEarlyRenewalDays", renewal, f"an integer from 1 to {validity - 1} (less than tlsValidityDays)")
+    ca_validity = v["tlsCaValidityDays"]
+    if ca_validity is not None and not validity < ca_validity <= 36500:
+        c.bad(
+            "tlsCaValidityDays",
+            ca_validity,
+            f"an integer from {validity + 1} to 36500 (the CA must outlive a node certificate, tlsValidityDays)",
+        )
+    return TlsConfig(
+        replication=bool(v["tlsReplication"]),
+        sst=bool(v["tlsSst"]),
+        clients=bool(v["tlsClients"]),
+        require_secure_transport=bool(v["requireSecureTransport"]),
+        validity_days=validity,
+        early_renewal_days=int(renewal or 1),
+        ca_validity_days=int(ca_validity or validity + 1),
+    )
+
+
 def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> ClusterConfig:
     """Validate ``raw`` (config values keyed by the names in SCHEMA).
 
@@ -585,6 +678,8 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     if names and bootstrap not in names:
         c.bad("bootstrapNode", bootstrap, "one of the node names: " + ", ".join(names))
 
+    tls = _tls(c, v)
+
     tags = v["tags"]
     if not isinstance(tags, dict):
         c.bad("tags", tags, "a map of tag name to string value")
@@ -639,4 +734,5 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         ssh_authorized_key=authorized,
         tags={**{"project": PROJECT, "stack": stack}, **tags},
         warnings=tuple(c.warnings),
+        tls=tls,
     )

@@ -8,8 +8,12 @@ times (see ``render_mycnf``):
   can be placed at first boot and the datadir initialised under it: the
   system tables are born encrypted (Aria never re-encrypts existing tables).
 - ``91-mariadb-kms-node.cnf`` (``render_node_cnf``): Galera (members, this
-  node's address and segment, gcache on tmpfs, SST), binlog and query logs.
-  Issue 6's TLS settings join this file (provider options and an [sst] group).
+  node's address and segment, gcache on tmpfs, SST), binlog and query logs,
+  and encryption in transit (``tls_lines``, ``tls_provider_options``,
+  ``render_sst_section``): the server's certificate for clients, Galera's
+  socket.ssl_* provider options for replication and IST, and an ``[sst]``
+  group for mariabackup SST over TLS. Every channel is on unless config turns
+  it off; an off channel is stated in the file.
 
 Output is deterministic: same inputs, same bytes.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from components.config import ClusterConfig, NodeConfig
+from components.config import ClusterConfig, NodeConfig, TlsConfig
 from components.node_files import (
     DATADIR,
     GALERA_PROVIDER,
@@ -27,6 +31,7 @@ from components.node_files import (
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
 )
+from components.tls_material import CA_CERT_PATH, CERT_PATH, KEY_PATH, SST_SSL_MODE, TLS_VERSIONS
 
 # Galera segments: replication traffic crosses the WAN once per segment, not once per node.
 SEGMENTS = {"ec2": 0, "onprem": 1}
@@ -129,7 +134,7 @@ def render_encryption_cnf(
 
 
 def provider_options(node: NodeConfig, cluster: ClusterConfig, *, node_address: str) -> list[tuple[str, str]]:
-    """wsrep_provider_options as ordered pairs (issue 6 appends socket.ssl_*)."""
+    """wsrep_provider_options as ordered pairs, the socket.ssl_* options last."""
     return [
         # Replication listens on the member address only, like the SQL port (bind_address).
         ("gmcast.listen_addr", f"tcp://{_member(node_address)}"),
@@ -138,7 +143,56 @@ def provider_options(node: NodeConfig, cluster: ClusterConfig, *, node_address: 
         ("gcache.size", cluster.mariadb.gcache_size),
         # gcache is on tmpfs and gone after a restart anyway; don't try to recover it.
         ("gcache.recover", "no"),
+        *tls_provider_options(cluster.tls),
     ]
+
+
+def tls_provider_options(tls: TlsConfig) -> list[tuple[str, str]]:
+    """Galera replication and IST over TLS. Galera verifies every peer's chain against socket.ssl_ca and
+    refuses peers without a certificate; socket.dynamic stays off, so no plaintext peer is accepted."""
+    if not tls.replication:
+        return []
+    return [
+        ("socket.ssl", "YES"),
+        ("socket.ssl_ca", CA_CERT_PATH),
+        ("socket.ssl_cert", CERT_PATH),
+        ("socket.ssl_key", KEY_PATH),
+    ]
+
+
+def tls_lines(tls: TlsConfig) -> list[tuple[str, str] | str]:
+    """The server's side of client TLS and whether clients must use it."""
+    if not tls.clients:
+        return [
+            "# Client connections without TLS: tlsClients is false in the stack config.",
+            ("require_secure_transport", "OFF"),
+        ]
+    return [
+        "# Clients: TLS under this node's certificate from the cluster CA (clusterCaCertificate verifies it).",
+        ("ssl_ca", CA_CERT_PATH),
+        ("ssl_cert", CERT_PATH),
+        ("ssl_key", KEY_PATH),
+        ("tls_version", TLS_VERSIONS),
+        "# ON: a TCP client without TLS is refused (the unix socket stays open to local tools).",
+        ("require_secure_transport", _on(tls.require_secure_transport)),
+    ]
+
+
+def render_sst_section(tls: TlsConfig) -> str:
+    """``[sst]``: read by wsrep_sst_mariabackup, which streams the backup through socat."""
+    if not tls.sst:
+        return _section("sst", [
+            "# SST without TLS: tlsSst is false in the stack config.",
+            ("ssl-mode", "DISABLED"),
+        ])
+    return _section("sst", [
+        "# socat with OpenSSL on both ends: each verifies the other's certificate against the cluster CA,",
+        "# the donor checks the joiner's certificate name, the joiner checks the donor's one-time secret.",
+        ("ssl-mode", SST_SSL_MODE),
+        ("ssl-ca", CA_CERT_PATH),
+        ("ssl-cert", CERT_PATH),
+        ("ssl-key", KEY_PATH),
+    ])
 
 
 def _member(address: str) -> str:
@@ -192,7 +246,9 @@ def render_node_cnf(
         lines.append(("general_log_file", f"{LOG_DIR}/general.log"))
     if m.slow_query_log:
         lines.append(("slow_query_log_file", f"{LOG_DIR}/mariadb-slow.log"))
-    return _header(f"node {node.name} ({node.kind}) of cluster {m.cluster_name}") + "\n" + _section("mariadb", lines)
+    lines += ["", *tls_lines(cluster.tls)]
+    header = _header(f"node {node.name} ({node.kind}) of cluster {m.cluster_name}")
+    return header + "\n" + _section("mariadb", lines) + "\n" + render_sst_section(cluster.tls)
 
 
 def render_mycnf(

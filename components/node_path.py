@@ -139,6 +139,8 @@ class NodePathInputs:
     seed_files: pulumi.Input[str] | None = None  # on-prem
     credentials: pulumi.Input[str] | None = None  # on-prem; a secret Output
     credentials_version: pulumi.Input[str] | None = None  # the access key id
+    tls_files: pulumi.Input[str] | None = None  # put payload with the node's private key; a secret Output
+    tls_digest: pulumi.Input[str] | None = None  # of the CA and node certificates only
 
 
 class NodeSshPath(pulumi.ComponentResource):
@@ -215,6 +217,7 @@ class NodeSshPath(pulumi.ComponentResource):
             Stdin.SEED_FILES: self.inputs.seed_files,
             Stdin.CREDENTIALS: self.inputs.credentials,
             Stdin.CONFIG_FILES: self.inputs.config_files,
+            Stdin.TLS_FILES: self.inputs.tls_files,
         }
         value = values[which]
         if which is not Stdin.NONE and value is None:
@@ -227,6 +230,7 @@ class NodeSshPath(pulumi.ComponentResource):
             Trigger.NODE_FILES: self.inputs.node_files_digest,
             Trigger.CONFIG: self.inputs.config_digest,
             Trigger.CREDENTIALS: self.inputs.credentials_version,
+            Trigger.TLS: self.inputs.tls_digest,
         }
         value = values.get(which)
         if value is None:

@@ -25,6 +25,13 @@ step                  kinds     what
                                 stdin and in that root 0600 file.
 ``install``           both      ``mariadb-kms-install``: packages where missing, held; datadir
                                 initialised encrypted. A no-op on a node already installed.
+``tls``               both      the cluster CA certificate and the node's certificate and key from
+                                stdin (key 0600, owner mysql): the key exists only on stdin and in
+                                that file. Only when some TLS channel is on.
+``tls-reload``        both      ``mariadb-kms-tls reload`` when the certificates changed (a
+                                renewal): the running server and Galera take them without a
+                                restart, and it confirms both serve them. Nothing on a node that
+                                does not run yet (it reads the files when it starts).
 ``config``            both      unwrap.conf, blob and both MariaDB config files (members!).
 ``preflight``         both      ``mariadb-kms-roll --preflight``: ``mariadb-kms-unwrap --check``
                                 with the node's own credentials, retried for a while (a new
@@ -50,6 +57,9 @@ Order rules (the recorded ``depends_on`` carries them; a replayer must keep them
    ``config`` of node N+1 runs after ``roll`` of node N, so a change never
    restarts two nodes at once and a first deploy joins one node at a time.
 5. ``verify`` of every node runs after the last node's ``roll``.
+6. ``tls`` and ``tls-reload`` are configure steps: node N+1 takes new certificates
+   after node N is Synced again, so a renewal reloads one node at a time; and a
+   node's config, which names the certificate files, arrives after them.
 
 Files travel as a tarball on stdin, never by ``CopyToRemote``: a copied file
 gets the login user's umask and owner, lands in a directory the login user
@@ -94,12 +104,14 @@ from components.node_files import (
     render_credentials_file,
     render_unwrap_conf,
 )
+from components.tls_material import verify_tls_args
 
 SBIN = "/usr/local/sbin"
 INSTALL = f"{SBIN}/mariadb-kms-install"
 ROLL = f"{SBIN}/mariadb-kms-roll"
 BOOTSTRAP = f"{SBIN}/mariadb-kms-bootstrap"
 VERIFY = f"{SBIN}/mariadb-kms-verify"
+TLS_TOOL = f"{SBIN}/mariadb-kms-tls"
 
 ROLL_TIMEOUT_S = 1800  # an SST of a large datadir over a WAN takes a while
 VERIFY_WAIT_S = 600  # InnoDB encryption threads still rotating after a settings change
@@ -124,6 +136,7 @@ class Stdin(Enum):
     SEED_FILES = "seed-files"
     CREDENTIALS = "credentials"
     CONFIG_FILES = "config-files"
+    TLS_FILES = "tls-files"  # the CA certificate, the node's certificate and its private key
 
 
 class Trigger(Enum):
@@ -134,6 +147,7 @@ class Trigger(Enum):
     CONFIG = "config"  # digest of everything a restart applies (config files and node files)
     CREDENTIALS = "credentials"  # the access key id (not the secret): a rotated key is checked again
     MEMBERS = "members"  # the member list
+    TLS = "tls"  # digest of the CA and node certificates (public): a renewal reloads, and verifies again
     EVERY_UP = "every-up"  # a value that changes on each run (verifyOnEveryUp)
 
 
@@ -364,9 +378,21 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         "install", install, Phase.INSTALL, triggers=(Trigger.IDENTITY, Trigger.NODE_FILES),
         after=tuple(install_after), touches_secret=True,
     ))
+    config_after: tuple[str, ...] = ("install",)
+    if cluster.tls.any_channel:
+        # After install: the key belongs to the mysql user, which the install path creates.
+        steps.append(Step(
+            "tls", put_command(), Phase.CONFIGURE, stdin=Stdin.TLS_FILES, triggers=(Trigger.IDENTITY,),
+            after=("install",), touches_secret=True,
+        ))
+        steps.append(Step(
+            "tls-reload", f"sudo -n {TLS_TOOL} reload", Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.TLS),
+            after=("tls",),
+        ))
+        config_after = ("install", "tls-reload")
     steps.append(Step(
         "config", put_command(), Phase.CONFIGURE, stdin=Stdin.CONFIG_FILES, triggers=(Trigger.IDENTITY,),
-        after=("install",),
+        after=config_after,
     ))
     checks = (Trigger.IDENTITY, Trigger.CONFIG, *((Trigger.CREDENTIALS,) if onprem else ()))
     steps.append(Step(
@@ -396,11 +422,15 @@ def verify_step(node: NodeConfig, cluster: ClusterConfig, *, expect_size: int) -
     args = ["--canary", "--wait", str(VERIFY_WAIT_S), "--expect-size", str(expect_size)]
     if cluster.mariadb.general_log or cluster.mariadb.slow_query_log:
         args.append("--allow-query-logs")
+    # Only a channel the stack config turned off may be plaintext.
+    args += verify_tls_args(cluster.tls)
     command = f"sudo -n {VERIFY} {' '.join(args)}"
     if node.kind == "ec2":
         # First boot may still be running on a new instance (a replaced one, say).
         command = f"sudo -n cloud-init status --wait >/dev/null && {command}"
     triggers = [Trigger.IDENTITY, Trigger.CONFIG, Trigger.MEMBERS]
+    if cluster.tls.any_channel:
+        triggers.append(Trigger.TLS)
     if cluster.verify_on_every_up:
         triggers.append(Trigger.EVERY_UP)
     return Step("verify", command, Phase.ROLL, triggers=tuple(triggers))

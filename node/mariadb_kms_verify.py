@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""mariadb-kms-verify: prove, on a running node, that MariaDB's data is encrypted at rest.
+"""mariadb-kms-verify: prove, on a running node, that MariaDB's data is encrypted at rest and in transit.
 
 Installed as /usr/local/sbin/mariadb-kms-verify; run as root on the node. It
 talks to MariaDB through the ``mariadb`` client over the unix socket (root is
@@ -28,6 +28,17 @@ Checks:
   is a gap, and the mysql.* system tables are reported as a limitation.
 - gcache on tmpfs and no gcache file left on disk; the keyfile on tmpfs.
 - Swap that is not encrypted (dm-crypt) is a gap: tmpfs pages can be swapped out.
+- Encryption in transit, per channel (``tls``): the server's TLS for clients
+  (have_ssl, TLSv1.2+ only, the certificate the server has loaded is the
+  installed one), client enforcement (require_secure_transport), Galera's
+  provider SSL for replication and IST (socket.ssl_*, socket.dynamic off, a
+  verified handshake on the Galera port) and the SST (mariabackup through
+  socat with OpenSSL, the peer verified against the CA, from the [sst]
+  options as the SST script reads them). Certificates chain to their CA, are
+  not expired, match their keys; keys are readable by mysql only. Facts come
+  from ``mariadb-kms-tls inspect``. Every channel is expected encrypted;
+  ``--tls-off CHANNEL`` (what the stack config turned off) is the only way
+  to accept plaintext on one.
 - ``--canary``: a random marker written through SQL into an InnoDB and an
   Aria (TRANSACTIONAL=0, see above) table, flushed (Aria tables flushed, InnoDB dirty pages written,
   binary log rotated), then every file on persistent storage the server
@@ -58,6 +69,9 @@ from pathlib import Path
 from typing import Any
 
 PROG = "mariadb-kms-verify"
+TLS_TOOL = "/usr/local/sbin/mariadb-kms-tls"
+TLS_CHANNELS = ("replication", "sst", "clients", "secure-transport")
+WEAK_TLS_VERSIONS = ("SSLv3", "TLSv1.0", "TLSv1.1")
 NOT_AT_REST_FS = frozenset({"tmpfs", "ramfs", "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2"})
 CANARY_SCHEMA = "mariadb_kms_verify"
 NEVER_ENCRYPTED = (
@@ -566,6 +580,172 @@ def check_swap(
 
 
 # --------------------------------------------------------------------------
+# Encryption in transit (facts from mariadb-kms-tls inspect)
+# --------------------------------------------------------------------------
+
+
+def inspect_tls(tool: str = TLS_TOOL) -> dict[str, Any]:
+    try:
+        proc = subprocess.run([tool, "inspect"], capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{tool} inspect: {e}"}
+    if proc.returncode != 0:
+        return {"error": f"{tool} inspect exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    try:
+        facts: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError as e:
+        return {"error": f"{tool} inspect printed no JSON: {e}"}
+    return facts
+
+
+def material_gaps(channel: str, cert: str, key: str, files: dict[str, Any]) -> Gaps:
+    """What is wrong with the certificate and key one channel names (facts from mariadb-kms-tls)."""
+    gaps: Gaps = []
+    c = files.get(cert) or {"exists": False}
+    if not c.get("exists"):
+        gaps.append(f"tls: {channel}: certificate {cert or '(none)'} is missing")
+    else:
+        if not c.get("ca"):
+            gaps.append(f"tls: {channel}: no CA configured to verify peers against")
+        elif c.get("chain_ok") is not True:
+            gaps.append(f"tls: {channel}: {cert} does not chain to {c.get('ca')}: {c.get('chain_error', 'unchecked')}")
+        if c.get("days_left") is None:
+            gaps.append(f"tls: {channel}: cannot read the expiry of {cert}")
+        elif float(c["days_left"]) <= 0:
+            gaps.append(f"tls: {channel}: {cert} expired ({c.get('not_after')})")
+    k = files.get(key) or {"exists": False}
+    if not k.get("exists"):
+        gaps.append(f"tls: {channel}: key {key or '(none)'} is missing")
+    else:
+        if k.get("matches_cert") is False:
+            gaps.append(f"tls: {channel}: {key} is not the key of {cert}")
+        if int(str(k.get("mode", "0777")), 8) & 0o077:
+            gaps.append(f"tls: {channel}: {key} has mode {k.get('mode')}: readable beyond its owner")
+        if k.get("owner") != "mysql":
+            gaps.append(f"tls: {channel}: {key} belongs to {k.get('owner')}, not mysql (mariadbd reads it)")
+    return gaps
+
+
+def served_gaps(channel: str, served: dict[str, Any] | None, cert_facts: dict[str, Any]) -> Gaps:
+    """What the running node actually serves: Galera by a verified handshake, the server by its loaded certificate."""
+    if not served:
+        return [f"tls: {channel}: what the node serves was not checked (server not running?)"]
+    if not served.get("ok"):
+        return [f"tls: {channel}: {served.get('address', 'the server')}: {served.get('error')}"]
+    same = served.get("matches_file") if "matches_file" in served else served.get("sha256") == cert_facts.get("sha256")
+    if not same:
+        return [f"tls: {channel}: the node serves another certificate than the installed one "
+                "(mariadb-kms-tls reload applies it)"]
+    return []
+
+
+def check_tls(
+    variables: dict[str, str], status: dict[str, str], facts: dict[str, Any], off: Iterable[str]
+) -> tuple[dict[str, Any], Gaps]:
+    """Each channel encrypted, or turned off by config (``off``); ``facts`` from mariadb-kms-tls inspect."""
+    off = set(off)
+    gaps: dict[str, Gaps] = {name: [] for name in TLS_CHANNELS}
+    files: dict[str, Any] = facts.get("files", {})
+    served: dict[str, Any] = facts.get("served", {})
+    if "error" in facts:
+        for name in ("replication", "sst", "clients"):
+            gaps[name].append(f"tls: {name}: cannot inspect the TLS material: {facts['error']}")
+
+    # Clients: the server's own TLS.
+    versions = [v.strip() for v in variables.get("tls_version", "").split(",") if v.strip()]
+    have_ssl, ssl_cert = variables.get("have_ssl", ""), variables.get("ssl_cert", "")
+    clients = {
+        "have_ssl": have_ssl,
+        "ssl_ca": variables.get("ssl_ca", ""),
+        "ssl_cert": ssl_cert,
+        "tls_version": ",".join(versions),
+        "server_cert_not_after": status.get("ssl_server_not_after", ""),
+        "served": served.get("clients"),
+    }
+    if have_ssl.upper() != "YES":
+        gaps["clients"].append(f"tls: clients: have_ssl is {have_ssl or 'unset'}: the server has no TLS")
+    else:
+        weak = [v for v in versions if v in WEAK_TLS_VERSIONS]
+        if weak or not versions:
+            gaps["clients"].append(f"tls: clients: tls_version allows {', '.join(weak) or 'every version'}")
+        if not clients["server_cert_not_after"]:
+            gaps["clients"].append("tls: clients: the server reports no loaded certificate (Ssl_server_not_after)")
+        gaps["clients"] += material_gaps("clients", ssl_cert, variables.get("ssl_key", ""), files)
+        gaps["clients"] += served_gaps("clients", served.get("clients"), files.get(ssl_cert, {}))
+
+    enforcement = {"require_secure_transport": variables.get("require_secure_transport", "")}
+    if enforcement["require_secure_transport"].upper() != "ON":
+        gaps["secure-transport"].append("tls: secure-transport: require_secure_transport is not ON: TCP clients "
+                                        "may connect without TLS")
+
+    # Replication and IST: Galera's own TLS.
+    opts = parse_provider_options(variables.get("wsrep_provider_options", ""))
+    enabled = opts.get("socket.ssl", "").upper() in ("YES", "ON", "TRUE", "1")
+    replication = {
+        "socket.ssl": opts.get("socket.ssl", ""),
+        "socket.ssl_cert": opts.get("socket.ssl_cert", ""),
+        "socket.ssl_ca": opts.get("socket.ssl_ca", ""),
+        "socket.dynamic": opts.get("socket.dynamic", ""),
+        "served": served.get("replication"),
+    }
+    if not enabled:
+        gaps["replication"].append(f"tls: replication: socket.ssl is {opts.get('socket.ssl') or 'unset'}: Galera "
+                                   "replicates and transfers IST in plaintext")
+    else:
+        if opts.get("socket.dynamic", "").upper() in ("YES", "ON", "TRUE", "1"):
+            gaps["replication"].append("tls: replication: socket.dynamic is on: peers without TLS are accepted")
+        gaps["replication"] += material_gaps(
+            "replication", opts.get("socket.ssl_cert", ""), opts.get("socket.ssl_key", ""), files
+        )
+        gaps["replication"] += served_gaps("replication", served.get("replication"),
+                                           files.get(opts.get("socket.ssl_cert", ""), {}))
+
+    # SST: mariabackup through socat with OpenSSL, as the SST script reads its options.
+    sst: dict[str, Any] = dict(facts.get("sst", {}))
+    tools = facts.get("tools", {})
+    sst["socat_openssl"] = tools.get("socat_openssl")
+    method = variables.get("wsrep_sst_method", sst.get("method", ""))
+    sst["method"] = method
+    if "error" not in facts:
+        if method != "mariabackup":
+            gaps["sst"].append(f"tls: sst: method {method or 'unset'}: only mariabackup's TLS is configured "
+                               "and checked")
+        if not sst.get("tls"):
+            gaps["sst"].append(f"tls: sst: transfers without TLS (ssl-mode {sst.get('ssl_mode')}, encrypt "
+                               f"{sst.get('encrypt')}){': ' + sst['error'] if sst.get('error') else ''}")
+        else:
+            if not sst.get("verifies_peer"):
+                gaps["sst"].append(f"tls: sst: encrypted but the peer is not verified against a CA (ssl-mode "
+                                   f"{sst.get('ssl_mode')})")
+            if sst.get("role_overrides"):
+                gaps["sst"].append(f"tls: sst: role-specific options {', '.join(sst['role_overrides'])} are set; "
+                                   "this check covers the shared ssl-ca/ssl-cert/ssl-key only")
+            if sst.get("socat_openssl") is not True:
+                gaps["sst"].append("tls: sst: socat is missing or built without OpenSSL")
+            if sst.get("ssl_mode") == "VERIFY_IDENTITY" and not tools.get("openssl"):
+                gaps["sst"].append("tls: sst: the openssl tool is missing (VERIFY_IDENTITY reads the certificate name)")
+            gaps["sst"] += material_gaps("sst", str(sst.get("cert", "")), str(sst.get("key", "")), files)
+
+    section: dict[str, Any] = {}
+    all_gaps: Gaps = []
+    for name, details in (("clients", clients), ("secure-transport", enforcement), ("replication", replication),
+                          ("sst", sst)):
+        if name in off:
+            state = "off by config"
+        else:
+            state = "encrypted" if not gaps[name] else "GAP"
+            all_gaps += gaps[name]
+        section[name] = {"state": state, **details}
+        if name in off and gaps[name]:
+            section[name]["not_encrypted_because"] = gaps[name]
+    section["certificates"] = {
+        path: {k: f[k] for k in ("subject", "issuer", "not_after", "days_left", "sha256") if k in f}
+        for path, f in files.items() if "sha256" in f
+    }
+    return section, all_gaps
+
+
+# --------------------------------------------------------------------------
 # The canary scanner
 # --------------------------------------------------------------------------
 
@@ -792,7 +972,14 @@ def wait_for_rotation(sql: Sql, seconds: float, say: Callable[[str], None]) -> I
     return state
 
 
-def verify(sql: Sql, args: argparse.Namespace, *, mounts_text: str, swaps_text: str) -> dict[str, Any]:
+def verify(
+    sql: Sql,
+    args: argparse.Namespace,
+    *,
+    mounts_text: str,
+    swaps_text: str,
+    tls_facts: Callable[[], dict[str, Any]] = inspect_tls,
+) -> dict[str, Any]:
     variables = sql.pairs("SHOW GLOBAL VARIABLES")
     status = sql.pairs("SHOW GLOBAL STATUS LIKE 'wsrep%'")
     gaps: Gaps = []
@@ -821,6 +1008,8 @@ def verify(sql: Sql, args: argparse.Namespace, *, mounts_text: str, swaps_text: 
     add("aria", check_aria(tables, datadir))
     add("gcache", check_gcache(variables.get("wsrep_provider_options", ""), datadir, mounts_text))
     add("swap", check_swap(swaps_text))
+    ssl_status = sql.pairs("SHOW GLOBAL STATUS LIKE 'Ssl_server_not%'")
+    add("tls", check_tls(variables, ssl_status, tls_facts(), args.tls_off))
     if args.canary:
         add("canary", run_canary(sql, variables, mounts_text, say=_say))
     report["never_encrypted"] = list(NEVER_ENCRYPTED)
@@ -830,11 +1019,16 @@ def verify(sql: Sql, args: argparse.Namespace, *, mounts_text: str, swaps_text: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Prove that this MariaDB node is encrypted at rest.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Prove that this MariaDB node is encrypted at rest and in transit."
+    )
     parser.add_argument("--canary", action="store_true", help="write a marker through SQL and scan the disk for it")
     parser.add_argument("--wait", type=float, default=0, metavar="N", help="wait up to N s for encryption to finish")
     parser.add_argument("--expect-size", type=int, default=None, metavar="N", help="expected Galera cluster size")
     parser.add_argument("--allow-query-logs", action="store_true", help="the general/slow logs are on by config")
+    parser.add_argument("--tls-off", action="append", default=[], choices=TLS_CHANNELS, metavar="CHANNEL",
+                        help="a channel the stack config turned off, accepted in plaintext: "
+                        + ", ".join(TLS_CHANNELS) + " (repeatable)")
     parser.add_argument("--client", default="mariadb", help="the mariadb client binary")
     parser.add_argument("--datadir-state", type=Path, metavar="DIR", help="offline: print the state of DIR and exit")
     args = parser.parse_args(argv)

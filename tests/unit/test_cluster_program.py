@@ -51,7 +51,7 @@ from components.verification import parse_report
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
 NODES = ("aws-a", "aws-b", "dc-1")  # configuration order; aws-a is the bootstrap node (the first)
 EC2 = ("aws-a", "aws-b")
-SECRET_STEPS = ("credentials", "install", "preflight", "roll")
+SECRET_STEPS = ("credentials", "install", "tls", "preflight", "roll")
 # pulumi-command 1.2.1's Command inputs; the SDK's list may grow, never shrink.
 COMMAND_INPUTS_1_2_1 = {
     "connection", "add_previous_output_in_env", "create", "delete", "environment", "logging", "stdin",
@@ -86,7 +86,8 @@ def recorded() -> Iterator[dict[bool, Recording]]:
 def test_every_remote_command_keeps_the_rules(recorded: dict[bool, Recording], preview: bool) -> None:
     rec = recorded[preview]
     commands = remote_commands(rec)
-    assert len(commands) == 3 * 7 + 1 + 3  # 7 steps per node (EC2: first-boot, on-prem: credentials), bootstrap
+    # 9 steps per node (EC2: first-boot, on-prem: credentials; both: tls, tls-reload), bootstrap, verifications.
+    assert len(commands) == 3 * 9 + 1 + 3
     for res in commands:
         assert res.options is not None
         # Self-contained: one create string run through sudo, nothing from the environment.
@@ -350,7 +351,14 @@ def _triggers(rec: Recording) -> dict[str, Any]:
     return {r.name: r.input("triggers") for r in remote_commands(rec)}
 
 
+def _without_tls(config: dict[str, Any]) -> dict[str, Any]:
+    # The mocks issue new certificates on every run (as a renewal would), so runs compared for what *else*
+    # changes leave the certificates out; tests/unit/test_tls_program.py compares them with TLS on.
+    return {**config, "tlsReplication": False, "tlsSst": False, "tlsClients": False, "requireSecureTransport": False}
+
+
 def test_verification_reruns_on_every_up_only_when_configured(full_config: dict[str, Any]) -> None:
+    full_config = _without_tls(full_config)
     assert _triggers(up(full_config)) == _triggers(up(full_config))
     first, second = up({**full_config, "verifyOnEveryUp": True}), up({**full_config, "verifyOnEveryUp": True})
     a, b = _triggers(first), _triggers(second)
@@ -361,6 +369,7 @@ def test_verification_reruns_on_every_up_only_when_configured(full_config: dict[
 
 
 def test_a_setting_change_rolls_config_but_reinstalls_nothing(full_config: dict[str, Any]) -> None:
+    full_config = _without_tls(full_config)
     before, after = up(full_config), up({**full_config, "gcacheSize": "1G"})
     def inputs(rec: Recording, name: str) -> tuple[Any, str | None]:
         return cmd(rec, name).input("triggers"), stdin_text(cmd(rec, name))

@@ -85,6 +85,29 @@ def test_valid_config_gets_secure_defaults() -> None:
     assert cfg.tags["stack"] == "dev"
 
 
+def test_every_tls_channel_is_on_by_default() -> None:
+    tls = parse(VALID).tls
+    assert (tls.replication, tls.sst, tls.clients, tls.require_secure_transport) == (True, True, True, True)
+    assert (tls.validity_days, tls.early_renewal_days, tls.ca_validity_days) == (365, 30, 3650)
+    assert tls.any_channel
+
+
+def test_turning_a_tls_channel_off_is_deliberate_and_warned_about() -> None:
+    cfg = parse(with_(tlsReplication=False, tlsSst=False, tlsClients=False, requireSecureTransport=False))
+    assert not cfg.tls.any_channel
+    warned = " ".join(cfg.warnings)
+    for key in ("tlsReplication", "tlsSst", "tlsClients"):
+        assert f"{key} is false" in warned, key
+    relaxed = parse(with_(requireSecureTransport=False))
+    assert relaxed.tls.clients and not relaxed.tls.require_secure_transport
+    assert any("requireSecureTransport is false" in w for w in relaxed.warnings)
+
+
+def test_tls_lifetimes_come_from_config() -> None:
+    tls = parse(with_(tlsValidityDays=90, tlsEarlyRenewalDays=20, tlsCaValidityDays=1825)).tls
+    assert (tls.validity_days, tls.early_renewal_days, tls.ca_validity_days) == (90, 20, 1825)
+
+
 def test_alias_default_differs_between_stacks() -> None:
     a = parse_config(VALID, stack="prod", region="eu-west-1").key.alias
     b = parse_config(VALID, stack="staging", region="eu-west-1").key.alias
@@ -181,6 +204,20 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "createKmsVpcEndpoint",
     ),
     ("tag in the aws: namespace", with_(tags={"aws:owner": "x"}), "tags.aws:owner", "not starting with aws:"),
+    # Encryption in transit (issue 6).
+    ("secure transport required without client TLS", with_(tlsClients=False), "requireSecureTransport", "tlsClients"),
+    ("TLS switch given as a string", with_(tlsSst="yes"), "tlsSst", "true or false"),
+    ("node certificate valid for 0 days", with_(tlsValidityDays=0), "tlsValidityDays", "2 to 3650"),
+    ("node certificate valid for 20 years", with_(tlsValidityDays=7300), "tlsValidityDays", "2 to 3650"),
+    (
+        "early renewal not before expiry",
+        with_(tlsValidityDays=30, tlsEarlyRenewalDays=30),
+        "tlsEarlyRenewalDays",
+        "less than tlsValidityDays",
+    ),
+    ("early renewal of 0 days", with_(tlsEarlyRenewalDays=0), "tlsEarlyRenewalDays", "from 1 to 364"),
+    ("CA shorter-lived than a node certificate", with_(tlsCaValidityDays=365), "tlsCaValidityDays", "outlive"),
+    ("CA validity not an integer", with_(tlsCaValidityDays="10y"), "tlsCaValidityDays", "an integer"),
 ]
 
 

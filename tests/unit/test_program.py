@@ -35,7 +35,7 @@ from components.deployer import issuer_role_arn, lockout_warning
 OUTPUTS = (
     "kmsKeyArn", "kmsKeyId", "kmsAliasName", "nodeRoleArn", "instanceProfileName",
     "onPremUserName", "onPremAccessKeyId", "clusterDataKeyCiphertext",
-    "nodes", "galeraClusterAddress", "verification",
+    "nodes", "galeraClusterAddress", "verification", "clusterCaCertificate",
 )
 COMPONENTS = {
     Types.ENCRYPTION_KEY: {Types.KMS_KEY, Types.KMS_ALIAS},

@@ -58,22 +58,25 @@ def test_onprem_plan_steps_and_order() -> None:
     cfg = cluster()
     plan = rs.node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps] == [
-        "node-files", "seed", "credentials", "install", "config", "preflight", "roll",
+        "node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
     assert plan.step("install").after == ("node-files", "seed", "credentials")
-    assert plan.step("config").after == ("install",)
+    # The certificates after install (the key belongs to mysql) and before the config that names them.
+    assert plan.step("tls").after == ("install",)
+    assert plan.step("tls-reload").after == ("tls",)
+    assert plan.step("config").after == ("install", "tls-reload")
     assert set(plan.step("preflight").after) == {"config", "credentials"}
     assert plan.step("roll").after == ("preflight",)
     assert [s.key for s in plan.phase(rs.Phase.INSTALL)] == ["node-files", "seed", "credentials", "install"]
-    assert [s.key for s in plan.phase(rs.Phase.CONFIGURE)] == ["config", "preflight"]
+    assert [s.key for s in plan.phase(rs.Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "preflight"]
     assert [s.key for s in plan.phase(rs.Phase.ROLL)] == ["roll"]
 
 
-def test_ec2_plan_waits_for_first_boot_and_has_no_secret_step() -> None:
+def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     cfg = cluster()
     plan = rs.node_plan(node(cfg, "aws-a"), cfg)
     assert [s.key for s in plan.steps] == [
-        "first-boot", "node-files", "seed", "install", "config", "preflight", "roll",
+        "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
     assert plan.step("first-boot").create == "sudo -n cloud-init status --wait"
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)
@@ -96,13 +99,33 @@ def test_every_step_is_self_contained(name: str) -> None:
         assert rs.Trigger.IDENTITY in step.triggers, step.key
 
 
-def test_only_the_credentials_step_reads_a_secret_and_every_key_user_is_marked() -> None:
+def test_only_the_credentials_and_tls_steps_read_a_secret_and_every_key_user_is_marked() -> None:
     cfg = cluster()
     plan = rs.node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps if s.stdin is rs.Stdin.CREDENTIALS] == ["credentials"]
-    # Installing, the pre-flight and the restart unwrap the data key: their output is kept secret.
-    assert {s.key for s in plan.steps if s.touches_secret} == {"credentials", "install", "preflight", "roll"}
+    assert [s.key for s in plan.steps if s.stdin is rs.Stdin.TLS_FILES] == ["tls"]
+    # Installing, the pre-flight and the restart unwrap the data key, the tls step reads the node's private key:
+    # their output is kept secret.
+    assert {s.key for s in plan.steps if s.touches_secret} == {"credentials", "install", "tls", "preflight", "roll"}
     assert rs.bootstrap_step().touches_secret
+
+
+def test_tls_steps_reload_on_a_renewal_and_vanish_when_every_channel_is_off() -> None:
+    cfg = cluster()
+    plan = rs.node_plan(node(cfg, "dc-1"), cfg)
+    reload = plan.step("tls-reload")
+    assert reload.create == f"sudo -n {rs.TLS_TOOL} reload"
+    assert set(reload.triggers) == {rs.Trigger.IDENTITY, rs.Trigger.TLS}
+    assert plan.step("tls").create == rs.put_command()
+    # A renewal is no restart: the roll's triggers do not name the certificates.
+    assert rs.Trigger.TLS not in plan.step("roll").triggers
+    off = cluster(tlsReplication=False, tlsSst=False, tlsClients=False, requireSecureTransport=False)
+    plain = rs.node_plan(node(off, "dc-1"), off)
+    assert not {"tls", "tls-reload"} & {s.key for s in plain.steps}
+    assert plain.step("config").after == ("install",)
+    # One channel on is enough for certificates.
+    sst_only = cluster(tlsReplication=False, tlsClients=False, requireSecureTransport=False)
+    assert "tls" in {s.key for s in rs.node_plan(node(sst_only, "dc-1"), sst_only).steps}
 
 
 def test_rolling_order_puts_the_bootstrap_node_first() -> None:
@@ -128,6 +151,18 @@ def test_verify_step() -> None:
     assert rs.Trigger.EVERY_UP in every.triggers
     logs = cluster(generalLog=True)
     assert rs.verify_step(node(logs, "dc-1"), logs, expect_size=3).create.endswith(" --allow-query-logs")
+    assert rs.Trigger.TLS in onprem.triggers
+
+
+def test_verify_step_accepts_plaintext_only_on_channels_config_turned_off() -> None:
+    cfg = cluster()
+    assert "--tls-off" not in rs.verify_step(node(cfg, "dc-1"), cfg, expect_size=3).create
+    relaxed = cluster(requireSecureTransport=False, tlsSst=False)
+    create = rs.verify_step(node(relaxed, "dc-1"), relaxed, expect_size=3).create
+    assert create.endswith(" --tls-off sst --tls-off secure-transport")
+    off = cluster(tlsReplication=False, tlsSst=False, tlsClients=False, requireSecureTransport=False)
+    step = rs.verify_step(node(off, "dc-1"), off, expect_size=3)
+    assert step.create.count("--tls-off") == 4 and rs.Trigger.TLS not in step.triggers
 
 
 def test_aws_plugin_mode_installs_the_plugin_and_its_environment_file() -> None:

@@ -579,14 +579,17 @@ def _server(overrides: dict[str, str] | None = None, tables: list[list[str | Non
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    defaults: dict[str, Any] = {"expect_size": 3, "allow_query_logs": False, "wait": 0, "canary": False}
+    # Encryption in transit is off here (as config can turn it off); tests/unit/test_verify_tls.py covers it.
+    defaults: dict[str, Any] = {"expect_size": 3, "allow_query_logs": False, "wait": 0, "canary": False,
+                                "tls_off": list(verify.TLS_CHANNELS)}
     return argparse.Namespace(**{**defaults, **kw})
 
 
 def test_a_fully_encrypted_node_reports_ok() -> None:
     report = verify.verify(verify.Sql(_server()), _args(), mounts_text=TMPFS_AND_DISK, swaps_text="")
     assert report["gaps"] == [] and report["ok"] is True
-    assert set(report) >= {"galera", "key", "flags", "innodb", "tables", "aria", "gcache", "swap", "never_encrypted"}
+    assert set(report) >= {"galera", "key", "flags", "innodb", "tables", "aria", "gcache", "swap", "tls",
+                           "never_encrypted"}
     assert any(".frm" in n for n in report["never_encrypted"])
 
 
