@@ -173,7 +173,8 @@ def _assert_nothing_left(settings: Settings) -> None:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     assert f" {settings.bridge}:" not in links and f" {settings.prefix}v1@" not in links
     ours = (
-        str(settings.run_dir()).encode(),
+        # With the separator: another testbed's prefix may start with this one's (mkt, mktls).
+        (str(settings.run_dir()) + "/").encode(),
         f"--machine={settings.prefix}-".encode(),
         settings.bridge_address.encode(),
     )

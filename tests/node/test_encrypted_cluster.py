@@ -1,0 +1,379 @@
+"""Issue 3 on real hosts: a 3-node kms-envelope Galera cluster, installed as the program installs it.
+
+The module's fixture builds the cluster once: a KMS key and the cluster data key in the emulator (the
+program's own provider), node/ and the seed files on every host, ``mariadb-kms-install --from``, then
+``galera_new_cluster`` on node1 and ``systemctl start mariadb`` on node2. A workload writes a marker
+through SQL (INSERT, UPDATE, InnoDB and Aria), node3 joins afterwards by SST (mariabackup copies the
+encrypted pages), and a held-open query spills a sort and temporary tables to files while they are read.
+
+Tests that only look come first; tests that stop nodes or break the key restore what they broke, and
+come last. The hosts' upper directories are scanned from this machine's side, so the proof that nothing
+is in plaintext does not rest on mariadb-kms-verify's own scanner; a server with encryption off, run
+through the same workload and the same scanners, shows that they find the marker when it is there.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cluster_setup import (
+    ClusterKey,
+    FakeCredentials,
+    bootstrap,
+    cluster_config,
+    in_parallel,
+    install_node,
+    join,
+    journal_cursor,
+    journal_since,
+    keyfile_present,
+    make_cluster_key,
+    sql,
+    start,
+    stop,
+    verify_args,
+    wait_synced,
+)
+from plaintext_probe import (
+    PROBE_DIR,
+    WORKLOAD_ROWS,
+    SpillObservation,
+    datadir_digests,
+    flush_to_disk,
+    held_spill_scan,
+    run_workload,
+    scan_upper_dirs,
+)
+
+from components.config import ClusterConfig
+from components.node_files import BLOB_PATH, CREDENTIALS_PATH, KEYFILE_PATH, UNWRAP_UNIT
+from rehearsal.kms_server import KmsServer
+from rehearsal.testbed import Testbed
+
+HOSTS = ("node1", "node2", "node3")
+# Debian's own mariadb.service names `man mariadbd(8)` in Documentation=; minbase hosts have no man.
+KNOWN_ANALYZE_NOISE = "Command 'man mariadbd(8)' failed"
+
+
+@dataclass
+class Cluster:
+    testbed: Testbed
+    kms: KmsServer
+    key: ClusterKey
+    config: ClusterConfig
+    credentials: FakeCredentials = field(repr=False)
+    data_key: bytes = field(repr=False)  # the plaintext, from the emulator: what must never be at rest
+    marker: str = field(repr=False)
+    sst_journal: str = field(repr=False)  # node3's journal of its join
+    spill: SpillObservation | None = None
+
+    def secrets_to_find(self) -> dict[str, bytes]:
+        return {
+            "access key id": self.credentials.access_key_id.encode(),
+            "secret access key": self.credentials.secret_access_key.encode(),
+            "data key (hex)": self.data_key.hex().encode(),
+            "data key (raw)": self.data_key,
+        }
+
+
+@pytest.fixture(scope="module")
+def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
+    key = make_cluster_key(kms)
+    config = cluster_config(testbed, HOSTS)
+    credentials = FakeCredentials.generate()
+    data_key = kms.client().decrypt(CiphertextBlob=key.blob)["Plaintext"]
+    marker = f"mkcanary-{secrets.token_hex(12)}"
+    try:
+        in_parallel(
+            HOSTS,
+            lambda h: install_node(testbed, h, cluster=config, key=key, kms=kms, credentials=credentials),
+        )
+        bootstrap(testbed, "node1")
+        join(testbed, "node2", 2)
+        run_workload(testbed, "node1", marker)
+        cursor = journal_cursor(testbed, "node3")
+        join(testbed, "node3", 3)
+        built = Cluster(
+            testbed, kms, key, config, credentials, data_key, marker,
+            sst_journal=journal_since(testbed, "node3", cursor, "mariadb.service"),
+        )  # fmt: skip
+        built.spill = held_spill_scan(testbed, "node1", marker)
+        yield built
+    finally:
+        # The hosts go on serving the session's other tests. A node that tried at boot to join a cluster
+        # that is gone would hold up a restart, and the packages apt keeps in its cache would stop a later
+        # install from fetching them (the testbed's own tests check that it does).
+        for host in HOSTS:
+            testbed.exec(host, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
+            testbed.exec(host, ["apt-get", "clean"], timeout=120)
+
+
+def verify_report(testbed: Testbed, host: str, *args: str) -> tuple[int, dict[str, Any]]:
+    result = testbed.exec(host, ["mariadb-kms-verify", *args], timeout=600)
+    assert result.stdout.strip(), f"{host}: mariadb-kms-verify printed no report: {result.stderr[-2000:]}"
+    return result.rc, json.loads(result.stdout)
+
+
+def captured(testbed: Testbed, host: str, argv: list[str]) -> bytes:
+    """A command's stdout as bytes (through a root-only file on tmpfs: exec() decodes, which would mangle)."""
+    out = f"{PROBE_DIR}/captured.out"
+    testbed.exec(host, ["install", "-d", "-m", "0700", PROBE_DIR], check=True)
+    testbed.exec(host, ["sh", "-c", 'umask 077; "$@" > ' + out, "captured", *argv], check=True, timeout=120)
+    try:
+        return testbed.read_file(host, out)
+    finally:
+        testbed.exec(host, ["rm", "-f", out])
+
+
+def causal(statements: str) -> str:
+    """Read after every write the cluster has committed (Galera applies asynchronously)."""
+    return "SET SESSION wsrep_sync_wait = 1;\n" + statements
+
+
+def table_state(testbed: Testbed, host: str) -> str:
+    """The row count and content checksum of workload.items, as this node sees it."""
+    return sql(testbed, host, causal("SELECT COUNT(*) FROM workload.items; CHECKSUM TABLE workload.items;"))
+
+
+# --------------------------------------------------------------------------
+# Looking only
+# --------------------------------------------------------------------------
+
+
+def test_units_pass_systemd_analyze_verify(cluster: Cluster) -> None:
+    tb = cluster.testbed
+    units = [UNWRAP_UNIT, "run-galera.mount", "mariadb-kms-imds-guard.service", "mariadb.service"]
+    result = tb.exec("node1", ["systemd-analyze", "verify", *units])
+    complaints = [
+        line for line in (result.stdout + result.stderr).splitlines() if line and KNOWN_ANALYZE_NOISE not in line
+    ]
+    assert complaints == []
+    # Control: systemd-analyze warns (with exit status 0) about a broken unit, so the output is what counts.
+    tb.put_file("node1", f"{PROBE_DIR}/broken.service", "[Service]\nExecStart=/bin/true\nNoSuchKey=1\n")
+    broken = tb.exec("node1", ["systemd-analyze", "verify", f"{PROBE_DIR}/broken.service"])
+    assert "NoSuchKey" in broken.stdout + broken.stderr
+
+
+def test_every_node_is_synced_and_verify_passes_with_aria_tables_encrypted(cluster: Cluster) -> None:
+    for host in HOSTS:
+        wait_synced(cluster.testbed, host, 3)
+        rc, report = verify_report(
+            cluster.testbed, host, "--expect-size", "3", "--canary", "--wait", "60", *verify_args(cluster.config)
+        )
+        assert (rc, report["gaps"]) == (0, []), f"{host}: {report['gaps']}"
+        assert report["ok"] is True
+        assert report["galera"]["cluster_size"] == 3 and report["galera"]["local_state"] == "Synced"
+        aria = report["aria"]
+        labels = {t["table"] for t in aria["each"]}
+        assert {"mysql.global_priv", "mysql.db", "workload.notes"} <= labels, labels
+        assert [t["table"] for t in aria["each"] if t["encrypted"] is not True] == []
+        assert report["innodb"]["encrypted"] == report["innodb"]["tablespaces"] > 0
+        canary = report["canary"]
+        assert canary["found_in"] == [] and canary["innodb_flushed"] is True
+        assert canary["files_scanned"] > 0 and "/var/lib/mysql" in canary["roots"]
+
+
+def test_node3_joined_by_sst_and_holds_every_row(cluster: Cluster) -> None:
+    assert "wsrep_sst_mariabackup --role 'joiner'" in cluster.sst_journal
+    assert "(node3) complete" in cluster.sst_journal  # "<donor>: State transfer to <n> (node3) complete."
+    expected = table_state(cluster.testbed, "node1")
+    assert expected.split("\n", 1)[0] == str(WORKLOAD_ROWS)
+    assert table_state(cluster.testbed, "node3") == expected
+
+
+def test_spilled_sort_and_temporary_tables_leave_no_plaintext_while_open(cluster: Cluster) -> None:
+    spill = cluster.spill
+    assert spill is not None
+    assert spill.tmpdir_fstype not in ("tmpfs", "ramfs", ""), f"tmpdir {spill.tmpdir} is not on disk"
+    assert spill.counters["Sort_merge_passes"] > 0, spill.counters
+    # The sort file holds every row's payload (about 80 bytes each): the rows did go to disk.
+    assert max((f.size for f in spill.open_tmp), default=0) > WORKLOAD_ROWS * 50, spill.open_tmp
+    assert any("#sql-temptable" in f.target for f in spill.open_tmp), "the Aria temporary table has no file"
+    assert any(f.target.endswith("/ib_logfile0") for f in spill.open_data)
+    assert spill.marker_in == []
+
+
+def test_no_persistent_file_of_any_host_holds_the_canary_the_key_or_a_secret(cluster: Cluster) -> None:
+    tb = cluster.testbed
+    for host in HOSTS:
+        flush_to_disk(tb, host)
+    scan = scan_upper_dirs(tb, {"canary": cluster.marker.encode(), **cluster.secrets_to_find()})
+    for host in HOSTS:
+        # The scan covered what the server writes: data, redo and undo, binlog, Aria, the journal.
+        for path in (
+            "var/lib/mysql/ibdata1",
+            "var/lib/mysql/ib_logfile0",
+            "var/lib/mysql/workload/items.ibd",
+            "var/lib/mysql/workload/notes.MAD",
+            "var/lib/mysql/aria_log.00000001",
+        ):
+            assert f"{host}:/{path}" in scan.scanned, f"{host}:/{path} was not scanned"
+        assert any(p.startswith(f"{host}:/var/lib/mysql/mariadb-bin.0") for p in scan.scanned)
+        assert any(p.startswith(f"{host}:/var/log/journal/") for p in scan.scanned)
+    assert scan.hits["canary"] == []
+    assert scan.hits["data key (hex)"] == [] and scan.hits["data key (raw)"] == []
+    # The credentials are at rest in exactly one file per host: the root-only file the unwrap reads.
+    only_there = sorted(f"{h}:{CREDENTIALS_PATH}" for h in HOSTS)
+    assert sorted(scan.hits["access key id"]) == only_there
+    assert sorted(scan.hits["secret access key"]) == only_there
+
+
+def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Cluster) -> None:
+    """The same workload on a server with encryption off, on node1: each scanner must find the marker."""
+    tb, host = cluster.testbed, "node1"
+    marker = f"mkcontrol-{secrets.token_hex(12)}"
+    unit, socket = "mariadb-kms-test-plain", "/run/mysqld/plain.sock"
+    client = ["--socket", socket]
+    cnf = (
+        "[mariadb]\ndatadir = /var/lib/mysql-plain\n"
+        f"socket = {socket}\npid_file = /run/mysqld/plain.pid\nskip_networking\n"
+        "log_bin = plain-bin\nbinlog_format = ROW\ninnodb_buffer_pool_size = 64M\n"
+    )
+    tb.put_file(host, "/etc/mariadb-kms-test/plain.cnf", cnf)
+    tb.put_file(host, "/usr/local/bin/mariadb-plain", f'#!/bin/sh\nexec mariadb --socket={socket} "$@"\n', 0o755)
+    try:
+        tb.exec(host, ["mariadb-install-db", "--defaults-file=/etc/mariadb-kms-test/plain.cnf", "--user=mysql",
+                       "--skip-test-db"], check=True, timeout=300)  # fmt: skip
+        tb.exec(host, ["systemd-run", f"--unit={unit}", "-p", "User=mysql", "-p", "Type=notify",
+                       "/usr/sbin/mariadbd", "--defaults-file=/etc/mariadb-kms-test/plain.cnf"],
+                check=True, timeout=120)  # fmt: skip
+        run_workload(tb, host, marker, client)
+        spill = held_spill_scan(tb, host, marker, server_unit=unit, client_args=client)
+        assert spill.counters["Sort_merge_passes"] > 0
+        assert [f for f in spill.open_tmp if f.marker], spill.open_tmp
+
+        rc, report = verify_report(tb, host, "--canary", "--client", "/usr/local/bin/mariadb-plain")
+        assert rc == 1
+        found = report["canary"]["found_in"]
+        assert any(p.startswith("/var/lib/mysql-plain/") for p in found), found
+        assert [t["table"] for t in report["aria"]["each"] if t["encrypted"]] == []
+
+        scan = scan_upper_dirs(tb, {"control": marker.encode()}, hosts=[host])
+        hits = set(scan.hits["control"])
+        for path in ("workload/items.ibd", "workload/notes.MAD", "ib_logfile0", "plain-bin.000001"):
+            assert f"{host}:/var/lib/mysql-plain/{path}" in hits, sorted(hits)
+    finally:
+        tb.exec(host, ["systemctl", "stop", unit], timeout=120)
+        tb.exec(host, ["rm", "-rf", "/var/lib/mysql-plain", "/etc/mariadb-kms-test", "/usr/local/bin/mariadb-plain"])
+
+
+def test_no_aws_credentials_reach_mariadbd_systemctl_show_or_the_journal(cluster: Cluster) -> None:
+    tb = cluster.testbed
+    planted = cluster.credentials
+    for host in HOSTS:
+        creds_file = tb.read_file(host, CREDENTIALS_PATH)  # control: the needles are what the node holds
+        assert planted.access_key_id.encode() in creds_file and planted.secret_access_key.encode() in creds_file
+        assert tb.exec(host, ["stat", "-c", "%a %U:%G", CREDENTIALS_PATH]).stdout.split() == ["600", "root:root"]
+
+        pid = tb.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb"]).stdout.strip()
+        assert pid not in ("", "0")
+        assert tb.exec(host, ["cat", f"/proc/{pid}/cmdline"]).stdout.startswith("/usr/sbin/mariadbd")
+        environ = tb.read_file(host, f"/proc/{pid}/environ")
+        variables = [item.split(b"=", 1)[0] for item in environ.split(b"\0") if item]
+        assert b"PATH" in variables  # control: the environment was read
+        assert [v for v in variables if v.startswith(b"AWS_")] == []
+
+        show = captured(tb, host, ["systemctl", "show", "mariadb", UNWRAP_UNIT])
+        assert b"ExecStart=" in show and b"AWS_" not in show
+        journal = captured(tb, host, ["journalctl", "--no-pager", "-o", "export"])
+        assert b"data key unwrapped into" in journal  # control: the unwrap's messages are in what we search
+        for what, data in (("environ", environ), ("systemctl show", show), ("journal", journal)):
+            leaked = [name for name, needle in cluster.secrets_to_find().items() if needle in data]
+            assert leaked == [], f"{host}: {what} holds the {', '.join(leaked)}"
+
+
+# --------------------------------------------------------------------------
+# Stopping nodes and breaking the key (each test restores what it broke)
+# --------------------------------------------------------------------------
+
+
+def test_restarted_node_unwraps_the_key_again_and_rejoins(cluster: Cluster) -> None:
+    tb, host = cluster.testbed, "node1"  # the bootstrap node: a restart joins, it never bootstraps again
+    cursor = journal_cursor(tb, host)
+    stop(tb, host)
+    assert not keyfile_present(tb, host), (
+        "the keyfile outlived MariaDB:\n" + journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")[-3000:]
+    )
+    assert tb.exec(host, ["systemctl", "is-active", UNWRAP_UNIT]).stdout.strip() == "inactive"
+    wait_synced(tb, "node2", 2)
+    join(tb, host, 3)
+    assert keyfile_present(tb, host)
+    assert tb.exec(host, ["stat", "-c", "%a %U", KEYFILE_PATH]).stdout.split() == ["600", "mysql"]
+    assert tb.exec(host, ["findmnt", "-n", "-o", "FSTYPE", "--target", KEYFILE_PATH]).stdout.strip() == "tmpfs"
+    unwrap_log = journal_since(tb, host, cursor, UNWRAP_UNIT)
+    removed = unwrap_log.find(f"removed {KEYFILE_PATH}")
+    unwrapped = unwrap_log.find(f"data key unwrapped into {KEYFILE_PATH}")
+    assert 0 <= removed < unwrapped, unwrap_log
+    for other in ("node2", "node3"):
+        wait_synced(tb, other, 3)
+    assert table_state(tb, host) == table_state(tb, "node2")
+
+
+def assert_refuses_to_start(cluster: Cluster, host: str, cause: str) -> None:
+    """``systemctl start mariadb`` fails at the unwrap, naming the cause and the key, and touches nothing."""
+    tb = cluster.testbed
+    digests = datadir_digests(tb, host)
+    assert any(name.endswith(".ibd") for name in digests) and "ibdata1" in digests
+    cursor = journal_cursor(tb, host)
+    result = start(tb, host)
+    assert result.rc != 0, f"{host}: MariaDB started although the unwrap should fail ({cause})"
+    assert tb.exec(host, ["systemctl", "is-active", "mariadb"]).stdout.strip() != "active"
+    assert tb.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb"]).stdout.strip() == "0"
+    assert tb.exec(host, ["pgrep", "-x", "mariadbd"]).rc == 1, f"{host}: a mariadbd runs"
+    assert not keyfile_present(tb, host)
+    failures = [line for line in journal_since(tb, host, cursor, UNWRAP_UNIT).splitlines() if "FAILED" in line]
+    assert len(failures) == 1, failures
+    assert f"FAILED cause={cause} key={cluster.key.key_arn}:" in failures[0]
+    assert "MariaDB will not start" in failures[0]
+    assert datadir_digests(tb, host) == digests, f"{host}: the datadir changed although MariaDB never started"
+
+
+def test_kms_unreachable_node_refuses_to_start_then_rejoins_with_every_row(cluster: Cluster) -> None:
+    tb, host = cluster.testbed, "node2"
+    stop(tb, host)
+    with tb.unreachable(host, cluster.kms.address):
+        assert_refuses_to_start(cluster, host, "unreachable")
+        # The cluster goes on without it; the node must catch up on these when it is back.
+        sql(tb, "node1", "INSERT INTO workload.items (payload, n) "
+                         "SELECT CONCAT('while-node2-was-down-', seq), seq FROM workload.seq_1_to_500;")  # fmt: skip
+    join(tb, host, 3)
+    expected = table_state(tb, "node1")
+    assert expected.split("\n", 1)[0] == str(WORKLOAD_ROWS + 500)
+    assert table_state(tb, host) == expected
+
+
+def test_corrupt_blob_refuses_to_start_and_is_left_as_it_was(cluster: Cluster) -> None:
+    tb, host = cluster.testbed, "node3"
+    stop(tb, host)
+    corrupt = cluster.key.blob[:-1] + bytes([cluster.key.blob[-1] ^ 0xFF])  # the AES-GCM ciphertext's last byte
+    tb.put_file(host, BLOB_PATH, corrupt, 0o600)
+    try:
+        assert_refuses_to_start(cluster, host, "invalid-ciphertext")
+        assert tb.read_file(host, BLOB_PATH) == corrupt
+        assert tb.exec(host, ["stat", "-c", "%a %U", BLOB_PATH]).stdout.split() == ["600", "root"]
+    finally:
+        tb.put_file(host, BLOB_PATH, cluster.key.blob, 0o600)
+    join(tb, host, 3)
+    assert table_state(tb, host) == table_state(tb, "node1")
+
+
+def test_disabled_key_refuses_to_start_and_the_node_returns_once_enabled(cluster: Cluster) -> None:
+    tb, host = cluster.testbed, "node3"
+    kms = cluster.kms.client()
+    stop(tb, host)
+    kms.disable_key(KeyId=cluster.key.key_id)  # moto wants the bare key id here, not the ARN
+    try:
+        assert kms.describe_key(KeyId=cluster.key.key_arn)["KeyMetadata"]["KeyState"] == "Disabled"
+        assert_refuses_to_start(cluster, host, "key-disabled")
+        assert tb.read_file(host, BLOB_PATH) == cluster.key.blob
+    finally:
+        kms.enable_key(KeyId=cluster.key.key_id)
+    join(tb, host, 3)
+    for other in HOSTS:
+        wait_synced(tb, other, 3)
+    assert table_state(tb, host) == table_state(tb, "node1")
