@@ -12,7 +12,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # pytest exits 5 when it collected nothing: count that as a failure.
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
-.PHONY: venv deps test test-unit test-node lint demo demo-down bench clean-cache
+.PHONY: venv deps test test-unit test-node lint demo demo-down bench bench-demo clean-cache
 
 $(VENV)/.ok: requirements.txt requirements-dev.txt
 	@echo "==> creating Python environment in $(VENV)"
@@ -40,11 +40,17 @@ test-node: deps
 test: deps lint
 	$(PYTEST) tests
 
+# The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
+# It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
 demo: deps
-	@echo "make demo arrives with the rehearsal (issue 5)"; exit 2
+	$(PY) -m rehearsal demo $(if $(NODES),--nodes $(NODES))
 
-demo-down:
-	@true
+demo-down: venv
+	$(PY) -m rehearsal down
+
+# Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only.
+bench-demo: deps
+	$(PY) bench/demo_timing.py $(if $(filter 0,$(COLD)),--warm-only)
 
 clean-cache:
 	rm -rf $(CACHE)
