@@ -212,6 +212,7 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "Validity of the cluster root CA in days (more than tlsValidityDays, up to 36500). It is renewed with the same key when less than tlsValidityDays remain.",
         default=3650,
     ),
+    ConfigKey("sshJumpHost", None, "Optional bastion every SSH connection goes through: {host, user, hostKey, port?}; its host key is pinned too.", default={}),
     ConfigKey("tags", None, "Tags added to every taggable AWS resource (map of string to string).", default={}),
 )
 
@@ -246,6 +247,14 @@ class OnPremNodeConfig:
 
 
 NodeConfig = Ec2NodeConfig | OnPremNodeConfig
+
+
+@dataclass(frozen=True)
+class JumpHostConfig:
+    host: str
+    user: str
+    host_key: str
+    port: int = 22
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,7 @@ class ClusterConfig:
     ssh_authorized_key: str | None
     tags: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    jump_host: JumpHostConfig | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
@@ -415,9 +425,9 @@ def _one_of(c: _Collector, key: str, value: Any, choices: tuple[str, ...]) -> st
 
 
 def _node_fields(
-    c: _Collector, key: str, i: int, item: Any, required: dict[str, str], optional: set[str]
+    c: _Collector, key: str, i: int | None, item: Any, required: dict[str, str], optional: set[str]
 ) -> dict[str, Any] | None:
-    where = f"{key}[{i}]"
+    where = key if i is None else f"{key}[{i}]"
     if not isinstance(item, dict):
         c.bad(where, item, "an object with " + ", ".join(required))
         return None
@@ -565,6 +575,37 @@ def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
     )
 
 
+def _jump_host(c: _Collector, raw: Any) -> JumpHostConfig | None:
+    if raw in (None, {}):
+        return None
+    d = _node_fields(
+        c,
+        "sshJumpHost",
+        None,
+        raw,
+        {
+            "host": "the bastion's IP address or DNS name",
+            "user": "the SSH user on the bastion",
+            "hostKey": "the bastion's pinned SSH host public key, e.g. 'ssh-ed25519 AAAA...'",
+        },
+        {"port"},
+    )
+    if d is None:
+        return None
+    host, user, host_key = str(d["host"]), str(d["user"]), str(d["hostKey"]).strip()
+    if not (_is_ip(host) or _HOSTNAME.match(host)):
+        c.bad("sshJumpHost.host", host, "an IP address or DNS name")
+    if not _SSH_USER.match(user):
+        c.bad("sshJumpHost.user", user, "a Unix user name")
+    if not _HOST_KEY.match(host_key):
+        c.bad("sshJumpHost.hostKey", d["hostKey"], "an OpenSSH public host key line such as 'ssh-ed25519 AAAA...'")
+    port = d.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        c.bad("sshJumpHost.port", port, "a TCP port from 1 to 65535")
+        port = 22
+    return JumpHostConfig(host=host, user=user, host_key=host_key, port=int(port))
+
+
 def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> ClusterConfig:
     """Validate ``raw`` (config values keyed by the names in SCHEMA).
 
@@ -680,6 +721,8 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
 
     tls = _tls(c, v)
 
+    jump_host = _jump_host(c, v["sshJumpHost"])
+
     tags = v["tags"]
     if not isinstance(tags, dict):
         c.bad("tags", tags, "a map of tag name to string value")
@@ -735,4 +778,5 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         tags={**{"project": PROJECT, "stack": stack}, **tags},
         warnings=tuple(c.warnings),
         tls=tls,
+        jump_host=jump_host,
     )

@@ -428,3 +428,17 @@ def test_kms_endpoint_comes_before_any_ec2_node_is_installed(full_config: dict[s
         assert endpoint.urn in deps[first_boot.urn]
         assert endpoint.urn in deps[cmd(rec, f"{node}-ssh-install").urn]
     assert endpoint.urn not in deps[cmd(rec, "dc-1-ssh-install").urn]  # on premises: KMS's public endpoint
+
+
+def test_jump_host_from_config_reaches_every_connection_pinned(full_config: dict[str, Any]) -> None:
+    bastion_key = mocks._ed25519_line("bastion host key")
+    rec = up({**full_config, "sshJumpHost": {"host": "bastion.example.net", "user": "jump", "hostKey": bastion_key}})
+    commands = remote_commands(rec)
+    assert commands
+    for res in commands:
+        proxy = connection(res).get("proxy")
+        assert proxy is not None, res.name
+        assert (proxy["host"], proxy["user"], proxy["port"]) == ("bastion.example.net", "jump", 22), res.name
+        assert proxy["hostKey"] == bastion_key, res.name
+    # Control: without the key no connection goes through a bastion.
+    assert all(connection(res).get("proxy") is None for res in remote_commands(up(full_config)))

@@ -203,6 +203,18 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "kmsEndpointSubnetIds",
         "createKmsVpcEndpoint",
     ),
+    (
+        "jump host without hostKey",
+        with_(sshJumpHost={"host": "bastion.example.net", "user": "jump"}),
+        "sshJumpHost.hostKey",
+        "host public key",
+    ),
+    (
+        "jump host port out of range",
+        with_(sshJumpHost={"host": "10.0.0.5", "user": "jump", "hostKey": HOST_KEY, "port": 0}),
+        "sshJumpHost.port",
+        "1 to 65535",
+    ),
     ("tag in the aws: namespace", with_(tags={"aws:owner": "x"}), "tags.aws:owner", "not starting with aws:"),
     # Encryption in transit (issue 6).
     ("secure transport required without client TLS", with_(tlsClients=False), "requireSecureTransport", "tlsClients"),
@@ -278,3 +290,11 @@ def test_error_message_lists_every_error() -> None:
     text = str(info.value)
     assert text.startswith("2 configuration error(s)")
     assert "keyAlias" in text and "encryptTables" in text
+
+
+def test_jump_host_is_parsed_and_optional() -> None:
+    assert parse(VALID).jump_host is None
+    cfg = parse(with_(sshJumpHost={"host": "bastion.example.net", "user": "jump", "hostKey": HOST_KEY, "port": 2200}))
+    assert cfg.jump_host is not None
+    assert (cfg.jump_host.host, cfg.jump_host.user, cfg.jump_host.port) == ("bastion.example.net", "jump", 2200)
+    assert cfg.jump_host.host_key == HOST_KEY
