@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_verify_logic import _load
+from node_scripts import load_node_script
 
 from components.config import ClusterConfig, parse_config
 from components.mycnf import render_mycnf, render_node_cnf
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 MEMBERS = ["10.20.1.10", "10.20.2.10", "192.0.2.21"]
 
 
-tls_tool = _load("mariadb_kms_tls", REPO / "node" / "mariadb_kms_tls.py")
+tls_tool = load_node_script("mariadb_kms_tls", REPO / "node" / "mariadb_kms_tls.py")
 
 
 def _cluster(full_config: dict[str, Any], **changes: Any) -> ClusterConfig:

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import configparser
-import importlib.machinery
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from node_scripts import load_node_script
 
 from components import node_files as nf
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = REPO / "node"
 SYSTEMD = "/etc/systemd/system"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
 
 
 def _unit(text: str) -> configparser.ConfigParser:
@@ -278,7 +265,7 @@ KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 
 @pytest.mark.parametrize("on_premises", [True, False])
 def test_unwrap_conf_is_read_back_by_the_unwrap_tool(on_premises: bool, tmp_path: Path) -> None:
-    unwrap = _load("mariadb_kms_unwrap_for_conf", NODE / "mariadb_kms_unwrap.py")
+    unwrap = load_node_script("mariadb_kms_unwrap_for_conf", NODE / "mariadb_kms_unwrap.py")
     text = nf.render_unwrap_conf(mode="kms-envelope", key_arn=KEY_ARN, region="eu-west-1", on_premises=on_premises)
     conf = tmp_path / "unwrap.conf"
     conf.write_text(text)

@@ -7,8 +7,6 @@ unreachable endpoint are real.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import pwd
 import re
@@ -21,12 +19,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
+from node_scripts import load_node_script
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -34,17 +32,7 @@ REGION = "eu-west-1"
 FAKE_SECRET = "moto-only-unwrap-secret-5d1e"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-unwrap = _load("mariadb_kms_unwrap", REPO / "node" / "mariadb_kms_unwrap.py")
+unwrap = load_node_script("mariadb_kms_unwrap", REPO / "node" / "mariadb_kms_unwrap.py")
 
 
 class Sleeps:

@@ -12,32 +12,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib.machinery
-import importlib.util
 import os
 import re
-import sys
 import zlib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from node_scripts import load_node_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-verify = _load("mariadb_kms_verify", REPO / "node" / "mariadb_kms_verify.py")
+verify = load_node_script("mariadb_kms_verify", REPO / "node" / "mariadb_kms_verify.py")
 
 # The first header_length bytes of .MAI files written by MariaDB 10.11.18 on Debian 12, zlib + base64.
 # ctl.aria_plain: made with aria_encrypt_tables=OFF, ROW_FORMAT=PAGE TRANSACTIONAL=1
