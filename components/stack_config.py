@@ -45,6 +45,26 @@ def _keys_set_in_namespace() -> set[str]:
     return {n[len(prefix) :] for n in names if n.startswith(prefix)}
 
 
+def _secrets_in_plain_text() -> list[str]:
+    """Secret keys set without ``--secret``.
+
+    Pulumi.yaml cannot mark them ``secret: true``: the CLI would then require them
+    on every stack, since a secret key cannot carry a default. So the program
+    states the rule the CLI would have applied.
+    """
+    from pulumi.runtime import config as runtime_config
+
+    errors = []
+    for key in SCHEMA:
+        full = f"{PROJECT}:{key.name}"
+        if key.secret and runtime_config.get_config(full) is not None and not runtime_config.is_config_secret(full):
+            errors.append(
+                f"{full} is set in plain text: expected a secret (pulumi config set --secret {full} ...); "
+                "the stack file now holds it readable, so replace the key as well"
+            )
+    return errors
+
+
 def load_stack_config() -> tuple[ClusterConfig, StackSecrets]:
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {}
@@ -58,12 +78,15 @@ def load_stack_config() -> tuple[ClusterConfig, StackSecrets]:
         if value is not None:
             raw[key.name] = value
     region = pulumi.Config("aws").get("region")
+    errors = _secrets_in_plain_text()
     try:
         parsed = parse_config(raw, stack=pulumi.get_stack(), region=region)
     except ConfigError as err:
-        for line in err.errors:
+        errors += err.errors
+    if errors:
+        for line in errors:
             pulumi.log.error(line)
-        raise
+        raise ConfigError(errors)
     for warning in parsed.warnings:
         pulumi.log.warn(warning)
     secret = cfg.get_secret("sshPrivateKey")

@@ -76,15 +76,15 @@ SSH_PORT = Bounds(1, 65535)
 DEFAULT_SSH_PORT = 22
 
 EC2_NODE_FIELDS = (
-    Field("name", "a node name", checks.node_name, required=True),
+    Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True),
     Field("subnetId", "a subnet id (subnet-...)", checks.subnet_id, required=True),
     Field("availabilityZone", "an availability zone such as eu-west-1a", checks.availability_zone, required=True),
     Field("instanceType", "an EC2 instance type", checks.instance_type, default="t3.medium"),
     Field("dataVolumeGiB", "the data volume's size in GiB", default=50, bounds=Bounds(8, 16384)),
-    Field("privateIp", "the node's private IP address", checks.ipv4_address),
+    Field("privateIp", "the node's private IPv4 address inside its subnet", checks.ipv4_address),
 )
 ONPREM_NODE_FIELDS = (
-    Field("name", "a node name", checks.node_name, required=True),
+    Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True),
     Field("address", "the node's IP address or DNS name", checks.host, required=True),
     Field("sshUser", "the SSH login user", checks.ssh_user, required=True),
     Field(
@@ -142,15 +142,16 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "keyAdmins",
         "array",
-        "Role ARNs that administer the KMS key (at least one, two recommended). They can never decrypt.",
+        "Role ARNs that administer the KMS key (at least one, two recommended). The key policy grants them no "
+        "Decrypt, but kms:PutKeyPolicy lets them grant it to themselves: treat them as able to decrypt.",
         required=True,
         item_check=checks.role_arn,
     ),
     ConfigKey(
         "deployers",
         "array",
-        "Role ARNs allowed to wrap data keys and use the key through EC2 for EBS. Empty: the identity running "
-        "`pulumi up`, normalised to its role ARN.",
+        "IAM role or user ARNs allowed to wrap data keys and use the key through EC2 for EBS. Empty: the identity "
+        "running `pulumi up`, normalised to its role ARN.",
         default=[],
         item_check=checks.principal_arn,
     ),
@@ -226,7 +227,7 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "encryptTables",
         "string",
-        "innodb_encrypt_tables, one of {choices} (FORCE refuses unencrypted tables).",
+        "innodb_encrypt_tables, one of {choices} (`FORCE` refuses unencrypted tables).",
         default="FORCE",
         choices=ENCRYPT_TABLES_VALUES,
     ),

@@ -329,3 +329,25 @@ def test_control_stack_values_are_checked_against_declared_types(line: str, ok: 
     key, _, value = line.partition(": ")
     stack = load_stack(DEV) | {key: StackValue.from_yaml(load_yaml(f"v: {value}")["v"])}
     assert (merge_errors(load_project(), "dev", stack) == []) is ok
+
+
+# -- the secret rule Pulumi.yaml no longer states, the program does ---------------------------------
+
+
+def test_the_program_refuses_a_secret_key_set_in_plain_text() -> None:
+    from mocks import FULL_CONFIG, PLANTED_SECRETS, REGION, STACK, RecordingMocks, config_for_pulumi
+
+    from rehearsal.recorder import record
+
+    flat, secret_keys = config_for_pulumi(FULL_CONFIG, REGION)
+    assert secret_keys == ["mariadb-kms:sshPrivateKey"]
+
+    def run(secrets: list[str]) -> Any:
+        mocks = RecordingMocks(preview=True, stack=STACK, region=REGION, caller_session="ci-run-1")
+        return record(mocks, flat, secrets, stack=STACK)
+
+    assert run(secret_keys).exception is None  # control: set with --secret, accepted
+    plain = run([])
+    assert plain.exception is not None and plain.resources == []
+    assert [e for e in plain.errors if "mariadb-kms:sshPrivateKey is set in plain text" in e], plain.errors
+    assert not any(s in e for e in plain.errors for s in PLANTED_SECRETS)

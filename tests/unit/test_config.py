@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
 
-from components.config import ConfigError, parse_config
+from components.config import ConfigError, parse_config, yaml_text
 
 ADMIN_A = "arn:aws:iam::123456789012:role/kms-admin"
 ADMIN_B = "arn:aws:iam::123456789012:role/ops/kms-breakglass"
@@ -312,3 +313,207 @@ def test_jump_host_is_parsed_and_optional() -> None:
     assert cfg.jump_host is not None
     assert (cfg.jump_host.host, cfg.jump_host.user, cfg.jump_host.port) == ("bastion.example.net", "jump", 2200)
     assert cfg.jump_host.host_key == HOST_KEY
+
+
+# -- SSH host keys: only types pulumi-command 1.2.x can verify against Debian 12's sshd ------------
+
+
+def _public_line(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def _keys() -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    return {
+        "ssh-ed25519": _public_line(ed25519.Ed25519PrivateKey.generate()),
+        "ecdsa-sha2-nistp256": _public_line(ec.generate_private_key(ec.SECP256R1())),
+        "ecdsa-sha2-nistp384": _public_line(ec.generate_private_key(ec.SECP384R1())),
+        "ecdsa-sha2-nistp521": _public_line(ec.generate_private_key(ec.SECP521R1())),
+        "ssh-rsa": _public_line(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+    }
+
+
+KEYS = _keys()
+# A DSA key line in OpenSSH's format (cryptography no longer writes them): the type is all the check reads.
+DSA_LINE = "ssh-dss AAAAB3NzaC1kc3MAAACBAP1/U4EddRIpUt9KnC7s5Of2EbdSPO9EAMMeP4C2USZpRV1AIlH7WT2NWPq/xfW6MPbLm1Vs14E7"
+
+
+def jump(host_key: str) -> dict[str, Any]:
+    return {"host": "bastion.example.net", "user": "jump", "hostKey": host_key}
+
+
+@pytest.mark.parametrize("kind", ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"])
+def test_ed25519_and_ecdsa_host_keys_are_accepted_for_nodes_and_the_jump_host(kind: str) -> None:
+    cfg = parse(with_(onPremNodes=onprem(hostKey=KEYS[kind] + " root@dc-1"), sshJumpHost=jump(KEYS[kind])))
+    assert cfg.onprem_nodes[0].host_key.startswith(kind)
+    assert cfg.jump_host is not None and cfg.jump_host.host_key == KEYS[kind]
+
+
+@pytest.mark.parametrize(("kind", "why"), [("ssh-rsa", "OpenSSH 8.8"), ("ssh-dss", "OpenSSH 7.0")])
+@pytest.mark.parametrize("where", ["onPremNodes[0].hostKey", "sshJumpHost.hostKey"])
+def test_rsa_and_dsa_host_keys_are_refused_saying_why_and_how_to_read_the_right_one(
+    kind: str, why: str, where: str
+) -> None:
+    line = KEYS["ssh-rsa"] if kind == "ssh-rsa" else DSA_LINE
+    raw = with_(onPremNodes=onprem(hostKey=line)) if where.startswith("onPrem") else with_(sshJumpHost=jump(line))
+    [error] = [e for e in errors_of(raw) if e.startswith(f"mariadb-kms:{where} = ")]
+    assert "pulumi-command offers only the pinned key's own type" in error
+    assert why in error and f"a {kind} key makes it offer only" in error
+    assert "ssh-keyscan -t ed25519 HOST" in error
+
+
+def test_an_rsa_login_key_is_fine_it_is_the_client_that_signs() -> None:
+    assert parse(with_(sshAuthorizedKey=KEYS["ssh-rsa"] + " deploy")).ssh_authorized_key
+
+
+@pytest.mark.parametrize(
+    ("host_key", "fragment"),
+    [
+        ("192.0.2.21 " + KEYS["ssh-ed25519"], "without the host name in front"),
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0pq3L7Gd8nJk3s1m0y6rHc", "not a ssh-ed25519 key"),
+        (KEYS["ecdsa-sha2-nistp256"].replace("ecdsa-sha2-nistp256", "ssh-ed25519"), "not a ssh-ed25519 key"),
+        ("ssh-ed448 AAAA", "ssh-keyscan -t ed25519"),
+    ],
+)
+def test_malformed_host_keys_are_refused(host_key: str, fragment: str) -> None:
+    errors = [e for e in errors_of(with_(onPremNodes=onprem(hostKey=host_key))) if "onPremNodes[0].hostKey" in e]
+    assert errors and fragment in errors[0], errors
+
+
+# -- AWS tag limits, and egress CIDRs the key policy admits -------------------------------------------
+
+
+def tags(n: int, **extra: str) -> dict[str, str]:
+    return {**{f"t{i}": "v" for i in range(n)}, **extra}
+
+
+def test_tags_up_to_what_aws_allows_beside_the_programs_own() -> None:
+    assert len(parse(with_(tags=tags(46))).tags) == 48
+    [error] = errors_of(with_(tags=tags(47)))
+    assert error.startswith("mariadb-kms:tags has 47 entries: expected at most 46 (AWS allows 50 tags")
+    # A tag that replaces one of the program's own takes no extra room.
+    assert len(parse(with_(tags=tags(46, project="billing"))).tags) == 48
+
+
+@pytest.mark.parametrize(
+    ("tag_map", "path", "fragment"),
+    [
+        ({"k" * 129: "v"}, "tags." + "k" * 129, "1-128"),
+        ({"owner": "v" * 257}, "tags.owner", "at most 256"),
+        ({"AWS:owner": "x"}, "tags.AWS:owner", "not starting with aws:"),
+        ({"owner": "a,b"}, "tags.owner", "letters, digits"),
+        ({"owner": 5}, "tags.owner", "a string"),
+    ],
+)
+def test_tag_keys_and_values_within_aws_limits(tag_map: dict[str, Any], path: str, fragment: str) -> None:
+    errors = [e for e in errors_of(with_(tags=tag_map)) if e.startswith(f"mariadb-kms:{path} = ")]
+    assert errors and fragment in errors[0], errors
+    assert len(parse(with_(tags={"k" * 128: "v" * 256})).tags) == 3  # control: the limits themselves pass
+
+
+def test_a_node_egress_cidr_outside_the_stack_ranges_is_an_error() -> None:
+    inside = parse(with_(onPremEgressCidrs=["203.0.113.0/28"], onPremNodes=onprem(egressCidr="203.0.113.7/32")))
+    assert inside.onprem_nodes[0].egress_cidr == "203.0.113.7/32"
+    [error] = errors_of(with_(onPremEgressCidrs=["203.0.113.0/28"], onPremNodes=onprem(egressCidr="198.51.100.7/32")))
+    assert error.startswith("mariadb-kms:onPremNodes[0].egressCidr = 198.51.100.7/32: expected a CIDR inside one of")
+    assert "203.0.113.0/28" in error
+    assert errors_of(with_(onPremEgressCidrs=["2001:db8::/32"], onPremNodes=onprem(egressCidr="203.0.113.7/32")))
+    # Without stack-wide ranges the per-node CIDRs are the condition themselves.
+    assert parse(with_(onPremNodes=onprem(egressCidr="198.51.100.7/32"))).onprem_nodes[0].egress_cidr
+
+
+# -- messages: YAML values, key paths as the user writes them, never a Python repr ----------------
+
+PATH = re.compile(
+    r"^(aws:region|mariadb-kms:[A-Za-z0-9]+(\[\d+\])?(\.[^ ]+)?(, mariadb-kms:[A-Za-z0-9]+)?)( = |: | is | has )"
+)
+
+
+def repr_leaks(message: str) -> list[str]:
+    """Pieces of ``message`` that are Python reprs, not YAML, or a key path no user writes."""
+    found = re.findall(r"\b(?:None|True|False)\b|[\[{(]'|'[\]})]", message)
+    for quoted in re.findall(r"= '([^']*)'", message):
+        if yaml_text(quoted) != f"'{quoted}'":  # YAML would not quote it: Python did
+            found.append(f"'{quoted}'")
+    if not PATH.match(message):
+        found.append("key path: " + message.split(" ")[0])
+    return found
+
+
+def test_control_the_leak_check_finds_reprs_and_made_up_paths() -> None:
+    for value in (None, True, False, "mariadb", ["nope"], {"host": "x"}, ("a",)):
+        assert repr_leaks(f"mariadb-kms:keyAlias = {value!r}: expected x"), value
+    assert repr_leaks("mariadb-kms:node name = aws-a: expected names unique")
+    assert not repr_leaks("mariadb-kms:generalLog = 'yes': expected true or false")
+    assert not repr_leaks("mariadb-kms:onPremNodes[1].hostKey is not set: expected a key")
+
+
+# Configs that together reach every place the parser reports an error from (checked below).
+EVERY_ERROR: list[tuple[str, dict[str, Any]]] = [
+    *(("dev", raw) for _, raw, _, _ in INVALID),
+    ("dev", with_(keyAlias=5, encryptionThreads="x", generalLog="yes", adminCidrs="10.0.0.0/8", keyAdmin="x")),
+    ("prod.eu", VALID),
+    ("dev", with_(ec2Nodes=..., onPremNodes=..., keyAlias="bad")),
+    ("dev", with_(onPremNodes=[5, {"name": "dc-2", "adress": "x"}], sshJumpHost="bastion")),
+    ("dev", with_(ec2Nodes=..., vpcId=..., amiId=..., sshAuthorizedKey=..., createKmsVpcEndpoint=True)),
+    ("dev", with_(onPremEgressCidrs=["203.0.113.0/28"], onPremNodes=onprem(egressCidr="198.51.100.7/32"))),
+    ("dev", with_(tags="team=db")),
+    ("dev", with_(tags={**tags(60), "aws:x": None, "owner": True})),
+    ("dev", with_(sshAuthorizedKey="ssh-rsa AAAA")),
+]
+
+
+def _report_sites() -> set[int]:
+    """Lines in parse.py that report an error: calls of c.bad, c.missing and c.errors.append outside _Collector."""
+    import ast
+    import inspect
+
+    from components.config import parse as parse_module
+
+    tree = ast.parse(inspect.getsource(parse_module))
+    collector = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Collector")
+    inside = {id(n) for n in ast.walk(collector)}
+    sites = set()
+    for node in ast.walk(tree):
+        if id(node) in inside or not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        target = ast.unparse(node.func)
+        if target in ("c.bad", "c.missing", "c.errors.append"):
+            sites.add(node.lineno)
+    return sites
+
+
+def test_every_error_message_shows_yaml_values_and_user_key_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from components.config import parse as parse_module
+
+    reached: set[int] = set()
+
+    class Errors(list[str]):
+        def append(self, message: str) -> None:
+            frame = sys._getframe(1)
+            if frame.f_code.co_name in ("bad", "missing"):
+                frame = frame.f_back  # type: ignore[assignment]
+            if frame.f_code.co_filename == parse_module.__file__:
+                reached.add(frame.f_lineno)
+            super().append(message)
+
+    class Collector(parse_module._Collector):
+        def __init__(self) -> None:
+            super().__init__(errors=Errors())
+
+    monkeypatch.setattr(parse_module, "_Collector", Collector)
+    messages = []
+    for stack, raw in EVERY_ERROR:
+        with pytest.raises(ConfigError) as info:
+            parse_config(raw, stack=stack, region="eu-west-1")
+        messages += info.value.errors
+    messages += errors_of(VALID, region=None)
+    unreached = _report_sites() - reached
+    assert not unreached, f"no test config reaches the errors reported on parse.py lines {sorted(unreached)}"
+    leaks = {m: repr_leaks(m) for m in messages if repr_leaks(m)}
+    assert not leaks, leaks
