@@ -351,3 +351,23 @@ def test_the_program_refuses_a_secret_key_set_in_plain_text() -> None:
     assert plain.exception is not None and plain.resources == []
     assert [e for e in plain.errors if "mariadb-kms:sshPrivateKey is set in plain text" in e], plain.errors
     assert not any(s in e for e in plain.errors for s in PLANTED_SECRETS)
+
+
+def test_without_sshprivatekey_every_connection_falls_back_to_the_ssh_agent() -> None:
+    """pulumi-command v1.2.1 (provider/pkg/provider/remote/connection.go, SSHConfig) adds the agent at
+    SSH_AUTH_SOCK to the auth methods whether or not a private key is given; without one it is the only method."""
+    from mocks import FULL_CONFIG, run_program
+
+    from rehearsal.aws_values import plain as unwrap_rpc
+
+    config = {k: v for k, v in FULL_CONFIG.items() if k != "sshPrivateKey"}
+    rec = run_program(config, preview=False)
+    commands = rec.of_type("command:remote:Command")
+    assert commands
+    for command in commands:
+        connection = unwrap_rpc(command.inputs["connection"])
+        assert "privateKey" not in connection, command.name
+        assert connection["hostKey"], command.name  # still pinned
+    # Control: with the key set, the same connections carry it.
+    keyed = run_program(FULL_CONFIG, preview=False).of_type("command:remote:Command")
+    assert all("privateKey" in unwrap_rpc(c.inputs["connection"]) for c in keyed)
