@@ -56,6 +56,8 @@ def config_with(nodes: int, ec2_share: float) -> dict[str, Any]:
         }
         for i in range(nodes - ec2_count)
     ]
+    # Every node's egressCidr must lie inside the stack-wide ranges.
+    config["onPremEgressCidrs"] = ["203.0.113.0/24"]
     if not config["ec2Nodes"]:
         for key in ("vpcId", "amiId", "sshAuthorizedKey"):
             config.pop(key, None)
