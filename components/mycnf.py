@@ -76,9 +76,7 @@ def _on(flag: bool) -> str:
     return "ON" if flag else "OFF"
 
 
-def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None) -> list[
-    tuple[str, str] | str
-]:
+def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None) -> list[tuple[str, str] | str]:
     """The key management plugin, loaded FORCE_PLUS_PERMANENT: the server never runs without it."""
     mode = cluster.mariadb.key_management
     if mode == "kms-envelope":
@@ -104,8 +102,6 @@ def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None, kms_end
             ("aws_key_management_request_timeout", "10000"),
             ("aws_key_management_log_level", "Warn"),
         ]
-        if kms_endpoint_url:
-            lines.append(("aws_key_management_endpoint_url", kms_endpoint_url))
         return lines
     raise ValueError(f"unknown key-management mode {mode!r}")
 
@@ -124,11 +120,9 @@ def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]
     ]
 
 
-def render_encryption_cnf(
-    cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None
-) -> str:
+def render_encryption_cnf(cluster: ClusterConfig, *, key_arn: str | None) -> str:
     """``90-mariadb-kms-encryption.cnf``: key management and every encryption flag, no membership."""
-    lines = key_management_lines(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url)
+    lines = key_management_lines(cluster, key_arn=key_arn)
     lines += ["", "# Everything MariaDB can encrypt, encrypted.", *encryption_flag_lines(cluster)]
     return _header("key management and encryption") + "\n" + _section("mariadb", lines)
 
@@ -258,15 +252,13 @@ def render_mycnf(
     node_address: str,
     member_addresses: Sequence[str],
     key_arn: str | None,
-    kms_endpoint_url: str | None = None,
 ) -> dict[str, str]:
     """The node's whole MariaDB config: ``{install path: content}``, both files.
 
-    ``key_arn`` is used in aws-plugin mode (aws_key_management_master_key_id);
-    ``kms_endpoint_url`` only by the rehearsal's local KMS stand-in.
+    ``key_arn`` is used in aws-plugin mode (aws_key_management_master_key_id).
     """
     return {
-        MYCNF_ENCRYPTION_PATH: render_encryption_cnf(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url),
+        MYCNF_ENCRYPTION_PATH: render_encryption_cnf(cluster, key_arn=key_arn),
         MYCNF_NODE_PATH: render_node_cnf(
             node, cluster, node_address=node_address, member_addresses=member_addresses
         ),

@@ -30,7 +30,7 @@ from components import cloud_config as cc
 from components.config import ClusterConfig, parse_config
 from components.ec2_node import COMPONENT_TYPE, DATA_DEVICE_NAME, Ec2Node
 from components.kms_endpoint import KmsVpcEndpoint, endpoint_subnets, kms_service_name
-from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
+from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH, render_unwrap_conf
 from components.security_group import NodeSecurityGroup
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
@@ -53,10 +53,16 @@ def nodes_program(cfg: ClusterConfig, *, key_arn: Any = KEY_ARN, **kw: Any) -> C
     def program() -> None:
         group = NodeSecurityGroup("nodes", cluster=cfg)
         arn = key_arn() if callable(key_arn) else key_arn
+        # What the cluster hands every EC2 node: the unwrap.conf its SSH path installs too.
+        options = {"unwrap_conf": pulumi.Output.from_input(arn).apply(
+            lambda a: render_unwrap_conf(
+                mode=cfg.mariadb.key_management, key_arn=a, region=cfg.region, on_premises=False
+            )
+        ), **kw}
         for n in cfg.ec2_nodes:
             node = Ec2Node(
                 n.name, node=n, cluster=cfg, key_arn=arn, data_key_blob=BLOB,
-                instance_profile_name=PROFILE, security_group_id=group.id, **kw,
+                instance_profile_name=PROFILE, security_group_id=group.id, **options,
             )
             pulumi.export(f"{n.name}.address", node.address)
             pulumi.export(f"{n.name}.hostPublicKey", node.host_public_key)

@@ -100,10 +100,8 @@ def test_aws_plugin_mode_has_key_spec_arn_region_and_no_file_key_management(full
     assert "aws_key_management_rotate_key" not in enc
 
 
-def test_aws_plugin_endpoint_only_when_given_and_arn_required(full_config: dict[str, Any]) -> None:
+def test_aws_plugin_needs_the_key_arn(full_config: dict[str, Any]) -> None:
     cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so")
-    enc = _parse(render_encryption_cnf(cluster, key_arn=KEY_ARN, kms_endpoint_url="http://10.0.0.1:5000"))
-    assert enc["aws_key_management_endpoint_url"] == "http://10.0.0.1:5000"
     with pytest.raises(ValueError, match="key ARN"):
         render_encryption_cnf(cluster, key_arn=None)
 
