@@ -107,9 +107,12 @@ class Ec2Node(pulumi.ComponentResource):
             opts=child,
         )
 
+        # The instance lands in its interface's subnet's zone; the volume must be in the same one
+        # (else the attachment fails with InvalidVolume.ZoneMismatch), so it takes that zone too.
+        zone = aws.ec2.get_subnet_output(id=node.subnet_id).availability_zone
         volume = aws.ebs.Volume(
             f"{name}-data",
-            availability_zone=node.availability_zone,
+            availability_zone=zone,
             size=node.data_volume_gib,
             type="gp3",
             encrypted=True,
