@@ -10,9 +10,11 @@ key, one ``remote.Command`` per step, stdin and triggers resolved from Outputs
   what a secret-touching step printed);
 - secrets only on ``stdin``, never in ``create`` or ``environment`` (no step
   sets an environment at all);
-- ``additional_secret_outputs=["stdout", "stderr"]`` on every step that
-  touches a secret: pulumi-command keeps output in state and copies it into
-  error messages whatever ``logging`` says;
+- on every step that touches a secret (reads one on stdin, or unwraps the
+  key): ``logging`` ``none``, so nothing it prints is streamed to the engine's
+  log, and ``additional_secret_outputs=["stdout", "stderr"]``, because
+  pulumi-command keeps output in state and copies it into error messages
+  whatever ``logging`` says;
 - ``delete_before_replace=True`` on every step with triggers (a trigger change
   always replaces; see ``remote_steps``).
 """
@@ -200,6 +202,7 @@ def remote_command(
         stdin=stdin,
         triggers=triggers or None,
         add_previous_output_in_env=False,
+        logging=command.remote.Logging.NONE if step.touches_secret else None,
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=list(depends_on),
