@@ -106,17 +106,27 @@ def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None) -> list
     raise ValueError(f"unknown key-management mode {mode!r}")
 
 
+# Flags that are simply ON; the verify tool (node/mariadb_kms_verify.py) checks the same list,
+# and a unit test holds the two together.
+ENCRYPTION_FLAGS_ON = (
+    "innodb_encrypt_log",
+    "innodb_encrypt_temporary_tables",
+    "encrypt_tmp_files",
+    "encrypt_tmp_disk_tables",
+    "encrypt_binlog",
+    "aria_encrypt_tables",
+)
+
+
 def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]:
     m = cluster.mariadb
+    on = [(flag, "ON") for flag in ENCRYPTION_FLAGS_ON]
+    # This order, always: a reordered file is a changed config, which restarts every node.
     return [
         ("innodb_encrypt_tables", m.encrypt_tables),
-        ("innodb_encrypt_log", "ON"),
-        ("innodb_encrypt_temporary_tables", "ON"),
+        *on[:2],
         ("innodb_encryption_threads", str(m.encryption_threads)),
-        ("encrypt_tmp_files", "ON"),
-        ("encrypt_tmp_disk_tables", "ON"),
-        ("encrypt_binlog", "ON"),
-        ("aria_encrypt_tables", "ON"),
+        *on[2:],
     ]
 
 

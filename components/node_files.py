@@ -18,13 +18,13 @@ import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 MANIFEST_NAME = "MANIFEST"
 
-KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 Mode = Literal["kms-envelope", "aws-plugin"]
+KEY_MANAGEMENT_MODES: tuple[Mode, ...] = get_args(Mode)
 
 # Where things live on a node.
 CONF_DIR = "/etc/mariadb-kms"

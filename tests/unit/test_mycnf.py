@@ -9,6 +9,7 @@ import pytest
 
 from components.config import ClusterConfig, parse_config
 from components.mycnf import (
+    ENCRYPTION_FLAGS_ON,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
@@ -16,14 +17,6 @@ from components.mycnf import (
 from components.node_files import GALERA_PROVIDER, GCACHE_DIR, KEYFILE_PATH, MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-ENCRYPTION_FLAGS_ON = (
-    "innodb_encrypt_log",
-    "innodb_encrypt_temporary_tables",
-    "encrypt_tmp_files",
-    "encrypt_tmp_disk_tables",
-    "encrypt_binlog",
-    "aria_encrypt_tables",
-)
 
 
 def _cluster(full_config: dict[str, Any], **changes: Any) -> ClusterConfig:
