@@ -16,7 +16,7 @@ key, one ``remote.Command`` per step, stdin and triggers resolved from Outputs
   pulumi-command keeps output in state and copies it into error messages
   whatever ``logging`` says;
 - ``delete_before_replace=True`` on every step with triggers (a trigger change
-  always replaces; see ``remote_steps``).
+  always replaces; see ``components/plan/steps.py``).
 """
 
 from __future__ import annotations
