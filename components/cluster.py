@@ -1,18 +1,17 @@
-"""MariaDbCluster: the nodes, their SSH paths, the one-time bootstrap and the verification.
+"""MariaDbCluster: the nodes, and the cluster plan run as pulumi-command resources.
 
-Wiring only (the order rules are in ``components/remote_steps``):
+Wiring only: the order is ``cluster_plan`` (``components/plan/order.py``);
+this component creates one ``remote.Command`` per plan entry, in the plan's
+order, waiting for exactly the entries the plan names.
 
 - EC2 nodes (``Ec2Node``, one security group, the optional KMS VPC endpoint)
-  and on-prem nodes (``OnPremNode``);
+  and on-prem nodes (``OnPremNode``), both ``Machine``s;
   the member list is every node's address, known before any instance exists
   (EC2 nodes have their own network interfaces);
 - the cluster CA (``ClusterCa``) and each node's certificate, when any TLS
   channel is on; the key reaches its node on stdin only;
-- per node a ``NodeSshPath``: installs run in parallel, then nodes are
-  configured (certificates first) and (re)started one after another,
-  bootstrap node first; a renewed certificate is reloaded the same way;
-- ``galera_new_cluster`` once, on the bootstrap node;
-- a ``Verification`` per node after the last node has rolled.
+- per node a ``NodeSshPath`` holding its steps, ``galera_new_cluster`` once
+  (create-only) and a ``Verification`` per node.
 """
 
 from __future__ import annotations
@@ -25,24 +24,22 @@ import pulumi
 import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
-from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig, OnPremNodeConfig
+from components.config import ClusterConfig, NodeConfig
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
-from components.node_path import COMMAND_INPUTS, JumpHost, NodePathInputs, NodeSshPath, remote_command, ssh_connection
-from components.onprem_node import OnPremNode
-from components.remote_steps import (
-    FileSpec,
-    bootstrap_step,
-    config_files,
-    credentials_files,
-    files_digest,
-    galera_cluster_address,
-    node_plan,
-    put_payload,
-    rolling_order,
-    seed_files,
-    verify_step,
+from components.node_path import (
+    COMMAND_INPUTS,
+    JumpHost,
+    Machine,
+    NodeSshPath,
+    StepInputs,
+    remote_command,
+    ssh_connection,
 )
+from components.onprem_node import OnPremNode
+from components.plan import Role, cluster_plan
+from components.plan.files import config_files, credentials_files, galera_cluster_address, seed_files
+from components.plan.steps import FileSpec, files_digest, put_payload
 from components.tls_material import tls_files
 from components.verification import Verification
 
@@ -94,21 +91,18 @@ class MariaDbCluster(pulumi.ComponentResource):
         onprem_access_key_id: pulumi.Input[str] | None = None,
         onprem_secret_access_key: pulumi.Input[str] | None = None,
         jump_host: JumpHost | None = None,
-        kms_endpoint_url: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """``kms_endpoint_url`` is for the rehearsal's local KMS stand-in only."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
         if cluster.onprem_nodes and (onprem_access_key_id is None or onprem_secret_access_key is None):
             raise ValueError("on-prem nodes need the on-prem access key id and secret")
+        plan = cluster_plan(cluster)
         self._cfg = cluster
         self._key_arn = pulumi.Output.from_input(key_arn)
         self._blob = pulumi.Output.from_input(data_key_blob)
-        self._endpoint = kms_endpoint_url
-        self._kms_endpoint: pulumi.Resource | None = None
         child = pulumi.ResourceOptions(parent=self)
 
-        machines: dict[str, Any] = {}
+        machines: dict[str, Machine] = {}
         machines.update(self._ec2_nodes(name, instance_profile_name, child))
         for onprem_node in cluster.onprem_nodes:
             machines[onprem_node.name] = OnPremNode(onprem_node.name, node=onprem_node, opts=child)
@@ -132,89 +126,68 @@ class MariaDbCluster(pulumi.ComponentResource):
                     lambda v: put_payload(credentials_files(cluster, access_key_id=v[0], secret_access_key=v[1]))
                 )
             )
+        run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
 
-        paths: dict[str, NodeSshPath] = {}
         connections: dict[str, command.remote.ConnectionArgs] = {}
-        config_digests: dict[str, pulumi.Output[str]] = {}
-        for n in rolling_order(cluster):
+        inputs: dict[str, StepInputs] = {}
+        paths: dict[str, NodeSshPath] = {}
+        for n in cluster.nodes:
             machine = machines[n.name]
+            onprem = n.kind == "onprem"
             connections[n.name] = ssh_connection(
                 host=machine.address,
-                port=22 if isinstance(n, Ec2NodeConfig) else n.ssh_port,
+                port=machine.ssh_port,
                 user=machine.ssh_user,
                 host_key=machine.host_public_key,
                 private_key=ssh_private_key,
                 jump_host=jump_host,
             )
             rendered = self._config_files(n, addresses[n.name], members)
-            config_digests[n.name] = rendered.apply(lambda f: _restart_digest(f, node_files_digest))
-            onprem = isinstance(n, OnPremNodeConfig)
             tls_payload, tls_digest = self._tls_inputs(n.name)
-            inputs = NodePathInputs(
-                identity=machine.identity if onprem else machine.instance_id,
+            inputs[n.name] = StepInputs(
+                identity=machine.identity,
                 node_files=node_files,
                 node_files_digest=node_files_digest,
                 config_files=rendered.apply(put_payload),
-                config_digest=config_digests[n.name],
+                config_digest=rendered.apply(lambda f: _restart_digest(f, node_files_digest)),
+                members=members,
                 seed_files=self._seed_payload(on_premises=onprem),
                 credentials=credentials if onprem else None,
                 credentials_version=onprem_access_key_id if onprem else None,
                 tls_files=tls_payload,
                 tls_digest=tls_digest,
+                run_stamp=run_stamp,
             )
             paths[n.name] = NodeSshPath(
-                f"{n.name}-ssh",
-                plan=node_plan(n, cluster),
-                connection=connections[n.name],
-                inputs=inputs,
-                machine=[] if onprem else self._ec2_prerequisites(machine.instance),
-                opts=pulumi.ResourceOptions(parent=machine),
+                f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],
+                opts=pulumi.ResourceOptions(parent=machine.resource),
             )
 
-        # Rolling: every node after the previous one is Synced again; the bootstrap in front.
-        order = rolling_order(cluster)
-        first = order[0].name
-        previous_roll: command.remote.Command | None = None
-        self.bootstrap: command.remote.Command | None = None
-        for n in order:
-            path = paths[n.name]
-            preflight = path.configure(after=[previous_roll] if previous_roll is not None else [])
-            after: list[pulumi.Resource] = []
-            if n.name == first:
-                self.bootstrap = remote_command(
-                    f"{name}-bootstrap",
-                    bootstrap_step(),
-                    connection=connections[first],
-                    stdin=None,
-                    triggers=[],
-                    depends_on=[*(p.install for p in paths.values()), preflight],
-                    parent=self,
-                    ignore_changes=BOOTSTRAP_IGNORE_CHANGES,
-                )
-                after = [self.bootstrap]
-            previous_roll = path.roll(after=after)
-        if previous_roll is None:
-            raise ValueError("a cluster needs at least one node")
-
-        run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
+        # The executor: one command per entry, in the plan's order, after what the entry names.
+        created: dict[str, command.remote.Command] = {}
         reports: dict[str, pulumi.Output[Any]] = {}
-        for n in cluster.nodes:
-            path = paths[n.name]
-            step = verify_step(n, cluster, expect_size=len(cluster.nodes))
-            trigger_values: list[pulumi.Input[Any]] = [path.inputs.identity, config_digests[n.name], members]
-            if path.inputs.tls_digest is not None:
-                trigger_values.append(path.inputs.tls_digest)
-            if run_stamp is not None:
-                trigger_values.append(run_stamp)
-            verification = Verification(
-                f"{n.name}-verification",
-                step=step,
-                connection=connections[n.name],
-                triggers=trigger_values,
-                after=list(dict.fromkeys([path.commands["roll"], previous_roll])),
-                opts=pulumi.ResourceOptions(parent=machines[n.name]),
-            )
-            reports[n.name] = verification.report
+        self.bootstrap: command.remote.Command | None = None
+        for entry in plan:
+            machine = machines[entry.node]
+            depends_on: list[pulumi.Resource] = [created[k] for k in entry.after]
+            if entry.after_machine:
+                depends_on += machine.prerequisites
+            if entry.role is Role.NODE_STEP:
+                created[entry.key] = paths[entry.node].add(entry.step, depends_on=depends_on)
+            elif entry.role is Role.BOOTSTRAP:
+                self.bootstrap = created[entry.key] = remote_command(
+                    f"{name}-bootstrap", entry.step, connection=connections[entry.node],
+                    inputs=inputs[entry.node], depends_on=depends_on, parent=self, create_only=entry.create_only,
+                )
+            else:
+                verification = Verification(
+                    f"{entry.node}-verification", step=entry.step, connection=connections[entry.node],
+                    inputs=inputs[entry.node], after=depends_on,
+                    opts=pulumi.ResourceOptions(parent=machine.resource),
+                )
+                created[entry.key] = verification.command
+                reports[entry.node] = verification.report
+        for path in paths.values():
             path.finish()
 
         names = [n.name for n in cluster.nodes]
@@ -246,35 +219,29 @@ class MariaDbCluster(pulumi.ComponentResource):
         )
         return payload, digest
 
-    def _ec2_prerequisites(self, instance: pulumi.Resource) -> list[pulumi.Resource]:
-        """Not before the instance exists, nor before its way to KMS (the install unwraps the key)."""
-        return [instance, *([self._kms_endpoint] if self._kms_endpoint is not None else [])]
-
     def _config_files(
         self, node: NodeConfig, address: pulumi.Output[str], members: pulumi.Output[list[str]]
     ) -> pulumi.Output[dict[str, FileSpec]]:
-        cfg, endpoint = self._cfg, self._endpoint
+        cfg = self._cfg
 
         def render(values: list[Any]) -> dict[str, FileSpec]:
             key_arn, blob, node_address, member_addresses = values
             return config_files(
                 node, cfg, key_arn=str(key_arn), blob_b64=str(blob), node_address=str(node_address),
-                member_addresses=[str(m) for m in member_addresses], kms_endpoint_url=endpoint,
+                member_addresses=[str(m) for m in member_addresses],
             )
 
         return pulumi.Output.all(self._key_arn, self._blob, address, members).apply(render)
 
     def _seed_payload(self, *, on_premises: bool) -> pulumi.Output[str]:
-        cfg, endpoint = self._cfg, self._endpoint
+        cfg = self._cfg
         return pulumi.Output.all(self._key_arn, self._blob).apply(
-            lambda v: put_payload(
-                seed_files(cfg, key_arn=v[0], blob_b64=v[1], on_premises=on_premises, kms_endpoint_url=endpoint)
-            )
+            lambda v: put_payload(seed_files(cfg, key_arn=v[0], blob_b64=v[1], on_premises=on_premises))
         )
 
     def _ec2_nodes(
         self, name: str, instance_profile_name: pulumi.Input[str] | None, child: pulumi.ResourceOptions
-    ) -> dict[str, Any]:
+    ) -> dict[str, Machine]:
         cfg = self._cfg
         if not cfg.ec2_nodes:
             return {}
@@ -285,10 +252,11 @@ class MariaDbCluster(pulumi.ComponentResource):
         from components.security_group import NodeSecurityGroup
 
         group = NodeSecurityGroup(f"{name}-nodes", cluster=cfg, opts=child)
+        kms_path: list[pulumi.Resource] = []
         if cfg.network.create_kms_vpc_endpoint and cfg.network.vpc_id is not None:
             from components.kms_endpoint import KmsVpcEndpoint, endpoint_subnets
 
-            self._kms_endpoint = KmsVpcEndpoint(
+            kms_path.append(KmsVpcEndpoint(
                 f"{name}-kms",
                 vpc_id=cfg.network.vpc_id,
                 region=cfg.region,
@@ -297,13 +265,11 @@ class MariaDbCluster(pulumi.ComponentResource):
                 stack=cfg.stack,
                 tags=cfg.tags,
                 opts=child,
-            )
-        endpoint = self._endpoint
+            ))
         # The same unwrap.conf the SSH path's config step installs, so first boot and later runs agree.
         unwrap_conf = self._key_arn.apply(
             lambda arn: render_unwrap_conf(
                 mode=cfg.mariadb.key_management, key_arn=arn, region=cfg.region, on_premises=False,
-                endpoint_url=endpoint,
             )
         )
         return {
@@ -316,6 +282,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 instance_profile_name=instance_profile_name,
                 security_group_id=group.id,
                 unwrap_conf=unwrap_conf,
+                kms_path=kms_path,
                 opts=child,
             )
             for n in cfg.ec2_nodes

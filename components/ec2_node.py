@@ -28,6 +28,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -36,7 +37,7 @@ import pulumi_tls as tls
 
 from components.cloud_config import LOGIN_USER, first_boot_files, render_cloud_config, render_user_data
 from components.config import PROJECT, ClusterConfig, Ec2NodeConfig
-from components.node_files import node_files, render_unwrap_conf
+from components.node_files import node_files
 
 COMPONENT_TYPE = "mariadb-kms:index:Ec2Node"
 DATA_DEVICE_NAME = "/dev/xvdf"  # mariadb-kms-data-volume finds it by volume id; xvdf only on Xen types
@@ -51,11 +52,14 @@ def require_key_arn(value: str) -> str:
 
 
 class Ec2Node(pulumi.ComponentResource):
-    """A MariaDB Galera node on EC2, first booted by cloud-init."""
+    """A MariaDB Galera node on EC2, first booted by cloud-init; a ``Machine`` (``components/node_path``)."""
 
     address: pulumi.Output[str]
     host_public_key: pulumi.Output[str]
     ssh_user: str
+    ssh_port: int
+    identity: pulumi.Output[str]
+    prerequisites: Sequence[pulumi.Resource]
     instance: aws.ec2.Instance
     instance_id: pulumi.Output[str]
     data_volume_id: pulumi.Output[str]
@@ -71,9 +75,13 @@ class Ec2Node(pulumi.ComponentResource):
         data_key_blob: pulumi.Input[str],
         instance_profile_name: pulumi.Input[str],
         security_group_id: pulumi.Input[str],
-        unwrap_conf: pulumi.Input[str] | None = None,
+        unwrap_conf: pulumi.Input[str],
+        kms_path: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``unwrap_conf``: the same file the SSH path's config step installs, so first boot and later
+        runs agree. ``kms_path``: what the node's way to KMS needs (a VPC endpoint the program makes);
+        the SSH path waits for it, since the install unwraps the key."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
         ami_id = cluster.network.ami_id
         if ami_id is None:
@@ -99,9 +107,12 @@ class Ec2Node(pulumi.ComponentResource):
             opts=child,
         )
 
+        # The instance lands in its interface's subnet's zone; the volume must be in the same one
+        # (else the attachment fails with InvalidVolume.ZoneMismatch), so it takes that zone too.
+        zone = aws.ec2.get_subnet_output(id=node.subnet_id).availability_zone
         volume = aws.ebs.Volume(
             f"{name}-data",
-            availability_zone=node.availability_zone,
+            availability_zone=zone,
             size=node.data_volume_gib,
             type="gp3",
             encrypted=True,
@@ -109,11 +120,6 @@ class Ec2Node(pulumi.ComponentResource):
             tags={**tags, "Name": f"{PROJECT}-{cluster.stack}-{node.name}-data"},
             opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True),
         )
-
-        if unwrap_conf is None:
-            unwrap_conf = checked_key_arn.apply(
-                lambda arn: render_unwrap_conf(mode=mode, key_arn=arn, region=cluster.region, on_premises=False)
-            )
 
         def user_data(values: list[Any]) -> str:
             private_key, public_key, blob, conf, volume_id = values
@@ -180,8 +186,11 @@ class Ec2Node(pulumi.ComponentResource):
         self.address = eni.private_ip
         self.host_public_key = host_key.public_key_openssh.apply(lambda key: key.strip())
         self.ssh_user = LOGIN_USER
+        self.ssh_port = 22
         self.instance = instance
         self.instance_id = instance.id
+        self.identity = instance.id
+        self.prerequisites = (instance, *kms_path)
         self.data_volume_id = volume.id
         self.data_volume_attachment = attachment
         self.register_outputs(
@@ -193,3 +202,7 @@ class Ec2Node(pulumi.ComponentResource):
                 "dataVolumeId": self.data_volume_id,
             }
         )
+
+    @property
+    def resource(self) -> pulumi.Resource:
+        return self

@@ -76,9 +76,7 @@ def _on(flag: bool) -> str:
     return "ON" if flag else "OFF"
 
 
-def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None) -> list[
-    tuple[str, str] | str
-]:
+def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None) -> list[tuple[str, str] | str]:
     """The key management plugin, loaded FORCE_PLUS_PERMANENT: the server never runs without it."""
     mode = cluster.mariadb.key_management
     if mode == "kms-envelope":
@@ -104,31 +102,37 @@ def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None, kms_end
             ("aws_key_management_request_timeout", "10000"),
             ("aws_key_management_log_level", "Warn"),
         ]
-        if kms_endpoint_url:
-            lines.append(("aws_key_management_endpoint_url", kms_endpoint_url))
         return lines
     raise ValueError(f"unknown key-management mode {mode!r}")
 
 
+# Flags that are simply ON; the verify tool (node/mariadb_kms_verify.py) checks the same list,
+# and a unit test holds the two together.
+ENCRYPTION_FLAGS_ON = (
+    "innodb_encrypt_log",
+    "innodb_encrypt_temporary_tables",
+    "encrypt_tmp_files",
+    "encrypt_tmp_disk_tables",
+    "encrypt_binlog",
+    "aria_encrypt_tables",
+)
+
+
 def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]:
     m = cluster.mariadb
+    on = [(flag, "ON") for flag in ENCRYPTION_FLAGS_ON]
+    # This order, always: a reordered file is a changed config, which restarts every node.
     return [
         ("innodb_encrypt_tables", m.encrypt_tables),
-        ("innodb_encrypt_log", "ON"),
-        ("innodb_encrypt_temporary_tables", "ON"),
+        *on[:2],
         ("innodb_encryption_threads", str(m.encryption_threads)),
-        ("encrypt_tmp_files", "ON"),
-        ("encrypt_tmp_disk_tables", "ON"),
-        ("encrypt_binlog", "ON"),
-        ("aria_encrypt_tables", "ON"),
+        *on[2:],
     ]
 
 
-def render_encryption_cnf(
-    cluster: ClusterConfig, *, key_arn: str | None, kms_endpoint_url: str | None = None
-) -> str:
+def render_encryption_cnf(cluster: ClusterConfig, *, key_arn: str | None) -> str:
     """``90-mariadb-kms-encryption.cnf``: key management and every encryption flag, no membership."""
-    lines = key_management_lines(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url)
+    lines = key_management_lines(cluster, key_arn=key_arn)
     lines += ["", "# Everything MariaDB can encrypt, encrypted.", *encryption_flag_lines(cluster)]
     return _header("key management and encryption") + "\n" + _section("mariadb", lines)
 
@@ -258,15 +262,13 @@ def render_mycnf(
     node_address: str,
     member_addresses: Sequence[str],
     key_arn: str | None,
-    kms_endpoint_url: str | None = None,
 ) -> dict[str, str]:
     """The node's whole MariaDB config: ``{install path: content}``, both files.
 
-    ``key_arn`` is used in aws-plugin mode (aws_key_management_master_key_id);
-    ``kms_endpoint_url`` only by the rehearsal's local KMS stand-in.
+    ``key_arn`` is used in aws-plugin mode (aws_key_management_master_key_id).
     """
     return {
-        MYCNF_ENCRYPTION_PATH: render_encryption_cnf(cluster, key_arn=key_arn, kms_endpoint_url=kms_endpoint_url),
+        MYCNF_ENCRYPTION_PATH: render_encryption_cnf(cluster, key_arn=key_arn),
         MYCNF_NODE_PATH: render_node_cnf(
             node, cluster, node_address=node_address, member_addresses=member_addresses
         ),

@@ -18,13 +18,13 @@ import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 MANIFEST_NAME = "MANIFEST"
 
-KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 Mode = Literal["kms-envelope", "aws-plugin"]
+KEY_MANAGEMENT_MODES: tuple[Mode, ...] = get_args(Mode)
 
 # Where things live on a node.
 CONF_DIR = "/etc/mariadb-kms"
@@ -123,7 +123,8 @@ def render_unwrap_conf(
     """``/etc/mariadb-kms/unwrap.conf``: what the unwrap unit decrypts, with whose credentials, and where it writes.
 
     Holds no secret: the credentials file it names is installed separately (root 0600, on stdin).
-    ``endpoint_url`` is for the rehearsal's local KMS stand-in only; leave it unset against AWS.
+    ``endpoint_url`` is for the node tests' local KMS stand-in only (the program never sets it; the
+    rehearsal adds it by its overlay); leave it unset against AWS.
     """
     if mode not in KEY_MANAGEMENT_MODES:
         raise ValueError(f"unknown key-management mode {mode!r}")

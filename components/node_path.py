@@ -1,19 +1,22 @@
-"""One node's SSH path as pulumi-command resources: the same code for EC2 and on-prem nodes.
+"""Plan entries as pulumi-command resources: the same code for EC2 and on-prem nodes.
 
-``remote_steps`` decides what runs; this module only wires: a connection with
-a pinned host key, one ``remote.Command`` per step, stdin and triggers
-resolved from Outputs, and the options pulumi-command needs to behave:
+``components/plan`` decides what runs and in which order; this module only
+wires: what a node must offer (``Machine``), a connection with a pinned host
+key, one ``remote.Command`` per step, stdin and triggers resolved from Outputs
+(``StepInputs``), and the options pulumi-command needs to behave:
 
 - ``add_previous_output_in_env=False``: a previous run's output never reaches
   the next run's environment (Debian's sshd drops it anyway, and it may echo
   what a secret-touching step printed);
 - secrets only on ``stdin``, never in ``create`` or ``environment`` (no step
   sets an environment at all);
-- ``additional_secret_outputs=["stdout", "stderr"]`` on every step that
-  touches a secret: pulumi-command keeps output in state and copies it into
-  error messages whatever ``logging`` says;
+- on every step that touches a secret (reads one on stdin, or unwraps the
+  key): ``logging`` ``none``, so nothing it prints is streamed to the engine's
+  log, and ``additional_secret_outputs=["stdout", "stderr"]``, because
+  pulumi-command keeps output in state and copies it into error messages
+  whatever ``logging`` says;
 - ``delete_before_replace=True`` on every step with triggers (a trigger change
-  always replaces; see ``remote_steps``).
+  always replaces; see ``components/plan/steps.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pulumi
 import pulumi_command as command
 
-from components.remote_steps import NodePlan, Phase, Stdin, Step, Trigger
+from components.plan.steps import Stdin, Step, Trigger
 
 COMPONENT_TYPE = "mariadb-kms:index:NodeSshPath"
 SECRET_OUTPUTS = ["stdout", "stderr"]
@@ -39,6 +42,39 @@ PER_DIAL_TIMEOUT_S = 10
 COMMAND_INPUTS: tuple[str, ...] = tuple(
     p for p in inspect.signature(command.remote.CommandArgs.__init__).parameters if not p.startswith("__")
 )
+
+
+class Machine(Protocol):
+    """What the SSH path needs of a node, EC2 or on-prem alike."""
+
+    @property
+    def resource(self) -> pulumi.Resource:
+        """The component the node's commands are children of."""
+        ...
+
+    @property
+    def address(self) -> pulumi.Input[str]: ...
+
+    @property
+    def ssh_user(self) -> pulumi.Input[str]: ...
+
+    @property
+    def ssh_port(self) -> int: ...
+
+    @property
+    def host_public_key(self) -> pulumi.Input[str]:
+        """The SSH host key every connection pins."""
+        ...
+
+    @property
+    def identity(self) -> pulumi.Input[str]:
+        """Stands for the machine: a new one (a replaced instance, a reinstalled host) runs every step again."""
+        ...
+
+    @property
+    def prerequisites(self) -> Sequence[pulumi.Resource]:
+        """What must exist before the first SSH connection (an EC2 instance and its way to KMS)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -94,41 +130,8 @@ def _stripped(value: pulumi.Input[str]) -> pulumi.Input[str]:
     return pulumi.Output.from_input(cast(pulumi.Input[str], value)).apply(str.strip)
 
 
-def remote_command(
-    name: str,
-    step: Step,
-    *,
-    connection: command.remote.ConnectionArgs,
-    stdin: pulumi.Input[str] | None,
-    triggers: Sequence[pulumi.Input[Any]],
-    depends_on: Sequence[pulumi.Resource],
-    parent: pulumi.Resource,
-    ignore_changes: Sequence[str] | None = None,
-) -> command.remote.Command:
-    """One step as a ``remote.Command``, with the options every step of the path shares."""
-    if step.replaced_on_change and not triggers:
-        raise ValueError(f"{name}: step {step.key} has triggers but no values were given")
-    if step.stdin is Stdin.NONE and stdin is not None:
-        raise ValueError(f"{name}: step {step.key} takes no stdin")
-    return command.remote.Command(
-        name,
-        connection=connection,
-        create=step.create,
-        stdin=stdin,
-        triggers=list(triggers) if triggers else None,
-        add_previous_output_in_env=False,
-        opts=pulumi.ResourceOptions(
-            parent=parent,
-            depends_on=list(depends_on),
-            delete_before_replace=True if triggers else None,
-            additional_secret_outputs=list(SECRET_OUTPUTS) if step.touches_secret else None,
-            ignore_changes=list(ignore_changes) if ignore_changes else None,
-        ),
-    )
-
-
 @dataclass(frozen=True)
-class NodePathInputs:
+class StepInputs:
     """The values a node's steps read, as Outputs: payloads on stdin and the values triggers compare."""
 
     identity: pulumi.Input[str]  # EC2 instance id / on-prem host key
@@ -136,21 +139,82 @@ class NodePathInputs:
     node_files_digest: str
     config_files: pulumi.Input[str]  # put payload
     config_digest: pulumi.Input[str]  # everything a restart applies (config and node files)
-    seed_files: pulumi.Input[str] | None = None  # on-prem
+    members: pulumi.Input[list[str]]  # every member's address
+    seed_files: pulumi.Input[str] | None = None
     credentials: pulumi.Input[str] | None = None  # on-prem; a secret Output
     credentials_version: pulumi.Input[str] | None = None  # the access key id
     tls_files: pulumi.Input[str] | None = None  # put payload with the node's private key; a secret Output
     tls_digest: pulumi.Input[str] | None = None  # of the CA and node certificates only
+    run_stamp: str | None = None  # differs on every run (verifyOnEveryUp)
+
+    def stdin(self, which: Stdin) -> pulumi.Input[str] | None:
+        values: Mapping[Stdin, pulumi.Input[str] | None] = {
+            Stdin.NONE: None,
+            Stdin.NODE_FILES: self.node_files,
+            Stdin.SEED_FILES: self.seed_files,
+            Stdin.CREDENTIALS: self.credentials,
+            Stdin.CONFIG_FILES: self.config_files,
+            Stdin.TLS_FILES: self.tls_files,
+        }
+        return values[which]
+
+    def trigger(self, which: Trigger) -> pulumi.Input[Any] | None:
+        values: Mapping[Trigger, pulumi.Input[Any] | None] = {
+            Trigger.IDENTITY: self.identity,
+            Trigger.NODE_FILES: self.node_files_digest,
+            Trigger.CONFIG: self.config_digest,
+            Trigger.CREDENTIALS: self.credentials_version,
+            Trigger.MEMBERS: self.members,
+            Trigger.TLS: self.tls_digest,
+            Trigger.EVERY_UP: self.run_stamp,
+        }
+        return values[which]
+
+
+def remote_command(
+    name: str,
+    step: Step,
+    *,
+    connection: command.remote.ConnectionArgs,
+    inputs: StepInputs,
+    depends_on: Sequence[pulumi.Resource],
+    parent: pulumi.Resource,
+    create_only: bool = False,
+) -> command.remote.Command:
+    """One step as a ``remote.Command``, with the options every step shares.
+
+    ``create_only``: every input change is ignored, so the command is never
+    updated or replaced and runs exactly once (the bootstrap).
+    """
+    stdin = inputs.stdin(step.stdin)
+    if step.stdin is not Stdin.NONE and stdin is None:
+        raise ValueError(f"{name}: no {step.stdin.value} payload for this node")
+    triggers: list[pulumi.Input[Any]] = []
+    for which in step.triggers:
+        value = inputs.trigger(which)
+        if value is None:
+            raise ValueError(f"{name}: no value for trigger {which.value}")
+        triggers.append(value)
+    return command.remote.Command(
+        name,
+        connection=connection,
+        create=step.create,
+        stdin=stdin,
+        triggers=triggers or None,
+        add_previous_output_in_env=False,
+        logging=command.remote.Logging.NONE if step.touches_secret else None,
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on),
+            delete_before_replace=True if triggers else None,
+            additional_secret_outputs=list(SECRET_OUTPUTS) if step.touches_secret else None,
+            ignore_changes=list(COMMAND_INPUTS) if create_only else None,
+        ),
+    )
 
 
 class NodeSshPath(pulumi.ComponentResource):
-    """The remote commands of one node, created phase by phase by the cluster.
-
-    The install phase is created with the component (it runs in parallel on
-    every node); ``configure`` and ``roll`` are created by the cluster in
-    rolling order, each given the resources it must wait for on other nodes,
-    then ``finish`` registers the outputs.
-    """
+    """The remote commands of one node's path: the cluster adds them in plan order, then ``finish``."""
 
     commands: dict[str, command.remote.Command]
 
@@ -158,81 +222,23 @@ class NodeSshPath(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        plan: NodePlan,
         connection: command.remote.ConnectionArgs,
-        inputs: NodePathInputs,
-        machine: Sequence[pulumi.Resource] = (),
+        inputs: StepInputs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """``machine``: what must exist before the first SSH connection (an EC2 instance)."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
         self._name = name
-        self.plan = plan
         self.connection = connection
         self.inputs = inputs
         self.commands = {}
-        for step in plan.phase(Phase.INSTALL):
-            self._create(step, machine if not step.after else ())
 
-    def configure(self, *, after: Sequence[pulumi.Resource]) -> command.remote.Command:
-        """Config and pre-flight, after ``after`` (the previous node's roll). Returns the pre-flight."""
-        return self._create_phase(Phase.CONFIGURE, after)
-
-    def roll(self, *, after: Sequence[pulumi.Resource] = ()) -> command.remote.Command:
-        """The restart (or join), after the pre-flight and ``after`` (the bootstrap, on its node)."""
-        return self._create_phase(Phase.ROLL, after)
-
-    def finish(self) -> None:
-        self.register_outputs({"steps": list(self.commands)})
-
-    @property
-    def install(self) -> command.remote.Command:
-        return self.commands["install"]
-
-    def _create_phase(self, phase: Phase, after: Sequence[pulumi.Resource]) -> command.remote.Command:
-        last = None
-        for step in self.plan.phase(phase):
-            last = self._create(step, after)
-        if last is None:
-            raise ValueError(f"{self._name}: the plan has no {phase.value} step")
-        return last
-
-    def _create(self, step: Step, external: Sequence[pulumi.Resource]) -> command.remote.Command:
+    def add(self, step: Step, *, depends_on: Sequence[pulumi.Resource]) -> command.remote.Command:
         cmd = remote_command(
-            f"{self._name}-{step.key}",
-            step,
-            connection=self.connection,
-            stdin=self._stdin(step.stdin),
-            triggers=[self._trigger(t) for t in step.triggers],
-            depends_on=[*(self.commands[k] for k in step.after), *external],
-            parent=self,
+            f"{self._name}-{step.key}", step, connection=self.connection, inputs=self.inputs,
+            depends_on=depends_on, parent=self,
         )
         self.commands[step.key] = cmd
         return cmd
 
-    def _stdin(self, which: Stdin) -> pulumi.Input[str] | None:
-        values: Mapping[Stdin, pulumi.Input[str] | None] = {
-            Stdin.NONE: None,
-            Stdin.NODE_FILES: self.inputs.node_files,
-            Stdin.SEED_FILES: self.inputs.seed_files,
-            Stdin.CREDENTIALS: self.inputs.credentials,
-            Stdin.CONFIG_FILES: self.inputs.config_files,
-            Stdin.TLS_FILES: self.inputs.tls_files,
-        }
-        value = values[which]
-        if which is not Stdin.NONE and value is None:
-            raise ValueError(f"{self._name}: no {which.value} payload for this node")
-        return value
-
-    def _trigger(self, which: Trigger) -> pulumi.Input[Any]:
-        values: Mapping[Trigger, pulumi.Input[Any] | None] = {
-            Trigger.IDENTITY: self.inputs.identity,
-            Trigger.NODE_FILES: self.inputs.node_files_digest,
-            Trigger.CONFIG: self.inputs.config_digest,
-            Trigger.CREDENTIALS: self.inputs.credentials_version,
-            Trigger.TLS: self.inputs.tls_digest,
-        }
-        value = values.get(which)
-        if value is None:
-            raise ValueError(f"{self._name}: no value for trigger {which.value}")
-        return value
+    def finish(self) -> None:
+        self.register_outputs({"steps": list(self.commands)})

@@ -9,8 +9,8 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from components.node_path import remote_command
-from components.remote_steps import Step
+from components.node_path import StepInputs, remote_command
+from components.plan.steps import Step
 
 COMPONENT_TYPE = "mariadb-kms:index:Verification"
 
@@ -32,9 +32,8 @@ class Verification(pulumi.ComponentResource):
     """Runs ``mariadb-kms-verify`` on a node; a non-zero exit (any gap) fails ``pulumi up``.
 
     ``report`` is the parsed JSON (unknown in preview, where nothing ran). The
-    command is replaced, and so re-run, whenever a trigger changes: the
-    machine, the node's config, the member list, and with ``verifyOnEveryUp``
-    a value that differs on every run.
+    command is replaced, and so re-run, whenever one of the step's triggers
+    changes (``verify_step`` in ``components/plan/order.py`` names them).
     """
 
     report: pulumi.Output[dict[str, Any] | None]
@@ -45,7 +44,7 @@ class Verification(pulumi.ComponentResource):
         *,
         step: Step,
         connection: command.remote.ConnectionArgs,
-        triggers: Sequence[pulumi.Input[Any]],
+        inputs: StepInputs,
         after: Sequence[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -54,8 +53,7 @@ class Verification(pulumi.ComponentResource):
             f"{name}-run",
             step,
             connection=connection,
-            stdin=None,
-            triggers=triggers,
+            inputs=inputs,
             depends_on=after,
             parent=self,
         )

@@ -32,6 +32,7 @@ from rehearsal.recorder import Computed, Invokes, RecordingMocks, Types
 
 ACCOUNT_ID = "123456789012"  # also moto's default account, so emulator ARNs and mock ARNs agree
 PARTITION = "aws"
+GET_SUBNET = "aws:ec2/getSubnet:getSubnet"
 
 
 def stable_hex(*parts: str, length: int = 16) -> str:
@@ -155,6 +156,10 @@ class AwsMocks(RecordingMocks):
     def remote_command(self, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"stdout": "", "stderr": ""}
 
+    def subnet_zone(self, subnet_id: str) -> str:
+        """The availability zone a subnet is in (stable per subnet id)."""
+        return self.region + "abc"[int(stable_hex("az", subnet_id), 16) % 3]
+
     def ec2_id(self, prefix: str, name: str) -> str:
         """An EC2 resource id (``i-``, ``vol-``, ``eni-``...) for the resource named ``name``."""
         return ec2_id(prefix, name)
@@ -174,6 +179,9 @@ class AwsMocks(RecordingMocks):
                     "reverseDnsPrefix": "com.amazonaws"}
         if token == Invokes.SESSION_CONTEXT:
             return self._session_context(str(args.get("arn", "")))
+        if token == GET_SUBNET:
+            subnet = str(args.get("id", ""))
+            return {"id": subnet, "availabilityZone": self.subnet_zone(subnet), "vpcId": "", "cidrBlock": ""}
         raise NotImplementedError(f"the mocks do not model invoke {token}; add it to rehearsal/aws_values.py")
 
     def _session_context(self, arn: str) -> dict[str, Any]:

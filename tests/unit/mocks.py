@@ -133,6 +133,10 @@ FULL_CONFIG: Mapping[str, Any] = {
 }
 
 
+# The subnets FULL_CONFIG names are in the zones it states for them.
+SUBNET_ZONES = {"subnet-0a1b2c3d4e5f60718": "eu-west-1a", "subnet-0f1e2d3c4b5a69788": "eu-west-1b"}
+
+
 def full_config(**changes: Any) -> dict[str, Any]:
     """A deep copy of FULL_CONFIG; ``key=...`` (Ellipsis) removes a key."""
     cfg = copy.deepcopy(dict(FULL_CONFIG))
@@ -180,6 +184,9 @@ class RecordingMocks(AwsMocks):
             "publicKeyOpenssh": public,
             "publicKeyFingerprintSha256": "SHA256:" + fingerprint.decode().rstrip("="),
         })
+
+    def subnet_zone(self, subnet_id: str) -> str:
+        return SUBNET_ZONES.get(subnet_id) or super().subnet_zone(subnet_id)
 
     def ec2_id(self, prefix: str, name: str) -> str:
         return _ec2_id(prefix, name)  # looked up at call time: a test replaces it to model a new instance

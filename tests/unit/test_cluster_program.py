@@ -8,6 +8,7 @@ real nodes (and what the rehearsal replays).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import inspect
 import itertools
@@ -109,6 +110,36 @@ def test_every_remote_command_keeps_the_rules(recorded: dict[bool, Recording], p
             assert {"stdout", "stderr"} <= set(res.options.additional_secret_outputs), res.name
             assert {"stdout", "stderr"} <= set(res.secret_outputs), res.name
     assert not rec.of_type(Types.REMOTE_COPY)
+
+
+def logged_secret_steps(rec: Recording) -> list[str]:
+    """Commands that read a secret on stdin or touch the key, yet stream what they print to the engine log.
+
+    pulumi-command 1.2.1 logs a command's stdout and stderr unless ``logging`` says otherwise ("If there
+    might be secrets in the output, you can disable logging here and mark the outputs as secret via
+    'additionalSecretOutputs'": the ``logging`` input's doc, pulumi_command/remote/command.py, 1.2.1);
+    the value that logs nothing is ``Logging.NONE``, "none" on the wire (pulumi_command/remote/_enums.py).
+    """
+    return [
+        res.name for res in remote_commands(rec)
+        if (res.input_is_secret("stdin") or step_of(res) in SECRET_STEPS or res.name == "cluster-bootstrap")
+        and res.input("logging") != command.remote.Logging.NONE.value
+    ]
+
+
+@MODES
+def test_secret_touching_steps_log_nothing(recorded: dict[bool, Recording], preview: bool) -> None:
+    rec = recorded[preview]
+    assert command.remote.Logging.NONE.value == "none"
+    assert logged_secret_steps(rec) == []
+    # The others keep the default (both streams logged): the verification's report, the put steps' paths.
+    logged = {res.name for res in remote_commands(rec) if res.inputs.get("logging") is None}
+    assert {"aws-a-verification-run", "aws-a-ssh-node-files", "dc-1-ssh-config"} <= logged
+    # Control: the same recording without the logging input, as the program was before, is caught.
+    before = [dataclasses.replace(res, inputs={k: v for k, v in res.inputs.items() if k != "logging"})
+              for res in rec.resources]
+    old = dataclasses.replace(rec, resources=before)
+    assert set(logged_secret_steps(old)) >= {"dc-1-ssh-credentials", "aws-a-ssh-tls", "cluster-bootstrap"}
 
 
 def test_connections_reach_each_node_with_its_own_pinned_key(recorded: dict[bool, Recording]) -> None:

@@ -14,6 +14,7 @@ import yaml
 from mocks import (
     ACCOUNT_ID,
     REGION,
+    SUBNET_ZONES,
     UNKNOWN,
     Recording,
     RegisteredResource,
@@ -30,8 +31,9 @@ from components import cloud_config as cc
 from components.config import ClusterConfig, parse_config
 from components.ec2_node import COMPONENT_TYPE, DATA_DEVICE_NAME, Ec2Node
 from components.kms_endpoint import KmsVpcEndpoint, endpoint_subnets, kms_service_name
-from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
+from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH, render_unwrap_conf
 from components.security_group import NodeSecurityGroup
+from rehearsal.aws_values import GET_SUBNET
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -53,10 +55,16 @@ def nodes_program(cfg: ClusterConfig, *, key_arn: Any = KEY_ARN, **kw: Any) -> C
     def program() -> None:
         group = NodeSecurityGroup("nodes", cluster=cfg)
         arn = key_arn() if callable(key_arn) else key_arn
+        # What the cluster hands every EC2 node: the unwrap.conf its SSH path installs too.
+        options = {"unwrap_conf": pulumi.Output.from_input(arn).apply(
+            lambda a: render_unwrap_conf(
+                mode=cfg.mariadb.key_management, key_arn=a, region=cfg.region, on_premises=False
+            )
+        ), **kw}
         for n in cfg.ec2_nodes:
             node = Ec2Node(
                 n.name, node=n, cluster=cfg, key_arn=arn, data_key_blob=BLOB,
-                instance_profile_name=PROFILE, security_group_id=group.id, **kw,
+                instance_profile_name=PROFILE, security_group_id=group.id, **options,
             )
             pulumi.export(f"{n.name}.address", node.address)
             pulumi.export(f"{n.name}.hostPublicKey", node.host_public_key)
@@ -146,6 +154,22 @@ def test_data_volume_is_encrypted_by_key_arn_protected_and_retained() -> None:
         assert volume.input("type") == "gp3"
         assert volume.options is not None
         assert volume.options.protect is True and volume.options.retain_on_delete is True
+
+
+@MODES
+def test_the_data_volume_lands_in_its_subnets_zone_whatever_config_says(preview: bool) -> None:
+    # EC2 attaches a volume only to an instance in its own zone ("The volume and instance must be within
+    # the same Availability Zone": https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html),
+    # and the instance is where its network interface's subnet is. So the zone comes from the subnet.
+    config = full_config()
+    subnet = config["ec2Nodes"][0]["subnetId"]
+    config["ec2Nodes"][0]["availabilityZone"] = "eu-west-1c"  # a typo: the subnet is in eu-west-1a
+    rec = run(config, preview=preview)
+    volume = child(rec, Types.EBS_VOLUME, "aws-a")
+    assert volume.input("availabilityZone") == SUBNET_ZONES[subnet] == "eu-west-1a"
+    assert {"id": subnet} in [i.args for i in rec.invokes if i.token == GET_SUBNET]
+    # Control: the configured zone, where the volume went before, is not the subnet's.
+    assert cluster_config(config).ec2_nodes[0].availability_zone != volume.input("availabilityZone")
 
 
 def test_data_volume_takes_the_key_arn_from_the_key_resource() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from components.config import ClusterConfig, parse_config
 from components.mycnf import (
+    ENCRYPTION_FLAGS_ON,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
@@ -16,14 +17,6 @@ from components.mycnf import (
 from components.node_files import GALERA_PROVIDER, GCACHE_DIR, KEYFILE_PATH, MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-ENCRYPTION_FLAGS_ON = (
-    "innodb_encrypt_log",
-    "innodb_encrypt_temporary_tables",
-    "encrypt_tmp_files",
-    "encrypt_tmp_disk_tables",
-    "encrypt_binlog",
-    "aria_encrypt_tables",
-)
 
 
 def _cluster(full_config: dict[str, Any], **changes: Any) -> ClusterConfig:
@@ -100,10 +93,8 @@ def test_aws_plugin_mode_has_key_spec_arn_region_and_no_file_key_management(full
     assert "aws_key_management_rotate_key" not in enc
 
 
-def test_aws_plugin_endpoint_only_when_given_and_arn_required(full_config: dict[str, Any]) -> None:
+def test_aws_plugin_needs_the_key_arn(full_config: dict[str, Any]) -> None:
     cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so")
-    enc = _parse(render_encryption_cnf(cluster, key_arn=KEY_ARN, kms_endpoint_url="http://10.0.0.1:5000"))
-    assert enc["aws_key_management_endpoint_url"] == "http://10.0.0.1:5000"
     with pytest.raises(ValueError, match="key ARN"):
         render_encryption_cnf(cluster, key_arn=None)
 

@@ -1,4 +1,4 @@
-"""The SSH path as data (components/remote_steps.py), and the node-side scripts it runs, on this machine.
+"""The SSH path as data (components/plan/), and the node-side scripts it runs, on this machine.
 
 The put script and mariadb-kms-roll / mariadb-kms-bootstrap run for real
 here: the put script as root into a scratch directory, the node scripts
@@ -24,7 +24,6 @@ import pytest
 from mocks import PLANTED_ACCESS_KEY_SECRET, full_config
 from remote_plan import decode_put
 
-from components import remote_steps as rs
 from components.config import ClusterConfig, parse_config
 from components.mycnf import GALERA_PORT
 from components.node_files import (
@@ -34,6 +33,22 @@ from components.node_files import (
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
     UNWRAP_CONF_PATH,
+)
+from components.plan.files import config_files, credentials_files, galera_cluster_address, seed_files
+from components.plan.order import bootstrap_step, node_plan, rolling_order, verify_step
+from components.plan.steps import (
+    BOOTSTRAP,
+    BOOTSTRAP_TIMEOUT_S,
+    TLS_TOOL,
+    VERIFY,
+    VERIFY_WAIT_S,
+    FileSpec,
+    Phase,
+    Stdin,
+    Trigger,
+    files_digest,
+    put_command,
+    put_payload,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +71,7 @@ def node(cfg: ClusterConfig, name: str) -> Any:
 
 def test_onprem_plan_steps_and_order() -> None:
     cfg = cluster()
-    plan = rs.node_plan(node(cfg, "dc-1"), cfg)
+    plan = node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps] == [
         "node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
@@ -67,28 +82,28 @@ def test_onprem_plan_steps_and_order() -> None:
     assert plan.step("config").after == ("install", "tls-reload")
     assert set(plan.step("preflight").after) == {"config", "credentials"}
     assert plan.step("roll").after == ("preflight",)
-    assert [s.key for s in plan.phase(rs.Phase.INSTALL)] == ["node-files", "seed", "credentials", "install"]
-    assert [s.key for s in plan.phase(rs.Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "preflight"]
-    assert [s.key for s in plan.phase(rs.Phase.ROLL)] == ["roll"]
+    assert [s.key for s in plan.phase(Phase.INSTALL)] == ["node-files", "seed", "credentials", "install"]
+    assert [s.key for s in plan.phase(Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "preflight"]
+    assert [s.key for s in plan.phase(Phase.ROLL)] == ["roll"]
 
 
 def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     cfg = cluster()
-    plan = rs.node_plan(node(cfg, "aws-a"), cfg)
+    plan = node_plan(node(cfg, "aws-a"), cfg)
     assert [s.key for s in plan.steps] == [
         "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
     assert plan.step("first-boot").create == "sudo -n cloud-init status --wait"
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)
     assert plan.step("install").after == ("node-files", "seed")
-    assert all(s.stdin is not rs.Stdin.CREDENTIALS for s in plan.steps)
-    assert rs.Trigger.CREDENTIALS not in plan.step("roll").triggers
+    assert all(s.stdin is not Stdin.CREDENTIALS for s in plan.steps)
+    assert Trigger.CREDENTIALS not in plan.step("roll").triggers
 
 
 @pytest.mark.parametrize("name", ["aws-a", "dc-1"])
 def test_every_step_is_self_contained(name: str) -> None:
     cfg = cluster()
-    plan = rs.node_plan(node(cfg, name), cfg)
+    plan = node_plan(node(cfg, name), cfg)
     seen: set[str] = set()
     for step in plan.steps:
         # Each runs as root through sudo without a password prompt, and waits only for earlier steps.
@@ -96,83 +111,83 @@ def test_every_step_is_self_contained(name: str) -> None:
         assert set(step.after) <= seen, step.key
         seen.add(step.key)
         # Every step a later change must reach again is tied to the machine: a new machine runs it.
-        assert rs.Trigger.IDENTITY in step.triggers, step.key
+        assert Trigger.IDENTITY in step.triggers, step.key
 
 
 def test_only_the_credentials_and_tls_steps_read_a_secret_and_every_key_user_is_marked() -> None:
     cfg = cluster()
-    plan = rs.node_plan(node(cfg, "dc-1"), cfg)
-    assert [s.key for s in plan.steps if s.stdin is rs.Stdin.CREDENTIALS] == ["credentials"]
-    assert [s.key for s in plan.steps if s.stdin is rs.Stdin.TLS_FILES] == ["tls"]
+    plan = node_plan(node(cfg, "dc-1"), cfg)
+    assert [s.key for s in plan.steps if s.stdin is Stdin.CREDENTIALS] == ["credentials"]
+    assert [s.key for s in plan.steps if s.stdin is Stdin.TLS_FILES] == ["tls"]
     # Installing, the pre-flight and the restart unwrap the data key, the tls step reads the node's private key:
     # their output is kept secret.
     assert {s.key for s in plan.steps if s.touches_secret} == {"credentials", "install", "tls", "preflight", "roll"}
-    assert rs.bootstrap_step().touches_secret
+    assert bootstrap_step().touches_secret
 
 
 def test_tls_steps_reload_on_a_renewal_and_vanish_when_every_channel_is_off() -> None:
     cfg = cluster()
-    plan = rs.node_plan(node(cfg, "dc-1"), cfg)
+    plan = node_plan(node(cfg, "dc-1"), cfg)
     reload = plan.step("tls-reload")
-    assert reload.create == f"sudo -n {rs.TLS_TOOL} reload"
-    assert set(reload.triggers) == {rs.Trigger.IDENTITY, rs.Trigger.TLS}
-    assert plan.step("tls").create == rs.put_command()
+    assert reload.create == f"sudo -n {TLS_TOOL} reload"
+    assert set(reload.triggers) == {Trigger.IDENTITY, Trigger.TLS}
+    assert plan.step("tls").create == put_command()
     # A renewal is no restart: the roll's triggers do not name the certificates.
-    assert rs.Trigger.TLS not in plan.step("roll").triggers
+    assert Trigger.TLS not in plan.step("roll").triggers
     off = cluster(tlsReplication=False, tlsSst=False, tlsClients=False, requireSecureTransport=False)
-    plain = rs.node_plan(node(off, "dc-1"), off)
+    plain = node_plan(node(off, "dc-1"), off)
     assert not {"tls", "tls-reload"} & {s.key for s in plain.steps}
     assert plain.step("config").after == ("install",)
     # One channel on is enough for certificates.
     sst_only = cluster(tlsReplication=False, tlsClients=False, requireSecureTransport=False)
-    assert "tls" in {s.key for s in rs.node_plan(node(sst_only, "dc-1"), sst_only).steps}
+    assert "tls" in {s.key for s in node_plan(node(sst_only, "dc-1"), sst_only).steps}
 
 
 def test_rolling_order_puts_the_bootstrap_node_first() -> None:
-    assert [n.name for n in rs.rolling_order(cluster())] == ["aws-a", "aws-b", "dc-1"]
-    assert [n.name for n in rs.rolling_order(cluster(bootstrapNode="dc-1"))] == ["dc-1", "aws-a", "aws-b"]
+    assert [n.name for n in rolling_order(cluster())] == ["aws-a", "aws-b", "dc-1"]
+    assert [n.name for n in rolling_order(cluster(bootstrapNode="dc-1"))] == ["dc-1", "aws-a", "aws-b"]
 
 
 def test_bootstrap_step_is_the_same_whatever_the_cluster() -> None:
-    step = rs.bootstrap_step()
-    assert step.triggers == () and step.stdin is rs.Stdin.NONE
-    assert step.create == f"sudo -n {rs.BOOTSTRAP} --timeout {rs.BOOTSTRAP_TIMEOUT_S}"
+    step = bootstrap_step()
+    assert step.triggers == () and step.stdin is Stdin.NONE
+    assert step.create == f"sudo -n {BOOTSTRAP} --timeout {BOOTSTRAP_TIMEOUT_S}"
 
 
 def test_verify_step() -> None:
     cfg = cluster()
-    ec2 = rs.verify_step(node(cfg, "aws-a"), cfg, expect_size=3)
-    onprem = rs.verify_step(node(cfg, "dc-1"), cfg, expect_size=3)
+    ec2 = verify_step(node(cfg, "aws-a"), cfg, expect_size=3)
+    onprem = verify_step(node(cfg, "dc-1"), cfg, expect_size=3)
     assert ec2.create.startswith("sudo -n cloud-init status --wait >/dev/null && sudo -n ")
-    assert onprem.create == f"sudo -n {rs.VERIFY} --canary --wait {rs.VERIFY_WAIT_S} --expect-size 3"
-    assert rs.Trigger.EVERY_UP not in onprem.triggers
-    assert {rs.Trigger.CONFIG, rs.Trigger.MEMBERS} <= set(onprem.triggers)
-    every = rs.verify_step(node(cluster(verifyOnEveryUp=True), "dc-1"), cluster(verifyOnEveryUp=True), expect_size=3)
-    assert rs.Trigger.EVERY_UP in every.triggers
+    assert onprem.create == f"sudo -n {VERIFY} --canary --wait {VERIFY_WAIT_S} --expect-size 3"
+    assert Trigger.EVERY_UP not in onprem.triggers
+    assert {Trigger.CONFIG, Trigger.MEMBERS} <= set(onprem.triggers)
+    every = verify_step(node(cluster(verifyOnEveryUp=True), "dc-1"), cluster(verifyOnEveryUp=True), expect_size=3)
+    assert Trigger.EVERY_UP in every.triggers
     logs = cluster(generalLog=True)
-    assert rs.verify_step(node(logs, "dc-1"), logs, expect_size=3).create.endswith(" --allow-query-logs")
-    assert rs.Trigger.TLS in onprem.triggers
+    assert verify_step(node(logs, "dc-1"), logs, expect_size=3).create.endswith(" --allow-query-logs")
+    assert Trigger.TLS in onprem.triggers
 
 
 def test_verify_step_accepts_plaintext_only_on_channels_config_turned_off() -> None:
     cfg = cluster()
-    assert "--tls-off" not in rs.verify_step(node(cfg, "dc-1"), cfg, expect_size=3).create
+    assert "--tls-off" not in verify_step(node(cfg, "dc-1"), cfg, expect_size=3).create
     relaxed = cluster(requireSecureTransport=False, tlsSst=False)
-    create = rs.verify_step(node(relaxed, "dc-1"), relaxed, expect_size=3).create
+    create = verify_step(node(relaxed, "dc-1"), relaxed, expect_size=3).create
     assert create.endswith(" --tls-off sst --tls-off secure-transport")
     off = cluster(tlsReplication=False, tlsSst=False, tlsClients=False, requireSecureTransport=False)
-    step = rs.verify_step(node(off, "dc-1"), off, expect_size=3)
-    assert step.create.count("--tls-off") == 4 and rs.Trigger.TLS not in step.triggers
+    step = verify_step(node(off, "dc-1"), off, expect_size=3)
+    assert step.create.count("--tls-off") == 4 and Trigger.TLS not in step.triggers
 
 
 def test_aws_plugin_mode_installs_the_plugin_and_its_environment_file() -> None:
     cfg = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/mariadb plugins/aws_key_management.so")
-    install = rs.node_plan(node(cfg, "dc-1"), cfg).step("install").create
+    install = node_plan(node(cfg, "dc-1"), cfg).step("install").create
     assert install.endswith("--aws-plugin-source '/opt/mariadb plugins/aws_key_management.so'")
-    files = rs.credentials_files(cfg, access_key_id="AKIAEXAMPLE", secret_access_key=PLANTED_ACCESS_KEY_SECRET)
+    files = credentials_files(cfg, access_key_id="AKIAEXAMPLE", secret_access_key=PLANTED_ACCESS_KEY_SECRET)
     assert set(files) == {CREDENTIALS_PATH, AWS_PLUGIN_ENV_PATH}
     assert all(mode == 0o600 and owner == "root:root" for _, mode, owner in files.values())
-    assert set(rs.credentials_files(cluster(), access_key_id="A", secret_access_key="B")) == {CREDENTIALS_PATH}
+    assert set(credentials_files(cluster(), access_key_id="A", secret_access_key="B")) == {CREDENTIALS_PATH}
 
 
 # -- what the steps install --------------------------------------------------
@@ -181,7 +196,7 @@ def test_aws_plugin_mode_installs_the_plugin_and_its_environment_file() -> None:
 def test_config_files_of_a_node() -> None:
     cfg = cluster()
     members = ["10.20.1.5", "10.20.2.10", "192.0.2.21"]
-    files = rs.config_files(
+    files = config_files(
         node(cfg, "dc-1"), cfg, key_arn=KEY_ARN, blob_b64=BLOB_B64, node_address="192.0.2.21",
         member_addresses=members,
     )
@@ -193,8 +208,8 @@ def test_config_files_of_a_node() -> None:
     assert files[MYCNF_NODE_PATH][1:] == (0o644, "root:root")
     # The output the program exports is exactly what every node's config carries.
     [line] = [ln for ln in node_cnf.splitlines() if ln.startswith("wsrep_cluster_address")]
-    assert line.split(" = ", 1)[1] == rs.galera_cluster_address(members, GALERA_PORT)
-    ec2 = rs.config_files(
+    assert line.split(" = ", 1)[1] == galera_cluster_address(members, GALERA_PORT)
+    ec2 = config_files(
         node(cfg, "aws-a"), cfg, key_arn=KEY_ARN, blob_b64=BLOB_B64, node_address="10.20.1.5",
         member_addresses=members,
     )
@@ -203,31 +218,31 @@ def test_config_files_of_a_node() -> None:
 
 def test_seed_files_hold_nothing_about_membership() -> None:
     cfg = cluster()
-    seed = rs.seed_files(cfg, key_arn=KEY_ARN, blob_b64=BLOB_B64, on_premises=True)
+    seed = seed_files(cfg, key_arn=KEY_ARN, blob_b64=BLOB_B64, on_premises=True)
     assert set(seed) == {UNWRAP_CONF_PATH, BLOB_PATH, MYCNF_ENCRYPTION_PATH}
     assert "192.0.2.21" not in "".join(str(c) for c, _, _ in seed.values())
 
 
 def test_galera_cluster_address_brackets_ipv6() -> None:
-    assert rs.galera_cluster_address(["10.0.0.1", "fd00::7"], 4567) == "gcomm://10.0.0.1:4567,[fd00::7]:4567"
+    assert galera_cluster_address(["10.0.0.1", "fd00::7"], 4567) == "gcomm://10.0.0.1:4567,[fd00::7]:4567"
 
 
 def test_put_payload_is_deterministic_and_carries_modes_and_owners() -> None:
-    files: dict[str, rs.FileSpec] = {
+    files: dict[str, FileSpec] = {
         "/etc/mariadb-kms/b": ("bee\n", 0o600, "root:root"),
         "/usr/local/sbin/a": (b"#!/bin/sh\n", 0o755, "root:root"),
     }
-    payload = rs.put_payload(files)
-    assert payload == rs.put_payload(dict(reversed(files.items())))
+    payload = put_payload(files)
+    assert payload == put_payload(dict(reversed(files.items())))
     assert decode_put(payload) == {
         "/etc/mariadb-kms/b": (b"bee\n", 0o600, "root:root"),
         "/usr/local/sbin/a": (b"#!/bin/sh\n", 0o755, "root:root"),
     }
     changed = {**files, "/etc/mariadb-kms/b": ("bee\n", 0o644, "root:root")}
-    assert rs.put_payload(changed) != payload
-    assert rs.files_digest(changed) != rs.files_digest(files)
-    assert rs.files_digest({**files, "/etc/mariadb-kms/b": ("bee\n", 0o600, "root:mysql")}) != rs.files_digest(files)
-    assert rs.files_digest(dict(reversed(files.items()))) == rs.files_digest(files)
+    assert put_payload(changed) != payload
+    assert files_digest(changed) != files_digest(files)
+    assert files_digest({**files, "/etc/mariadb-kms/b": ("bee\n", 0o600, "root:mysql")}) != files_digest(files)
+    assert files_digest(dict(reversed(files.items()))) == files_digest(files)
 
 
 @pytest.mark.parametrize(
@@ -235,14 +250,14 @@ def test_put_payload_is_deterministic_and_carries_modes_and_owners() -> None:
 )
 def test_put_payload_refuses_bad_destinations_and_owners(dest: str, owner: str) -> None:
     with pytest.raises(ValueError):
-        rs.put_payload({dest: ("x", 0o644, owner)})
+        put_payload({dest: ("x", 0o644, owner)})
 
 
 # -- the put script, run for real ---------------------------------------------
 
 
 def run_put(payload: str, *, if_missing: bool = False, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
-    command = rs.put_command(if_missing=if_missing)
+    command = put_command(if_missing=if_missing)
     assert command.startswith("sudo -n ")
     # As root already, so the same command line without sudo (which may not be installed here).
     return subprocess.run(
@@ -261,12 +276,12 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
 def test_put_script_installs_with_explicit_modes_whatever_the_umask(scratch: Path, umask: int) -> None:
     secret_file = scratch / "etc/mariadb-kms/aws-credentials"
-    files: dict[str, rs.FileSpec] = {
+    files: dict[str, FileSpec] = {
         str(secret_file): (f"secret = {PLANTED_ACCESS_KEY_SECRET}\n", 0o600, "root:root"),
         str(scratch / "usr/local/sbin/tool"): ("#!/bin/sh\necho hi\n", 0o755, "root:root"),
         str(scratch / "etc/mysql/x.cnf"): ("[mariadb]\n", 0o644, "root:root"),
     }
-    result = run_put(rs.put_payload(files), umask=umask)
+    result = run_put(put_payload(files), umask=umask)
     assert result.returncode == 0, result.stderr
     for dest, (content, mode, _owner) in files.items():
         st = os.stat(dest)
@@ -284,19 +299,19 @@ def test_put_script_installs_with_explicit_modes_whatever_the_umask(scratch: Pat
 
 def test_put_script_is_idempotent_and_replaces_changed_files(scratch: Path) -> None:
     dest = scratch / "etc/unwrap.conf"
-    files: dict[str, rs.FileSpec] = {str(dest): ("one\n", 0o644, "root:root")}
-    assert run_put(rs.put_payload(files)).returncode == 0
+    files: dict[str, FileSpec] = {str(dest): ("one\n", 0o644, "root:root")}
+    assert run_put(put_payload(files)).returncode == 0
     inode = dest.stat().st_ino
-    again = run_put(rs.put_payload(files))
+    again = run_put(put_payload(files))
     assert again.returncode == 0 and f"unchanged {dest}" in again.stdout
     assert dest.stat().st_ino == inode
     # A changed mode alone is a change (CopyToRemote would have left the umask's mode).
     os.chmod(dest, 0o640)
-    fixed = run_put(rs.put_payload(files))
+    fixed = run_put(put_payload(files))
     assert f"installed {dest}" in fixed.stdout and stat.S_IMODE(dest.stat().st_mode) == 0o644
     # New content replaces the file by rename: a reader has the old inode or the new one, never half.
     inode = dest.stat().st_ino
-    changed = run_put(rs.put_payload({str(dest): ("two\n", 0o644, "root:root")}))
+    changed = run_put(put_payload({str(dest): ("two\n", 0o644, "root:root")}))
     assert changed.returncode == 0 and dest.read_text() == "two\n" and dest.stat().st_ino != inode
 
 
@@ -304,11 +319,11 @@ def test_put_script_if_missing_keeps_what_is_there(scratch: Path) -> None:
     kept, new = scratch / "etc/kept.cnf", scratch / "etc/new.cnf"
     kept.parent.mkdir(parents=True)
     kept.write_text("edited by the config step\n")
-    files: dict[str, rs.FileSpec] = {
+    files: dict[str, FileSpec] = {
         str(kept): ("seed\n", 0o644, "root:root"),
         str(new): ("seed\n", 0o644, "root:root"),
     }
-    result = run_put(rs.put_payload(files), if_missing=True)
+    result = run_put(put_payload(files), if_missing=True)
     assert result.returncode == 0, result.stderr
     assert kept.read_text() == "edited by the config step\n" and f"kept {kept}" in result.stdout
     assert new.read_text() == "seed\n"

@@ -1,0 +1,86 @@
+"""The files the SSH path puts on a node, rendered from config (pure: no pulumi)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+
+from components.config import ClusterConfig, NodeConfig
+from components.mycnf import render_encryption_cnf, render_mycnf
+from components.node_files import (
+    AWS_PLUGIN_ENV_PATH,
+    BLOB_PATH,
+    CREDENTIALS_PATH,
+    MYCNF_ENCRYPTION_PATH,
+    UNWRAP_CONF_PATH,
+    render_aws_plugin_env,
+    render_credentials_file,
+    render_unwrap_conf,
+)
+from components.plan.steps import BLOB_MODE, MYCNF_MODE, ROOT, SECRET_MODE, UNWRAP_CONF_MODE, FileSpec
+
+
+def seed_files(
+    cluster: ClusterConfig, *, key_arn: str, blob_b64: str, on_premises: bool
+) -> dict[str, FileSpec]:
+    """What the install path needs before it runs and that holds nothing about membership.
+
+    The same set EC2 user-data places at first boot (unwrap.conf, the blob, the
+    encryption config), so both kinds of node start the install from one state.
+    """
+    return {
+        UNWRAP_CONF_PATH: (
+            render_unwrap_conf(
+                mode=cluster.mariadb.key_management,
+                key_arn=key_arn,
+                region=cluster.region,
+                on_premises=on_premises,
+            ),
+            UNWRAP_CONF_MODE,
+            ROOT,
+        ),
+        BLOB_PATH: (base64.b64decode(blob_b64, validate=True), BLOB_MODE, ROOT),
+        MYCNF_ENCRYPTION_PATH: (
+            render_encryption_cnf(cluster, key_arn=key_arn),
+            MYCNF_MODE,
+            ROOT,
+        ),
+    }
+
+
+def config_files(
+    node: NodeConfig,
+    cluster: ClusterConfig,
+    *,
+    key_arn: str,
+    blob_b64: str,
+    node_address: str,
+    member_addresses: Sequence[str],
+) -> dict[str, FileSpec]:
+    """Everything a restart applies that the program renders: the seed files plus the node's Galera config."""
+    files = seed_files(cluster, key_arn=key_arn, blob_b64=blob_b64, on_premises=node.kind == "onprem")
+    mycnf = render_mycnf(
+        node, cluster, node_address=node_address, member_addresses=member_addresses, key_arn=key_arn,
+    )
+    files.update({path: (text, MYCNF_MODE, ROOT) for path, text in mycnf.items()})
+    return files
+
+
+def credentials_files(cluster: ClusterConfig, *, access_key_id: str, secret_access_key: str) -> dict[str, FileSpec]:
+    """The on-prem node's secrets, root 0600. Only ever rendered inside a secret Output."""
+    files: dict[str, FileSpec] = {
+        CREDENTIALS_PATH: (render_credentials_file(access_key_id, secret_access_key), SECRET_MODE, ROOT),
+    }
+    if cluster.mariadb.key_management == "aws-plugin":
+        files[AWS_PLUGIN_ENV_PATH] = (
+            render_aws_plugin_env(access_key_id, secret_access_key, cluster.region),
+            SECRET_MODE,
+            ROOT,
+        )
+    return files
+
+
+def galera_cluster_address(member_addresses: Iterable[str], port: int) -> str:
+    """``gcomm://a:4567,b:4567``: the wsrep_cluster_address every node's config carries."""
+    return "gcomm://" + ",".join(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in member_addresses)
+
