@@ -17,7 +17,6 @@ from components.deployer import deployer_arns, deploying_identity
 from components.encryption_key import EncryptionKey
 from components.key_policy import onprem_source_cidrs
 from components.node_identity import NodeIdentity
-from components.node_path import JumpHost
 from components.onprem_identity import OnPremIdentity
 from components.stack_config import load_stack_config
 
@@ -77,9 +76,7 @@ cluster = MariaDbCluster(
     instance_profile_name=node_identity.instance_profile_name if node_identity else None,
     onprem_access_key_id=onprem_identity.access_key_id if onprem_identity else None,
     onprem_secret_access_key=onprem_identity.secret_access_key if onprem_identity else None,
-    jump_host=JumpHost(cfg.jump_host.host, cfg.jump_host.user, cfg.jump_host.host_key, cfg.jump_host.port)
-    if cfg.jump_host
-    else None,
+    jump_host=cfg.jump_host,
 )
 
 pulumi.export("kmsKeyArn", key.arn)

@@ -24,12 +24,11 @@ import pulumi
 import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
-from components.config import ClusterConfig, NodeConfig
+from components.config import ClusterConfig, JumpHost, NodeConfig
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
     COMMAND_INPUTS,
-    JumpHost,
     Machine,
     NodeSshPath,
     StepInputs,

@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast
 import pulumi
 import pulumi_command as command
 
+from components.config import JumpHost
 from components.plan.steps import Stdin, Step, Trigger
 
 COMPONENT_TYPE = "mariadb-kms:index:NodeSshPath"
@@ -75,16 +76,6 @@ class Machine(Protocol):
     def prerequisites(self) -> Sequence[pulumi.Resource]:
         """What must exist before the first SSH connection (an EC2 instance and its way to KMS)."""
         ...
-
-
-@dataclass(frozen=True)
-class JumpHost:
-    """A bastion the program reaches nodes through (pulumi-command's ``proxy``); its host key is pinned too."""
-
-    host: str
-    user: str
-    host_key: str
-    port: int = 22
 
 
 def ssh_connection(

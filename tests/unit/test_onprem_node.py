@@ -22,6 +22,7 @@ from pulumi.runtime import rpc
 from remote_plan import command as cmd
 from remote_plan import connection, decode_put, remote_commands, runs_after, stdin_text
 
+from components.config import JumpHost
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
@@ -30,7 +31,7 @@ from components.node_files import (
     UNWRAP_CONF_PATH,
     load_node_files,
 )
-from components.node_path import JumpHost, ssh_connection
+from components.node_path import ssh_connection
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
 DC2_HOST_KEY = _ed25519_line("dc-2 host key")
