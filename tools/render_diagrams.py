@@ -18,7 +18,9 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MARK = "<!-- rendered from {name} sha256={digest} by tools/render_diagrams.py -->"
-MARK_RE = re.compile(r"<!-- rendered from (?P<name>\S+) sha256=(?P<digest>[0-9a-f]{64}) by tools/render_diagrams\.py -->")
+MARK_RE = re.compile(
+    r"<!-- rendered from (?P<name>\S+) sha256=(?P<digest>[0-9a-f]{64}) by tools/render_diagrams\.py -->"
+)
 
 
 def source_digest(dot: Path) -> str:
