@@ -5,7 +5,7 @@
 #                                 python3 >= 3.11 and its venv module (installed with apt when missing
 #                                 and we are root; `make test-unit` and `make lint` need no more)
 #   tools/check-host.sh testbed   what `make demo` and `make test` need besides: root, free disk for the
-#                                 cache, and the testbed's address ranges not in use by anything else
+#                                 cache, no unencrypted swap, and the testbed's address ranges not in use
 #
 # Settings it reads as the testbed does: MARIADB_KMS_CACHE (default ~/.cache/mariadb-kms),
 # MARIADB_KMS_TESTBED_PREFIX/_SUBNET (mk, 10.231.0.0/24), MARIADB_KMS_DEMO_PREFIX/_SUBNET (mkdemo,
@@ -24,7 +24,8 @@ usage() {
     cat <<EOF
 usage: $PROG python|testbed
   python   Debian/Ubuntu with apt, python3 >= $MIN_PYTHON with venv (installs python3-venv as root)
-  testbed  all of the above, plus root, $MIN_FREE_MIB MiB free for the cache, testbed subnets free
+  testbed  all of the above, plus root, $MIN_FREE_MIB MiB free for the cache, no unencrypted swap,
+           testbed subnets free
 exit status: 0 fit, 1 something is missing (every problem is listed), 2 usage
 EOF
 }
@@ -81,6 +82,19 @@ check_disk() {
     fi
 }
 
+# The test hosts share this kernel, so the verification they run sees its swap: unencrypted swap is a gap.
+check_swap() {
+    local swaps=${CHECK_HOST_SWAPS:-/proc/swaps} name
+    [ -r "$swaps" ] || return 0
+    while read -r name _; do
+        case "$name" in
+            Filename|"") ;;
+            /dev/dm-*|/dev/mapper/*|/dev/zram*) ;;
+            *) problem "swap $name is on and not encrypted: the hosts' verification reports it as a gap (swapoff -a for the run, or encrypted swap)" ;;
+        esac
+    done <"$swaps"
+}
+
 # Every IPv4 address or route on this host that overlaps a testbed subnet, except the testbed's own bridge
 # (a demo left running owns its subnet, and `make demo-down` or a second `make demo` must still work).
 check_subnets() {
@@ -99,7 +113,7 @@ check_subnets() {
 
 case "${1:-}" in
     python) check_os; check_python ;;
-    testbed) check_os; check_root; check_python; check_disk; check_subnets ;;
+    testbed) check_os; check_root; check_python; check_disk; check_swap; check_subnets ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
 esac
