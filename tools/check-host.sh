@@ -17,6 +17,7 @@ MIN_PYTHON=3.11
 MIN_FREE_MIB=${CHECK_HOST_MIN_FREE_MIB:-2048}   # the cache holds about 1.1 GB (rootfs, package repository, venv)
 OS_RELEASE=${CHECK_HOST_OS_RELEASE:-/etc/os-release}
 problems=()
+needs_venv_module=0
 
 problem() { problems+=("$*"); }
 
@@ -57,15 +58,20 @@ check_python() {
     fi
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-            echo "==> installing python3-venv (python3 has no venv module yet)"
-            bash "$(dirname "$0")/../rehearsal/install-host-deps.sh" python3-venv \
-                || problem "apt-get could not install python3-venv"
-            python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
-                || problem "python3 still has no venv module after installing python3-venv"
+            needs_venv_module=1   # installed once every check passed
         else
             problem "python3 has no venv module: run 'sudo apt-get install python3-venv' (or 'sudo make deps')"
         fi
     fi
+}
+
+# The one thing this script installs, and only on a host that passed every check.
+install_venv_module() {
+    echo "==> installing python3-venv (python3 has no venv module yet)"
+    bash "$(dirname "$0")/../rehearsal/install-host-deps.sh" python3-venv \
+        || problem "apt-get could not install python3-venv"
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
+        || problem "python3 still has no venv module after installing python3-venv"
 }
 
 check_root() {
@@ -117,6 +123,10 @@ case "${1:-}" in
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
 esac
+
+if [ "${#problems[@]}" -eq 0 ] && [ "$needs_venv_module" -eq 1 ]; then
+    install_venv_module
+fi
 
 if [ "${#problems[@]}" -gt 0 ]; then
     echo "$PROG: this host cannot run it yet:" >&2
