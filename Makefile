@@ -45,7 +45,7 @@ test-unit: venv
 	$(PYTEST) -m "not node and not rehearsal" tests/unit
 
 test-node: deps
-	$(PYTEST) -m node tests/node
+	$(PYTEST) -m "node and not fresh_host" tests/node
 
 test: deps lint
 	$(PYTEST) -m "not fresh_host" tests
