@@ -12,11 +12,11 @@ export PATH := $(VENV)/bin:$(PATH)
 # pytest exits 5 when it collected nothing: count that as a failure.
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
-.PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host lint demo demo-down testbed-down \
+.PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
 	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
-# tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, address range).
+# tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
 host-python:
 	@bash tools/check-host.sh python
 
@@ -49,6 +49,10 @@ test-node: deps
 
 test: deps lint
 	$(PYTEST) -m "not fresh_host" tests
+
+# Any pytest selection inside the venv, e.g. make pytest ARGS="-m node tests/node/test_tls_in_transit.py".
+pytest: venv
+	$(PYTEST) $(ARGS)
 
 # A clean Debian 12 rootfs (a copy of the testbed's cached one) takes the steps above from nothing:
 # host packages, the venv, the environment checks and their errors (tests/node/test_fresh_host_install.py).

@@ -116,7 +116,8 @@ def problem(cmd: Command) -> str | None:
     elif program.startswith("mariadb-kms") or program.startswith("mariadb_kms"):
         return f"{program} is not a node tool (not in node/MANIFEST)"
     elif program in VENV_ONLY or (program.startswith(("bench/", "rehearsal/")) and program.endswith(".py")):
-        return f"{program} runs only inside the hidden venv: give the command a make target"
+        return (f"{program} runs only inside the hidden venv: give the command a make target "
+                "(make pytest ARGS=..., make bench-..., make demo)")
     elif program.startswith(("tools/", "rehearsal/")):
         return None if (ROOT / program).exists() else f"{program} does not exist"
     elif program in EXTERNAL:
