@@ -12,9 +12,15 @@ export PATH := $(VENV)/bin:$(PATH)
 # pytest exits 5 when it collected nothing: count that as a failure.
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
-.PHONY: venv deps test test-unit test-node lint demo demo-down bench bench-demo clean-cache
+.PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
+	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache
 
-$(VENV)/.ok: requirements.txt requirements-dev.txt
+# Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
+# tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
+host-python:
+	@bash tools/check-host.sh python
+
+$(VENV)/.ok: requirements.txt requirements-dev.txt | host-python
 	@echo "==> creating Python environment in $(VENV)"
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
@@ -23,9 +29,13 @@ $(VENV)/.ok: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.ok
 
-# Debian packages the testbed needs on the machine running it.
-deps: venv
+# Debian packages the testbed needs on the machine running it, installed before the venv is made.
+host-deps:
+	@bash tools/check-host.sh testbed
 	@bash rehearsal/install-host-deps.sh
+
+deps: host-deps
+	@$(MAKE) --no-print-directory venv
 
 lint: venv
 	ruff check .
@@ -35,10 +45,19 @@ test-unit: venv
 	$(PYTEST) -m "not node and not rehearsal" tests/unit
 
 test-node: deps
-	$(PYTEST) -m node tests/node
+	$(PYTEST) -m "node and not fresh_host" tests/node
 
 test: deps lint
-	$(PYTEST) tests
+	$(PYTEST) -m "not fresh_host" tests
+
+# Any pytest selection inside the venv, e.g. make pytest ARGS="-m node tests/node/test_tls_in_transit.py".
+pytest: venv
+	$(PYTEST) $(ARGS)
+
+# A clean Debian 12 rootfs (a copy of the testbed's cached one) takes the steps above from nothing:
+# host packages, the venv, the environment checks and their errors (tests/node/test_fresh_host_install.py).
+test-fresh-host: deps
+	$(PYTEST) -m fresh_host tests/node/test_fresh_host_install.py
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
@@ -48,9 +67,30 @@ demo: deps
 demo-down: venv
 	$(PY) -m rehearsal down
 
+# Removes a node-test testbed left behind (MARIADB_KMS_TESTBED_PREFIX, default mk).
+testbed-down: venv
+	$(PY) -m rehearsal.testbed down
+
 # Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only.
 bench-demo: deps
 	$(PY) bench/demo_timing.py $(if $(filter 0,$(COLD)),--warm-only)
+
+# What TLS costs Galera replication, side by side (bench/tls_replication.py; ARGS="--repeats 5").
+bench-tls: deps
+	$(PY) bench/tls_replication.py $(ARGS)
+
+# Testbed cold build, warm 3-node start, the unwrap's share of a start (bench/node_start.py; ARGS="--cold").
+bench-node-start: deps
+	$(PY) bench/node_start.py $(ARGS)
+
+# The program under mocks for 3, 9 and 27 nodes: time, memory, user-data size (bench/program_scale.py).
+bench-program: venv
+	$(PY) bench/program_scale.py $(ARGS)
+
+# The diagrams in docs/ from their .dot sources (graphviz); tests/unit/test_diagrams.py checks they are current.
+docs: venv
+	@bash rehearsal/install-host-deps.sh graphviz
+	$(PY) tools/render_diagrams.py
 
 clean-cache:
 	rm -rf $(CACHE)

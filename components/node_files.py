@@ -1,10 +1,10 @@
 """The node software (``node/``) as the program installs it, and the node's own small config file.
 
 One loader, one copy: ``node/MANIFEST`` names each file's destination, mode,
-owner and the key-management modes it belongs to. cloud-init ``write_files``
-(EC2) and ``CopyToRemote`` + ``mariadb-kms-install --from`` (on premises) both
-start from what ``load_node_files`` returns, so the bytes a node runs are the
-bytes in the repository. Pure: no pulumi import; the disk is read once per
+owner and the key-management modes it belongs to. The SSH path's tarball on
+stdin (every node, EC2 and on premises) and the first-boot files in EC2
+user-data both start from what ``load_node_files`` returns, so the bytes a node
+runs are the bytes in the repository. Pure: no pulumi import; the disk is read once per
 process (cached).
 
 The paths below are the contract between the renderer (``components/mycnf``),

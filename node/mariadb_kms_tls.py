@@ -426,8 +426,23 @@ def reload() -> int:
     return 1 if failed else 0
 
 
+HELP_EPILOG = """\
+exit status: 0 inspect printed its report, or reload made both ports serve the new certificate;
+             1 reload refused unusable files (nothing reloaded) or a port still serves another one;
+             2 not root, the server could not be asked, bad argument
+
+example: sudo mariadb-kms-tls inspect | python3 -m json.tool
+         sudo mariadb-kms-tls reload
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0] + " Run it as root on a mariadb-kms node (Debian 12).",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("inspect", help="print the TLS facts of this node as JSON")
     sub.add_parser("reload", help="make the running node take the installed certificate files")

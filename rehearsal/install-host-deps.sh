@@ -2,6 +2,10 @@
 # Installs the Debian packages the machine running the testbed needs, from nothing.
 # Idempotent and quiet when everything is present; `apt-get update` only runs when a
 # package has no install candidate or an install from stale lists fails.
+#
+#   install-host-deps.sh              every package below
+#   install-host-deps.sh PKG...       only these (the Makefile: python3-venv before the venv exists,
+#                                     graphviz for `make docs`)
 set -euo pipefail
 
 # debootstrap builds the host rootfs; systemd-container boots it (systemd-nspawn);
@@ -9,7 +13,9 @@ set -euo pipefail
 # apt-utils indexes the local package repository (apt-ftparchive);
 # cloud-init gives `cloud-init schema` for rendered user-data; openssh-client for SSH checks;
 # tcpdump to look at testbed traffic when debugging; systemd gives systemd-analyze
-# (unit checks); nftables and e2fsprogs are what the first-boot scripts' tests run.
+# (unit checks); nftables and e2fsprogs are what the first-boot scripts' tests run;
+# python3-venv makes the Python environment (Debian's python3 has no venv module without it);
+# graphviz draws the diagrams in docs/ (`make docs`).
 PACKAGES=(
   debootstrap
   debian-archive-keyring
@@ -21,10 +27,16 @@ PACKAGES=(
   openssh-client
   tcpdump
   python3
+  python3-venv
+  graphviz
   systemd
   nftables
   e2fsprogs
 )
+
+if [ "$#" -gt 0 ]; then
+  PACKAGES=("$@")
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-host-deps: must run as root (apt-get install)" >&2
