@@ -374,11 +374,11 @@ def _world(cidr: Any) -> bool:
 def no_world_open_cluster_ports(res: Res) -> list[str]:
     rules: list[Mapping[str, Any]] = []
     if res.type == INGRESS_RULE:
-        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"),
-                  "proto": res.props.get("ipProtocol"), "cidrs": [res.props.get("cidrIpv4"), res.props.get("cidrIpv6")]}]
+        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"), "proto": res.props.get("ipProtocol"),
+                  "cidrs": [res.props.get("cidrIpv4"), res.props.get("cidrIpv6")]}]
     elif res.type == SECURITY_GROUP_RULE and res.props.get("type") == "ingress":
-        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"), "proto": res.props.get("protocol"),
-                  "cidrs": [*_as_list(res.props.get("cidrBlocks")), *_as_list(res.props.get("ipv6CidrBlocks"))]}]
+        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"),
+                  "proto": res.props.get("protocol"), "cidrs": [*_as_list(res.props.get("cidrBlocks")), *_as_list(res.props.get("ipv6CidrBlocks"))]}]
     elif res.type == SECURITY_GROUP:
         rules = [{"from": i.get("fromPort"), "to": i.get("toPort"), "proto": i.get("protocol"),
                   "cidrs": [*_as_list(i.get("cidrBlocks")), *_as_list(i.get("ipv6CidrBlocks"))]}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import pickle
 import runpy
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ def load_stack_file(path: Path) -> StackFile:
     return StackFile(config, region, secrets)
 
 
-def record_plan(stack_file: StackFile, memo: Memo, *, stack: str, program: Callable[[], None] | None = None) -> Recording:
+def record_plan(
+    stack_file: StackFile, memo: Memo, *, stack: str, program: Callable[[], None] | None = None
+) -> Recording:
     flat, secret_keys = config_for_pulumi(stack_file.config, stack_file.region, stack_file.secret_keys)
     rec = record(PlanMocks(memo, stack=stack, region=stack_file.region), flat, secret_keys, stack=stack,
                  program=program)
@@ -126,7 +129,8 @@ def record_plan(stack_file: StackFile, memo: Memo, *, stack: str, program: Calla
 def _record_into(out: Path, program_root: Path, stack_file: Path, memo_path: Path, stack: str) -> None:
     """Record the program found at ``program_root`` (another checkout) and pickle (recording, memo)."""
     sys.path.insert(0, str(program_root))  # its components/, not this checkout's
-    memo: Memo = pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}
+    # Written by the parent process a moment ago, in a directory of its own.
+    memo: Memo = pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}  # noqa: S301
     rec = record_plan(load_stack_file(stack_file), memo, stack=stack,
                       program=lambda: runpy.run_path(str(program_root / "__main__.py"), run_name="__main__"))
     rec.exception = None
@@ -312,7 +316,7 @@ def diff_plans(base: Recording, head: Recording, config: list[str] | None = None
     roll_urn = {node_of(head, r) or r.name: r.urn for r in rolls}
     one_at_a_time = all(
         roll_urn[earlier] in deps.get(roll_urn[later], set())
-        for earlier, later in zip(restarts, restarts[1:], strict=False)
+        for earlier, later in itertools.pairwise(restarts)
     )
     resources = [
         (c, explain(c, old.get(c.urn), new.get(c.urn)))
