@@ -372,17 +372,18 @@ def _world(cidr: Any) -> bool:
 
 
 def no_world_open_cluster_ports(res: Res) -> list[str]:
+    p = res.props
     rules: list[Mapping[str, Any]] = []
     if res.type == INGRESS_RULE:
-        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"), "proto": res.props.get("ipProtocol"),
-                  "cidrs": [res.props.get("cidrIpv4"), res.props.get("cidrIpv6")]}]
-    elif res.type == SECURITY_GROUP_RULE and res.props.get("type") == "ingress":
-        rules = [{"from": res.props.get("fromPort"), "to": res.props.get("toPort"),
-                  "proto": res.props.get("protocol"), "cidrs": [*_as_list(res.props.get("cidrBlocks")), *_as_list(res.props.get("ipv6CidrBlocks"))]}]
+        rules = [{"from": p.get("fromPort"), "to": p.get("toPort"), "proto": p.get("ipProtocol"),
+                  "cidrs": [p.get("cidrIpv4"), p.get("cidrIpv6")]}]
+    elif res.type == SECURITY_GROUP_RULE and p.get("type") == "ingress":
+        rules = [{"from": p.get("fromPort"), "to": p.get("toPort"), "proto": p.get("protocol"),
+                  "cidrs": [*_as_list(p.get("cidrBlocks")), *_as_list(p.get("ipv6CidrBlocks"))]}]
     elif res.type == SECURITY_GROUP:
         rules = [{"from": i.get("fromPort"), "to": i.get("toPort"), "proto": i.get("protocol"),
                   "cidrs": [*_as_list(i.get("cidrBlocks")), *_as_list(i.get("ipv6CidrBlocks"))]}
-                 for i in _as_list(res.props.get("ingress"))]
+                 for i in _as_list(p.get("ingress"))]
     out = []
     for rule in rules:
         ports = _port_open(rule["from"], rule["to"], rule["proto"])
