@@ -266,7 +266,30 @@ class PlanDiff:
     blocked: list[Change] = field(default_factory=list)
 
 
+def _named(value: Any) -> dict[str, Any] | None:
+    """A list of named entries (ec2Nodes, onPremNodes) as {name: entry}; None for anything else."""
+    if isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        return {str(v["name"]): v for v in value}
+    return None
+
+
+def _value_change(key: str, a: Any, b: Any) -> str:
+    if a is None:
+        return f"`{key}`: set to `{json.dumps(b)}`"
+    if b is None:
+        return f"`{key}`: removed (was `{json.dumps(a)}`)"
+    before, after = _named(a), _named(b)
+    if before is not None and after is not None:
+        parts = [f"added {n}" for n in after if n not in before] + [f"removed {n}" for n in before if n not in after]
+        for n in before.keys() & after.keys():
+            keys = sorted(k for k in set(before[n]) | set(after[n]) if before[n].get(k) != after[n].get(k))
+            parts += [f"{n}.{k}: `{json.dumps(before[n].get(k))}` → `{json.dumps(after[n].get(k))}`" for k in keys]
+        return f"`{key}`: " + ", ".join(parts)
+    return f"`{key}`: `{json.dumps(a)}` → `{json.dumps(b)}`"
+
+
 def config_changes(base: StackFile, head: StackFile) -> list[str]:
+    """What the stack config changed, key by key as the user writes them; secrets named, never shown."""
     out = []
     for key in sorted(set(base.config) | set(head.config)):
         a, b = base.config.get(key), head.config.get(key)
@@ -274,12 +297,8 @@ def config_changes(base: StackFile, head: StackFile) -> list[str]:
             continue
         if key in base.secret_keys or key in head.secret_keys:
             out.append(f"`{key}`: changed (secret)")
-        elif a is None:
-            out.append(f"`{key}`: added `{json.dumps(b)}`")
-        elif b is None:
-            out.append(f"`{key}`: removed (was `{json.dumps(a)}`)")
         else:
-            out.append(f"`{key}`: `{json.dumps(a)}` → `{json.dumps(b)}`")
+            out.append(_value_change(key, a, b))
     if base.region != head.region:
         out.append(f"`aws:region`: `{base.region}` → `{head.region}`")
     return out
