@@ -23,6 +23,7 @@ came from), never by comparing ARN strings.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -152,8 +153,6 @@ def _principals(statement: Mapping[str, Any]) -> list[str]:
 
 
 def _action_matches(pattern: str, action: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatchcase(action.lower(), pattern.lower())
 
 

@@ -30,6 +30,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policy import mariadb_kms_policies as pp
 from policy.mariadb_kms_policies import Res
+from rehearsal.recorder import record
 
 PACK = "mariadb-kms"
 ADVISORY = {c.name for c in pp.RESOURCE_CHECKS if c.advisory} | {c.name for c in pp.STACK_CHECKS if c.advisory}
@@ -136,15 +137,12 @@ class DeployedMocks(mocks_module.RecordingMocks):
 
 
 @pytest.fixture(scope="module")
-def update_preview(monkeypatch_module: pytest.MonkeyPatch) -> Recording:
-    monkeypatch_module.setattr(mocks_module, "RecordingMocks", DeployedMocks)
-    return run_program(mocks_module.full_config(), preview=True)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Any:
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+def update_preview() -> Recording:
+    mocks = DeployedMocks(preview=True, stack=mocks_module.STACK, region=mocks_module.REGION, caller_session="ci-run-1")
+    flat, secret_keys = mocks_module.config_for_pulumi(mocks_module.full_config(), mocks_module.REGION)
+    rec = record(mocks, flat, secret_keys, stack=mocks_module.STACK)
+    assert rec.exception is None, rec.errors
+    return rec
 
 
 # --------------------------------------------------------------------------
