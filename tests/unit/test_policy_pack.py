@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import grpc
 import mocks as mocks_module
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import empty_pb2, json_format, struct_pb2
 from mocks import Computed, Recording, RegisteredResource, Types, run_program
 from pulumi.output import Unknown
 from pulumi.runtime import proto, rpc
+from pulumi.runtime.proto import analyzer_pb2_grpc
 from pulumi_policy import EnforcementLevel
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.policy import _PolicyAnalyzerServicer
@@ -517,3 +522,27 @@ def test_the_entry_point_builds_a_pack_of_every_policy() -> None:
     levels = {p.name: p.enforcement_level for p in pp.policies()}
     assert {n for n, lvl in levels.items() if lvl == EnforcementLevel.ADVISORY} == {
         "kms-key-deletion-window-30", "key-policy-node-decrypt-context"}
+
+
+def test_the_entry_point_serves_the_pack_as_the_cli_would_start_it() -> None:
+    # The CLI starts the pack's program and reads the port of its analyzer from the first line of stdout, then
+    # talks gRPC on loopback: do the same, and analyze a key that does not rotate.
+    policy_dir = Path(pp.__file__).resolve().parent
+    proc = subprocess.Popen([sys.executable, "-u", "__main__.py"], cwd=policy_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+            assert info.name == PACK
+            assert {p.name for p in info.policies} == ALL_POLICIES
+            request = proto.AnalyzeRequest(type=pp.KMS_KEY, name="k", urn="urn:k",
+                                           properties=_struct({"enableKeyRotation": False}),
+                                           options=proto.AnalyzerResourceOptions(protect=True))
+            diags = stub.Analyze(request, timeout=30).diagnostics
+            assert [(d.policyName, d.enforcementLevel) for d in diags] == [("kms-key-rotation", proto.MANDATORY)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
