@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from mocks import ONPREM_HOST_KEY, PLANTED_SSH_PRIVATE_KEY, full_config
+from mocks import ONPREM_HOST_KEY, PLANTED_SSH_PRIVATE_KEY, Recording, full_config
 
 from tools import plan_diff
 from tools.plan_diff import PlanDiff, StackFile, config_changes, diff_plans, record_plan, render
@@ -106,14 +105,28 @@ def test_removing_an_ec2_node_is_refused_on_its_protected_data_volume() -> None:
     assert p.restarts == ["aws-a", "dc-1"]
 
 
+def _recordings(base: dict[str, Any], head: dict[str, Any]) -> tuple[Recording, Recording]:
+    memo: plan_diff.Memo = {}
+    a, b = StackFile(base, REGION, ["sshPrivateKey"]), StackFile(head, REGION, ["sshPrivateKey"])
+    return record_plan(a, memo, stack="dev"), record_plan(b, memo, stack="dev")
+
+
 def test_the_bootstrap_never_runs_again_even_when_its_node_changes() -> None:
     # The bootstrap node's address changes: every input of the bootstrap command changes, and it ignores them.
-    head = full_config()
-    head["ec2Nodes"][0]["privateIp"] = "10.20.1.99"
-    p = plan(full_config(), head)
+    head_config = full_config()
+    head_config["ec2Nodes"][0]["privateIp"] = "10.20.1.99"
+    base, head = _recordings(full_config(), head_config)
+    p = diff_plans(base, head)
     assert not p.bootstrap_runs
-    assert ("cluster", "cluster-bootstrap") not in {(s.node or "cluster", s.step) for s in p.steps}
+    assert "cluster-bootstrap" not in {s.step for s in p.steps}
     assert "**Bootstrap:** does not run." in render(p)
+    # Control: without its ignore_changes the same change would run galera_new_cluster again, and the plan says so.
+    boot = next(r for r in head.resources if r.name == "cluster-bootstrap")
+    assert boot.options is not None
+    boot.options.ignore_changes = ()
+    p = diff_plans(base, head)
+    assert p.bootstrap_runs
+    assert "⛔ **Bootstrap would run again**" in render(p)
 
 
 def test_a_changed_secret_is_named_never_shown() -> None:
@@ -127,12 +140,16 @@ def test_a_changed_secret_is_named_never_shown() -> None:
 
 
 def test_the_rolling_order_is_checked_not_assumed() -> None:
-    p = plan(full_config(), full_config(gcacheSize="1G"))
-    assert p.one_at_a_time
-    for earlier, later in itertools.pairwise(p.restarts):
-        assert p.restarts.index(earlier) < p.restarts.index(later)
-    # Control: a plan whose restarts are not chained says so.
-    p.one_at_a_time = False
+    base, head = _recordings(full_config(), full_config(gcacheSize="1G"))
+    assert diff_plans(base, head).one_at_a_time
+    # Control: cut every wait on another node's roll; the same restarts are then no longer one at a time.
+    rolls = {r.urn for r in head.resources if r.name.endswith("-ssh-roll")}
+    for r in head.resources:
+        if r.options is not None:
+            r.options.depends_on = tuple(u for u in r.options.depends_on if u not in rolls or r.urn in rolls)
+        r.dependencies = tuple(u for u in r.dependencies if u not in rolls)
+    p = diff_plans(base, head)
+    assert sorted(p.restarts) == NODES and not p.one_at_a_time
     assert "NOT one at a time" in render(p)
 
 
