@@ -131,8 +131,11 @@ def _record_into(out: Path, program_root: Path, stack_file: Path, memo_path: Pat
     sys.path.insert(0, str(program_root))  # its components/, not this checkout's
     # Written by the parent process a moment ago, in a directory of its own.
     memo: Memo = pickle.loads(memo_path.read_bytes()) if memo_path.exists() else {}  # noqa: S301
-    rec = record_plan(load_stack_file(stack_file), memo, stack=stack,
-                      program=lambda: runpy.run_path(str(program_root / "__main__.py"), run_name="__main__"))
+
+    def program() -> None:
+        runpy.run_path(str(program_root / "__main__.py"), run_name="__main__")
+
+    rec = record_plan(load_stack_file(stack_file), memo, stack=stack, program=program)
     rec.exception = None
     out.write_bytes(pickle.dumps((rec, memo)))
 
