@@ -40,6 +40,11 @@ deps: host-deps
 lint: venv
 	ruff check .
 	mypy
+	actionlint
+	zizmor --offline --persona auditor .github/workflows
+	@# Controls: both must report the workflow that is broken on purpose, or a clean result proves nothing.
+	! actionlint .github/lint-controls/broken-workflow.yml > /dev/null
+	! zizmor --offline .github/lint-controls/broken-workflow.yml > /dev/null 2>&1
 
 test-unit: venv
 	$(PYTEST) -m "not node and not rehearsal" tests/unit

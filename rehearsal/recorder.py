@@ -138,6 +138,8 @@ class RegisteredResource:
     dependencies: tuple[str, ...]  # URNs the registration waited on, explicit and through inputs
     secret_outputs: tuple[str, ...]  # additionalSecretOutputs as sent to the engine
     options: RecordedOptions | None = None
+    # Input name -> URNs its value came from, as the engine records them (what relates resources, not ARNs).
+    property_dependencies: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def input(self, key: str) -> Any:
         """An input's value with any secret wrapper taken off."""
@@ -256,6 +258,7 @@ class RecordingMocks(pulumi_mocks.Mocks):
             parent_urn=request.parent if request is not None else "",
             dependencies=tuple(request.dependencies) if request is not None else (),
             secret_outputs=tuple(dict.fromkeys(secret_outputs)),
+            property_dependencies=dict(request.property_dependencies) if request is not None else {},
         )
         with self.lock:
             self.registrations.append(record)
@@ -277,6 +280,7 @@ class _Request:
         self.parent: str = proto.parent
         self.dependencies = list(proto.dependencies)
         self.additional_secret_outputs = list(proto.additionalSecretOutputs)
+        self.property_dependencies = {k: tuple(v.urns) for k, v in proto.propertyDependencies.items()}
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
