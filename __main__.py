@@ -42,6 +42,10 @@ egress_cidrs, egress_warnings = onprem_source_cidrs(
 for warning in egress_warnings:
     pulumi.log.warn(warning)
 
+# The KMS VPC endpoint the cluster creates (if any) is named in the key policy, but
+# the cluster is built after the key: the key takes a deferred output for its id.
+created_vpce_id, resolve_created_vpce_id = pulumi.deferred_output()  # type: ignore[var-annotated]
+
 key = EncryptionKey(
     "encryption-key",
     config=cfg.key,
@@ -56,6 +60,7 @@ key = EncryptionKey(
     onprem_user_arn=onprem_identity.user_arn if onprem_identity else None,
     onprem_egress_cidrs=egress_cidrs,
     tags=cfg.tags,
+    created_vpc_endpoint_id=created_vpce_id,
 )
 
 # Explicitly after the whole key component: the deployer may call
@@ -80,6 +85,10 @@ cluster = MariaDbCluster(
     jump_host=JumpHost(cfg.jump_host.host, cfg.jump_host.user, cfg.jump_host.host_key, cfg.jump_host.port)
     if cfg.jump_host
     else None,
+)
+
+resolve_created_vpce_id(
+    cluster.kms_vpc_endpoint_id if cluster.kms_vpc_endpoint_id is not None else pulumi.Output.from_input("")
 )
 
 pulumi.export("kmsKeyArn", key.arn)

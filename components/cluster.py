@@ -106,6 +106,7 @@ class MariaDbCluster(pulumi.ComponentResource):
         self._blob = pulumi.Output.from_input(data_key_blob)
         self._endpoint = kms_endpoint_url
         self._kms_endpoint: pulumi.Resource | None = None
+        self.kms_vpc_endpoint_id: pulumi.Output[str] | None = None  # the key policy's aws:SourceVpce
         child = pulumi.ResourceOptions(parent=self)
 
         machines: dict[str, Any] = {}
@@ -298,6 +299,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 tags=cfg.tags,
                 opts=child,
             )
+            self.kms_vpc_endpoint_id = self._kms_endpoint.id
         endpoint = self._endpoint
         # The same unwrap.conf the SSH path's config step installs, so first boot and later runs agree.
         unwrap_conf = self._key_arn.apply(
