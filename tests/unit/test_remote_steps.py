@@ -78,7 +78,7 @@ def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     assert [s.key for s in plan.steps] == [
         "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
-    assert plan.step("first-boot").create == "sudo -n cloud-init status --wait"
+    assert plan.step("first-boot").create == rs.FIRST_BOOT_STEP
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)
     assert plan.step("install").after == ("node-files", "seed")
     assert all(s.stdin is not rs.Stdin.CREDENTIALS for s in plan.steps)
@@ -143,7 +143,7 @@ def test_verify_step() -> None:
     cfg = cluster()
     ec2 = rs.verify_step(node(cfg, "aws-a"), cfg, expect_size=3)
     onprem = rs.verify_step(node(cfg, "dc-1"), cfg, expect_size=3)
-    assert ec2.create.startswith("sudo -n cloud-init status --wait >/dev/null && sudo -n ")
+    assert ec2.create.startswith(f"sudo -n {rs.FIRST_BOOT} --check >/dev/null && sudo -n ")
     assert onprem.create == f"sudo -n {rs.VERIFY} --canary --wait {rs.VERIFY_WAIT_S} --expect-size 3"
     assert rs.Trigger.EVERY_UP not in onprem.triggers
     assert {rs.Trigger.CONFIG, rs.Trigger.MEMBERS} <= set(onprem.triggers)
