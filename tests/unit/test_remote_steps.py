@@ -28,7 +28,6 @@ from components import remote_steps as rs
 from components.config import ClusterConfig, parse_config
 from components.mycnf import GALERA_PORT
 from components.node_files import (
-    AWS_PLUGIN_ENV_PATH,
     BLOB_PATH,
     CREDENTIALS_PATH,
     MYCNF_ENCRYPTION_PATH,
@@ -165,12 +164,12 @@ def test_verify_step_accepts_plaintext_only_on_channels_config_turned_off() -> N
     assert step.create.count("--tls-off") == 4 and rs.Trigger.TLS not in step.triggers
 
 
-def test_aws_plugin_mode_installs_the_plugin_and_its_environment_file() -> None:
+def test_aws_plugin_mode_installs_the_plugin_and_one_credentials_file() -> None:
     cfg = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/mariadb plugins/aws_key_management.so")
     install = rs.node_plan(node(cfg, "dc-1"), cfg).step("install").create
     assert install.endswith("--aws-plugin-source '/opt/mariadb plugins/aws_key_management.so'")
     files = rs.credentials_files(cfg, access_key_id="AKIAEXAMPLE", secret_access_key=PLANTED_ACCESS_KEY_SECRET)
-    assert set(files) == {CREDENTIALS_PATH, AWS_PLUGIN_ENV_PATH}
+    assert set(files) == {CREDENTIALS_PATH}  # systemd hands the same file to mariadbd (LoadCredential=)
     assert all(mode == 0o600 and owner == "root:root" for _, mode, owner in files.values())
     assert set(rs.credentials_files(cluster(), access_key_id="A", secret_access_key="B")) == {CREDENTIALS_PATH}
 
