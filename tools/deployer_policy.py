@@ -234,7 +234,8 @@ def _scopes(s: Scope) -> dict[str, tuple[list[str], dict[str, Any] | None]]:
         "IamReadDeployerRole": ([f"arn:{p}:iam::{a}:role/*"], None),
         "Ec2Describe": (["*"], in_region),
         "Ec2ReadInstances": ([f"arn:{p}:ec2:{r}:{a}:instance/*"], None),
-        "Ec2Change": ([f"arn:{p}:ec2:{r}:{a}:*", f"arn:{p}:ec2:{r}::image/*"], None),
+        # RunInstances also names the AMI and its snapshots, which belong to no account of ours.
+        "Ec2Change": ([f"arn:{p}:ec2:{r}:{a}:*", f"arn:{p}:ec2:{r}::image/*", f"arn:{p}:ec2:{r}::snapshot/*"], None),
         "Route53PrivateDnsForEndpoint": (["*"], None),
     }
 
