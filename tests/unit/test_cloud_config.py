@@ -333,3 +333,53 @@ def test_node_file_fixture_is_real() -> None:
     assert all(isinstance(f, NodeFile) for f in files)
     node_dir = Path(__file__).resolve().parents[2] / "node"
     assert all((node_dir / f.source).read_bytes() == f.content for f in files)
+
+
+def _check(tmp_path: Path, *, marker: bool, cloud_init_rc: int, runcmd_names_script: bool) -> int:
+    """``mariadb-kms-first-boot --check`` with a stub cloud-init; its exit status."""
+    stubs = tmp_path / "check-bin"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "cloud-init").write_text(f"#!/bin/sh\nexit {cloud_init_rc}\n")
+    (stubs / "cloud-init").chmod(0o755)
+    marker_path = tmp_path / "check-state" / "first-boot.done"
+    marker_path.parent.mkdir(exist_ok=True)
+    marker_path.unlink(missing_ok=True)
+    if marker:
+        marker_path.write_text("done\n")
+    runcmd = tmp_path / "runcmd-script"
+    runcmd.write_text(_shellify(render()["runcmd"]) if runcmd_names_script else "#!/bin/sh\nsystemctl daemon-reload\n")
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["/bin/bash", str(FIRST_BOOT_SOURCE), "--check", "--marker", str(marker_path), "--runcmd", str(runcmd)],
+        env=env, capture_output=True, timeout=30, check=False,
+    )
+    return done.returncode
+
+
+@needs_root
+def test_check_goes_by_the_marker_not_by_cloud_init(tmp_path: Path) -> None:
+    assert _check(tmp_path, marker=True, cloud_init_rc=1, runcmd_names_script=True) == 0  # recovered first boot
+    assert _check(tmp_path, marker=False, cloud_init_rc=0, runcmd_names_script=True) != 0  # its steps never ran
+    assert _check(tmp_path, marker=False, cloud_init_rc=1, runcmd_names_script=True) != 0
+    # An instance booted before the script existed: cloud-init's success is all there is to go by.
+    assert _check(tmp_path, marker=False, cloud_init_rc=0, runcmd_names_script=False) == 0
+    assert _check(tmp_path, marker=False, cloud_init_rc=1, runcmd_names_script=False) != 0
+
+
+def test_the_first_boot_step_falls_back_to_cloud_init_where_the_script_is_missing(tmp_path: Path) -> None:
+    from components.remote_steps import FIRST_BOOT, FIRST_BOOT_STEP
+
+    stubs = tmp_path / "step-bin"
+    stubs.mkdir()
+    log = tmp_path / "step-calls"
+    (stubs / "cloud-init").write_text(f'#!/bin/sh\necho "cloud-init $*" >> {log}\nexit 1\n')
+    (stubs / "cloud-init").chmod(0o755)
+    script = tmp_path / "first-boot"
+    inner = FIRST_BOOT_STEP.removeprefix("sudo -n ").replace(FIRST_BOOT, str(script))
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    missing = subprocess.run(["/bin/sh", "-c", inner], env=env, timeout=30, check=False)
+    assert missing.returncode == 1 and log.read_text() == "cloud-init status --wait\n"
+    script.write_text(f'#!/bin/sh\necho "script $*" >> {log}\nexit 0\n')
+    script.chmod(0o755)
+    present = subprocess.run(["/bin/sh", "-c", inner], env=env, timeout=30, check=False)
+    assert present.returncode == 0 and log.read_text().splitlines()[-1].strip() == "script"
