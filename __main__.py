@@ -41,6 +41,10 @@ egress_cidrs, egress_warnings = onprem_source_cidrs(
 for warning in egress_warnings:
     pulumi.log.warn(warning)
 
+# The KMS VPC endpoint the cluster creates (if any) is named in the key policy, but
+# the cluster is built after the key: the key takes a deferred output for its id.
+created_vpce_id, resolve_created_vpce_id = pulumi.deferred_output()  # type: ignore[var-annotated]
+
 key = EncryptionKey(
     "encryption-key",
     config=cfg.key,
@@ -55,6 +59,7 @@ key = EncryptionKey(
     onprem_user_arn=onprem_identity.user_arn if onprem_identity else None,
     onprem_egress_cidrs=egress_cidrs,
     tags=cfg.tags,
+    created_vpc_endpoint_id=created_vpce_id,
 )
 
 # Explicitly after the whole key component: the deployer may call
@@ -77,6 +82,10 @@ cluster = MariaDbCluster(
     onprem_access_key_id=onprem_identity.access_key_id if onprem_identity else None,
     onprem_secret_access_key=onprem_identity.secret_access_key if onprem_identity else None,
     jump_host=cfg.jump_host,
+)
+
+resolve_created_vpce_id(
+    cluster.kms_vpc_endpoint_id if cluster.kms_vpc_endpoint_id is not None else pulumi.Output.from_input("")
 )
 
 pulumi.export("kmsKeyArn", key.arn)

@@ -13,9 +13,11 @@ touches every instance at once.
 It does not hold the node software: ``node/`` gzipped is larger than EC2's
 16 KB user-data limit (``render_user_data`` refuses anything larger, with the
 size), so MariaDB is installed over SSH by the same path as on premises
-(``mariadb-kms-install --from``), once ``cloud-init status --wait`` says first
-boot is done. First boot writes only the scripts that must run before anyone
-logs in: the IMDS guard and the data volume.
+(``mariadb-kms-install --from``), once first boot is done. First boot writes
+only the scripts that must run before anyone logs in: the IMDS guard, the data
+volume and ``mariadb-kms-first-boot``, which runs them and which the SSH path
+runs again until its marker says first boot succeeded (cloud-init's own
+status stays "error" for good after one failed module).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ LOGIN_USER = "admin"
 
 DATA_VOLUME_CONF_PATH = f"{CONF_DIR}/data-volume.conf"
 DATA_VOLUME_SCRIPT = "/usr/local/sbin/mariadb-kms-data-volume"
+# Runs first boot's steps; the SSH path runs it again until its marker says they all succeeded.
+FIRST_BOOT_SCRIPT = "/usr/local/sbin/mariadb-kms-first-boot"
 IMDS_GUARD_UNIT = "mariadb-kms-imds-guard.service"
 
 # The node files first boot needs (sources under node/). The rest of node/
@@ -55,6 +59,7 @@ FIRST_BOOT_SOURCES = (
     "imds-root-only.nft",
     IMDS_GUARD_UNIT,
     "mariadb-kms-data-volume",
+    "mariadb-kms-first-boot",
 )
 
 # Owners that exist when cloud-init's write_files runs (init stage). Files for
@@ -187,12 +192,12 @@ def render_cloud_config(
         ],
         "write_files": write_files,
         # One shell script (cloud-init joins these lines); set -e so a failed step
-        # fails first boot (cloud-init status: error) instead of running on.
+        # fails first boot (cloud-init status: error) instead of running on. The
+        # steps live in the first-boot script, which the SSH path re-runs until
+        # its own marker is written: a failed first boot is retried, not fatal.
         "runcmd": [
             "set -eu",
-            ["systemctl", "daemon-reload"],
-            ["systemctl", "enable", "--now", IMDS_GUARD_UNIT],
-            [DATA_VOLUME_SCRIPT],
+            [FIRST_BOOT_SCRIPT, "--from-cloud-init"],
         ],
     }
 

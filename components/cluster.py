@@ -99,6 +99,7 @@ class MariaDbCluster(pulumi.ComponentResource):
         self._cfg = cluster
         self._key_arn = pulumi.Output.from_input(key_arn)
         self._blob = pulumi.Output.from_input(data_key_blob)
+        self.kms_vpc_endpoint_id: pulumi.Output[str] | None = None  # the key policy's aws:SourceVpce
         child = pulumi.ResourceOptions(parent=self)
 
         machines: dict[str, Machine] = {}
@@ -255,7 +256,7 @@ class MariaDbCluster(pulumi.ComponentResource):
         if cfg.network.create_kms_vpc_endpoint and cfg.network.vpc_id is not None:
             from components.kms_endpoint import KmsVpcEndpoint, endpoint_subnets
 
-            kms_path.append(KmsVpcEndpoint(
+            endpoint = KmsVpcEndpoint(
                 f"{name}-kms",
                 vpc_id=cfg.network.vpc_id,
                 region=cfg.region,
@@ -264,7 +265,9 @@ class MariaDbCluster(pulumi.ComponentResource):
                 stack=cfg.stack,
                 tags=cfg.tags,
                 opts=child,
-            ))
+            )
+            kms_path.append(endpoint)
+            self.kms_vpc_endpoint_id = endpoint.id
         # The same unwrap.conf the SSH path's config step installs, so first boot and later runs agree.
         unwrap_conf = self._key_arn.apply(
             lambda arn: render_unwrap_conf(

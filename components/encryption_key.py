@@ -1,4 +1,11 @@
-"""The cluster's KMS key, its alias and its key policy."""
+"""The cluster's KMS key, its alias and its key policy.
+
+The policy's ``aws:SourceVpce`` condition names the configured endpoint and the
+one the program creates (``created_vpc_endpoint_id``). That endpoint belongs to
+the cluster component, which is built after the key; ``__main__`` hands the key
+a deferred output for its id, so the key is created with the final policy once
+the endpoint exists, and nothing moves to another URN.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +44,14 @@ class EncryptionKey(pulumi.ComponentResource):
         onprem_user_arn: pulumi.Input[str] | None,
         onprem_egress_cidrs: Sequence[str],
         tags: Mapping[str, str],
+        created_vpc_endpoint_id: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mariadb-kms:index:EncryptionKey", name, None, opts)
 
         def render(values: list[Any]) -> str:
-            account, part, deployer_list, role_arn, user_arn = values
+            account, part, deployer_list, role_arn, user_arn, created_vpce = values
+            endpoints = [e for e in (config.kms_vpc_endpoint_id, created_vpce) if e]
             return render_policy(
                 key_policy(
                     account_id=str(account),
@@ -53,12 +62,14 @@ class EncryptionKey(pulumi.ComponentResource):
                     node_role_arn=None if role_arn is None else str(role_arn),
                     onprem_user_arn=None if user_arn is None else str(user_arn),
                     onprem_egress_cidrs=onprem_egress_cidrs,
-                    kms_vpc_endpoint_id=config.kms_vpc_endpoint_id,
+                    kms_vpc_endpoint_id=[str(e) for e in endpoints],
                     allow_account_root_iam_delegation=config.allow_account_root_iam_delegation,
                 )
             )
 
-        policy = pulumi.Output.all(account_id, partition, deployers, node_role_arn, onprem_user_arn).apply(render)
+        policy = pulumi.Output.all(
+            account_id, partition, deployers, node_role_arn, onprem_user_arn, created_vpc_endpoint_id
+        ).apply(render)
 
         key = aws.kms.Key(
             f"{name}-key",

@@ -117,6 +117,14 @@ def _statement(
     return stmt
 
 
+def _endpoint_ids(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    return sorted({v for v in value if v})
+
+
 def key_policy(
     *,
     account_id: str,
@@ -127,7 +135,7 @@ def key_policy(
     node_role_arn: str | None,
     onprem_user_arn: str | None,
     onprem_egress_cidrs: Iterable[str] = (),
-    kms_vpc_endpoint_id: str | None = None,
+    kms_vpc_endpoint_id: str | Iterable[str] | None = None,
     allow_account_root_iam_delegation: bool = False,
 ) -> dict[str, Any]:
     """The key policy document for the cluster's KMS key.
@@ -136,6 +144,8 @@ def key_policy(
     EC2/on-prem nodes; their statement is then left out. Conditions appear only
     when configured: ``aws:SourceIp`` (on-prem egress CIDRs, the public address
     KMS sees; absent through VPC endpoints) and ``aws:SourceVpce`` (EC2 role).
+    ``kms_vpc_endpoint_id`` is one endpoint id or several (a configured one and
+    the one the program creates); one stays a plain string in the document.
     """
     admin_list = _principals(admins)
     deployer_list = _principals(deployers)
@@ -162,7 +172,9 @@ def key_policy(
         )
     )
     if node_role_arn is not None:
-        vpce = {"StringEquals": {"aws:SourceVpce": kms_vpc_endpoint_id}} if kms_vpc_endpoint_id else None
+        endpoints = _endpoint_ids(kms_vpc_endpoint_id)
+        source_vpce: str | list[str] = endpoints[0] if len(endpoints) == 1 else endpoints
+        vpce = {"StringEquals": {"aws:SourceVpce": source_vpce}} if endpoints else None
         statements.append(_statement(SID_EC2_NODES, [node_role_arn], NODE_ACTIONS, vpce))
     if onprem_user_arn is not None:
         cidrs = sorted(set(onprem_egress_cidrs))

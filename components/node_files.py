@@ -32,7 +32,6 @@ UNWRAP_CONF_PATH = f"{CONF_DIR}/unwrap.conf"
 BLOB_PATH = f"{CONF_DIR}/datakey.blob"  # the cluster data key's KMS ciphertext blob (not secret by itself)
 CREDENTIALS_PATH = f"{CONF_DIR}/aws-credentials"  # on premises only; root 0600, AWS shared-credentials format
 CREDENTIALS_PROFILE = "mariadb-kms"
-AWS_PLUGIN_ENV_PATH = f"{CONF_DIR}/aws-plugin.env"  # aws-plugin mode on premises only; root 0600
 RUNTIME_DIR = "/run/mariadb-kms"  # tmpfs: the plaintext key lives here and nowhere else on disk
 KEYFILE_PATH = f"{RUNTIME_DIR}/keyfile"
 GCACHE_DIR = "/run/galera"  # its own tmpfs mount (run-galera.mount): /run is capped at 20% of RAM
@@ -155,13 +154,4 @@ def render_credentials_file(access_key_id: str, secret_access_key: str) -> str:
         f"[{CREDENTIALS_PROFILE}]\n"
         f"aws_access_key_id = {access_key_id}\n"
         f"aws_secret_access_key = {secret_access_key}\n"
-    )
-
-
-def render_aws_plugin_env(access_key_id: str, secret_access_key: str, region: str) -> str:
-    """aws-plugin mode on premises: the plugin inside mariadbd needs credentials (EnvironmentFile, root 0600)."""
-    return (
-        f"AWS_ACCESS_KEY_ID={access_key_id}\n"
-        f"AWS_SECRET_ACCESS_KEY={secret_access_key}\n"
-        f"AWS_DEFAULT_REGION={region}\n"
     )

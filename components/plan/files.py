@@ -8,12 +8,10 @@ from collections.abc import Iterable, Sequence
 from components.config import ClusterConfig, NodeConfig
 from components.mycnf import render_encryption_cnf, render_mycnf
 from components.node_files import (
-    AWS_PLUGIN_ENV_PATH,
     BLOB_PATH,
     CREDENTIALS_PATH,
     MYCNF_ENCRYPTION_PATH,
     UNWRAP_CONF_PATH,
-    render_aws_plugin_env,
     render_credentials_file,
     render_unwrap_conf,
 )
@@ -68,16 +66,8 @@ def config_files(
 
 def credentials_files(cluster: ClusterConfig, *, access_key_id: str, secret_access_key: str) -> dict[str, FileSpec]:
     """The on-prem node's secrets, root 0600. Only ever rendered inside a secret Output."""
-    files: dict[str, FileSpec] = {
-        CREDENTIALS_PATH: (render_credentials_file(access_key_id, secret_access_key), SECRET_MODE, ROOT),
-    }
-    if cluster.mariadb.key_management == "aws-plugin":
-        files[AWS_PLUGIN_ENV_PATH] = (
-            render_aws_plugin_env(access_key_id, secret_access_key, cluster.region),
-            SECRET_MODE,
-            ROOT,
-        )
-    return files
+    # One file for both modes: in aws-plugin mode systemd hands it to mariadbd as a credential.
+    return {CREDENTIALS_PATH: (render_credentials_file(access_key_id, secret_access_key), SECRET_MODE, ROOT)}
 
 
 def galera_cluster_address(member_addresses: Iterable[str], port: int) -> str:

@@ -13,8 +13,9 @@ Steps of one node (``node_plan``), in this order:
 ====================  ========  ===============================================================
 step                  kinds     what
 ====================  ========  ===============================================================
-``first-boot``        ec2       ``cloud-init status --wait``: first boot (IMDS guard, data
-                                volume, unwrap.conf, blob) is done; a failed one fails here.
+``first-boot``        ec2       ``mariadb-kms-first-boot``: waits for cloud-init, then re-does
+                                what first boot left undone (IMDS guard, data volume) until its
+                                marker is written; cloud-init's own error status is not fatal.
 ``node-files``        both      ``node/`` (per ``node/MANIFEST``) from a tarball on stdin.
 ``seed``              both      unwrap.conf, the blob and the encryption config, only where
                                 missing: what the install path needs first (EC2 user-data
@@ -77,6 +78,8 @@ from components.config import ClusterConfig, NodeConfig
 from components.plan.steps import (
     BOOTSTRAP,
     BOOTSTRAP_TIMEOUT_S,
+    FIRST_BOOT,
+    FIRST_BOOT_STEP,
     INSTALL,
     ROLL,
     ROLL_TIMEOUT_S,
@@ -115,7 +118,7 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
     steps: list[Step] = []
     if ec2:
         steps.append(Step(
-            "first-boot", "sudo -n cloud-init status --wait", Phase.INSTALL, triggers=(Trigger.IDENTITY,),
+            "first-boot", FIRST_BOOT_STEP, Phase.INSTALL, triggers=(Trigger.IDENTITY,),
         ))
     before_files = ("first-boot",) if ec2 else ()
     steps.append(Step(
@@ -190,7 +193,7 @@ def verify_step(node: NodeConfig, cluster: ClusterConfig, *, expect_size: int) -
     command = f"sudo -n {VERIFY} {' '.join(args)}"
     if node.kind == "ec2":
         # First boot may still be running on a new instance (a replaced one, say).
-        command = f"sudo -n cloud-init status --wait >/dev/null && {command}"
+        command = f"sudo -n {FIRST_BOOT} --check >/dev/null && {command}"
     triggers = [Trigger.IDENTITY, Trigger.CONFIG, Trigger.MEMBERS]
     if cluster.tls.any_channel:
         triggers.append(Trigger.TLS)

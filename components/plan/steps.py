@@ -42,6 +42,12 @@ INSTALL = f"{SBIN}/mariadb-kms-install"
 ROLL = f"{SBIN}/mariadb-kms-roll"
 BOOTSTRAP = f"{SBIN}/mariadb-kms-bootstrap"
 VERIFY = f"{SBIN}/mariadb-kms-verify"
+FIRST_BOOT = f"{SBIN}/mariadb-kms-first-boot"
+# An instance booted before the first-boot script existed has none until node-files installs it;
+# its first boot went by cloud-init alone, so that is what it waits for.
+FIRST_BOOT_STEP = (
+    f"sudo -n /bin/sh -c 'if [ -x {FIRST_BOOT} ]; then exec {FIRST_BOOT}; fi; exec cloud-init status --wait'"
+)
 TLS_TOOL = f"{SBIN}/mariadb-kms-tls"
 
 ROLL_TIMEOUT_S = 1800  # an SST of a large datadir over a WAN takes a while

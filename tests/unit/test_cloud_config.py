@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -107,14 +106,9 @@ def test_blob_unwrap_conf_and_volume_id_are_placed() -> None:
     assert f"volume_id={VOLUME_ID}\n" in written[cc.DATA_VOLUME_CONF_PATH]["content"]
 
 
-def test_runcmd_guards_imds_then_mounts_the_data_volume() -> None:
+def test_runcmd_runs_the_first_boot_script() -> None:
     runcmd = render()["runcmd"]
-    assert runcmd[0] == "set -eu"
-    assert runcmd[1:] == [
-        ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", "mariadb-kms-imds-guard.service"],
-        [cc.DATA_VOLUME_SCRIPT],
-    ]
+    assert runcmd == ["set -eu", [cc.FIRST_BOOT_SCRIPT, "--from-cloud-init"]]
     assert render()["packages"] == ["nftables"]
 
 
@@ -261,34 +255,71 @@ def _shellify(runcmd: list[Any]) -> str:
     return result.stdout
 
 
-def _run_first_boot(tmp_path: Path, runcmd: list[Any]) -> tuple[int, list[str]]:
-    """Run the runcmd script with stub commands that log their calls; systemctl enable fails."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
+FIRST_BOOT_SOURCE = Path(__file__).resolve().parents[2] / "node" / "mariadb-kms-first-boot"
+needs_root = pytest.mark.skipif(os.geteuid() != 0 and not CI, reason="the first-boot script runs as root only")
+
+
+def _run_first_boot(
+    tmp_path: Path, runcmd: list[Any], *, enable_fails: bool, source: Path = FIRST_BOOT_SOURCE
+) -> tuple[int, list[str], Path]:
+    """Run the runcmd script, and through it the real first-boot script, with stubs that log their calls.
+
+    The stubs: systemctl (``enable`` fails when asked), nft (present), the data volume script (next to
+    the first-boot script, where it finds it). Returns the exit status, the calls and the marker path.
+    """
+    stubs, sbin = tmp_path / "bin", tmp_path / "sbin"
+    stubs.mkdir(exist_ok=True)
+    sbin.mkdir(exist_ok=True)
     log = tmp_path / "calls"
-    for name, rc in (("systemctl", '[ "$1" = enable ] && exit 1; exit 0'), ("data-volume", "exit 0")):
-        script = stubs / name
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{rc}\n')
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    text = _shellify(runcmd).replace(f"'{cc.DATA_VOLUME_SCRIPT}'", f"'{stubs / 'data-volume'}'")
+    log.unlink(missing_ok=True)
+    enable = '[ "$1" = enable ] && exit 1; exit 0' if enable_fails else "exit 0"
+    for path, rc in ((stubs / "systemctl", enable), (stubs / "nft", "exit 0"),
+                     (sbin / "mariadb-kms-data-volume", "exit 0")):
+        path.write_text(f'#!/bin/sh\necho "{path.name}${{*:+ $*}}" >> {log}\n{rc}\n')
+        path.chmod(0o755)
+    script = sbin / "mariadb-kms-first-boot"
+    shutil.copy(source, script)
+    script.chmod(0o755)
+    marker = tmp_path / "state" / "first-boot.done"
+    text = _shellify(runcmd).replace(f"'{cc.FIRST_BOOT_SCRIPT}'", f"'{script}' --marker '{marker}'")
+    assert str(script) in text
     (tmp_path / "runcmd").write_text(text)
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
     done = subprocess.run(["/bin/sh", str(tmp_path / "runcmd")], env=env, timeout=30, check=False)
     calls = log.read_text().splitlines() if log.exists() else []
-    return done.returncode, calls
+    return done.returncode, calls, marker
 
 
-def test_a_failed_first_boot_step_stops_the_rest(tmp_path: Path) -> None:
-    rc, calls = _run_first_boot(tmp_path, render()["runcmd"])
-    assert rc != 0
+@needs_root
+def test_a_failed_first_boot_step_stops_the_rest_and_leaves_no_marker(tmp_path: Path) -> None:
+    rc, calls, marker = _run_first_boot(tmp_path, render()["runcmd"], enable_fails=True)
+    assert rc != 0  # cloud-init's runcmd fails: status error
     assert calls == ["systemctl daemon-reload", "systemctl enable --now mariadb-kms-imds-guard.service"]
+    assert not marker.exists()
 
 
-def test_without_set_e_a_failed_step_would_run_on(tmp_path: Path) -> None:
-    # The control: cloud-init joins runcmd into one script, and without `set -e` it runs past a failure.
-    rc, calls = _run_first_boot(tmp_path, render()["runcmd"][1:])
-    assert rc == 0
-    assert calls[-1].startswith("data-volume")
+@needs_root
+def test_a_rerun_completes_what_failed_then_finds_the_marker(tmp_path: Path) -> None:
+    _run_first_boot(tmp_path, render()["runcmd"], enable_fails=True)
+    rc, calls, marker = _run_first_boot(tmp_path, render()["runcmd"], enable_fails=False)
+    assert rc == 0 and marker.exists()
+    assert calls == [
+        "systemctl daemon-reload", "systemctl enable --now mariadb-kms-imds-guard.service", "mariadb-kms-data-volume",
+    ]
+    rc, calls, _ = _run_first_boot(tmp_path, render()["runcmd"], enable_fails=True)
+    assert (rc, calls) == (0, [])  # done once: nothing runs again, so nothing can fail again
+
+
+@needs_root
+def test_without_set_e_in_the_script_a_failed_step_would_run_on(tmp_path: Path) -> None:
+    # The control: the same script, its failure checks taken out, runs past the failed enable.
+    original = FIRST_BOOT_SOURCE.read_text()
+    assert "set -euo pipefail\n" in original
+    patched = tmp_path / "patched"
+    patched.write_text(original.replace("set -euo pipefail\n", "set -uo pipefail\n").replace(
+        'systemctl enable --now "$GUARD_UNIT" || die', 'systemctl enable --now "$GUARD_UNIT" ||  true; : die'))
+    rc, calls, marker = _run_first_boot(tmp_path, render()["runcmd"], enable_fails=True, source=patched)
+    assert rc == 0 and calls[-1] == "mariadb-kms-data-volume" and marker.exists()
 
 
 def test_gzip_of_the_text_is_what_ec2_receives() -> None:
@@ -302,3 +333,53 @@ def test_node_file_fixture_is_real() -> None:
     assert all(isinstance(f, NodeFile) for f in files)
     node_dir = Path(__file__).resolve().parents[2] / "node"
     assert all((node_dir / f.source).read_bytes() == f.content for f in files)
+
+
+def _check(tmp_path: Path, *, marker: bool, cloud_init_rc: int, runcmd_names_script: bool) -> int:
+    """``mariadb-kms-first-boot --check`` with a stub cloud-init; its exit status."""
+    stubs = tmp_path / "check-bin"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "cloud-init").write_text(f"#!/bin/sh\nexit {cloud_init_rc}\n")
+    (stubs / "cloud-init").chmod(0o755)
+    marker_path = tmp_path / "check-state" / "first-boot.done"
+    marker_path.parent.mkdir(exist_ok=True)
+    marker_path.unlink(missing_ok=True)
+    if marker:
+        marker_path.write_text("done\n")
+    runcmd = tmp_path / "runcmd-script"
+    runcmd.write_text(_shellify(render()["runcmd"]) if runcmd_names_script else "#!/bin/sh\nsystemctl daemon-reload\n")
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["/bin/bash", str(FIRST_BOOT_SOURCE), "--check", "--marker", str(marker_path), "--runcmd", str(runcmd)],
+        env=env, capture_output=True, timeout=30, check=False,
+    )
+    return done.returncode
+
+
+@needs_root
+def test_check_goes_by_the_marker_not_by_cloud_init(tmp_path: Path) -> None:
+    assert _check(tmp_path, marker=True, cloud_init_rc=1, runcmd_names_script=True) == 0  # recovered first boot
+    assert _check(tmp_path, marker=False, cloud_init_rc=0, runcmd_names_script=True) != 0  # its steps never ran
+    assert _check(tmp_path, marker=False, cloud_init_rc=1, runcmd_names_script=True) != 0
+    # An instance booted before the script existed: cloud-init's success is all there is to go by.
+    assert _check(tmp_path, marker=False, cloud_init_rc=0, runcmd_names_script=False) == 0
+    assert _check(tmp_path, marker=False, cloud_init_rc=1, runcmd_names_script=False) != 0
+
+
+def test_the_first_boot_step_falls_back_to_cloud_init_where_the_script_is_missing(tmp_path: Path) -> None:
+    from components.remote_steps import FIRST_BOOT, FIRST_BOOT_STEP
+
+    stubs = tmp_path / "step-bin"
+    stubs.mkdir()
+    log = tmp_path / "step-calls"
+    (stubs / "cloud-init").write_text(f'#!/bin/sh\necho "cloud-init $*" >> {log}\nexit 1\n')
+    (stubs / "cloud-init").chmod(0o755)
+    script = tmp_path / "first-boot"
+    inner = FIRST_BOOT_STEP.removeprefix("sudo -n ").replace(FIRST_BOOT, str(script))
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    missing = subprocess.run(["/bin/sh", "-c", inner], env=env, timeout=30, check=False)
+    assert missing.returncode == 1 and log.read_text() == "cloud-init status --wait\n"
+    script.write_text(f'#!/bin/sh\necho "script $*" >> {log}\nexit 0\n')
+    script.chmod(0o755)
+    present = subprocess.run(["/bin/sh", "-c", inner], env=env, timeout=30, check=False)
+    assert present.returncode == 0 and log.read_text().splitlines()[-1].strip() == "script"

@@ -47,6 +47,7 @@ from remote_plan import command as cmd
 
 from components.cluster import BOOTSTRAP_IGNORE_CHANGES
 from components.node_files import MYCNF_NODE_PATH, UNWRAP_CONF_PATH
+from components.remote_steps import FIRST_BOOT
 from components.verification import parse_report
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
@@ -372,7 +373,7 @@ def test_verification_commands(recorded: dict[bool, Recording]) -> None:
     for node in NODES:
         create = str(cmd(rec, f"{node}-verification-run").input("create"))
         assert create.endswith("mariadb-kms-verify --canary --wait 600 --expect-size 3")
-        assert create.startswith("sudo -n cloud-init status --wait >/dev/null && ") == (node in EC2)
+        assert create.startswith(f"sudo -n {FIRST_BOOT} --check >/dev/null && ") == (node in EC2)
 
 
 # -- what makes steps run again ---------------------------------------------------

@@ -168,13 +168,32 @@ def test_gcache_mount_is_tmpfs_at_the_configured_dir() -> None:
     assert "run-galera.mount" in unwrap_unit["Unit"]["Requires"]
 
 
-def test_aws_plugin_credentials_come_from_a_file_never_environment() -> None:
+# The only environment a unit may set: where the credentials file is and which profile, never a secret.
+PATH_ONLY_ENVIRONMENT = {"AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE"}
+
+
+def environment_secrets(text: str) -> list[str]:
+    """Environment= names a unit sets that are not just a path or a profile name, and any EnvironmentFile=."""
+    found = [f"EnvironmentFile={v}" for v in _values(text, "EnvironmentFile")]
+    for value in _values(text, "Environment"):
+        found += [pair for pair in value.split() if pair.split("=", 1)[0] not in PATH_ONLY_ENVIRONMENT]
+    return found
+
+
+def test_aws_plugin_credentials_reach_mariadbd_as_a_systemd_credential_never_environment() -> None:
     text = _text(f"{SYSTEMD}/mariadb.service.d/60-mariadb-kms-aws-plugin.conf")
-    unit = _unit(text)
-    assert unit["Service"]["EnvironmentFile"] == f"-{nf.AWS_PLUGIN_ENV_PATH}"
+    assert _values(text, "LoadCredential") == [f"aws-credentials:{nf.CREDENTIALS_PATH}"]
+    assert [v.split(":", 1)[0] for v in _values(text, "SetCredential")] == ["aws-credentials"]  # EC2: no file
+    assert _values(text, "Environment") == [
+        f"AWS_SHARED_CREDENTIALS_FILE=%d/aws-credentials AWS_PROFILE={nf.CREDENTIALS_PROFILE}"
+    ]
     for f in nf.node_files("aws-plugin"):
-        active = [ln for ln in f.content.decode().splitlines() if not ln.lstrip().startswith("#")]
-        assert not any(ln.startswith("Environment=") for ln in active), f.source
+        assert environment_secrets(f.content.decode()) == [], f.source
+
+
+def test_control_the_environment_check_finds_a_key_in_the_environment() -> None:
+    leaky = "[Service]\nEnvironment=AWS_PROFILE=x AWS_SECRET_ACCESS_KEY=abc\nEnvironmentFile=-/etc/x.env\n"
+    assert environment_secrets(leaky) == ["EnvironmentFile=-/etc/x.env", "AWS_SECRET_ACCESS_KEY=abc"]
 
 
 def _analyze(paths: list[Path]) -> list[str]:
@@ -233,7 +252,8 @@ SECRET_PATTERNS = (
     re.compile(r"AKIA[0-9A-Z]{16}"),
     re.compile(r"aws_secret_access_key\s*=\s*[A-Za-z0-9/+]{20,}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"^\s*Environment=.*(AWS_|SECRET|PASSWORD)", re.MULTILINE),
+    # A credentials file's path and profile name are not secrets; anything else AWS_ in the environment is.
+    re.compile(r"^\s*Environment=.*(AWS_(?!SHARED_CREDENTIALS_FILE=|PROFILE=)|SECRET|PASSWORD)", re.MULTILINE),
     re.compile(r"[0-9a-f]{64}"),  # a hex AES-256 key
 )
 
@@ -287,8 +307,3 @@ def test_credentials_file_is_a_shared_credentials_profile() -> None:
     cp.read_string(text)
     assert cp[nf.CREDENTIALS_PROFILE]["aws_access_key_id"] == "AKIAABCDEFGHIJKLMNOP"
     assert cp[nf.CREDENTIALS_PROFILE]["aws_secret_access_key"] == "s3cr3t/value"
-    env = nf.render_aws_plugin_env("AKIAABCDEFGHIJKLMNOP", "s3cr3t/value", "eu-west-1")
-    assert dict(line.split("=", 1) for line in env.splitlines()) == {
-        "AWS_ACCESS_KEY_ID": "AKIAABCDEFGHIJKLMNOP", "AWS_SECRET_ACCESS_KEY": "s3cr3t/value",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }

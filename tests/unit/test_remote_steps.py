@@ -27,7 +27,6 @@ from remote_plan import decode_put
 from components.config import ClusterConfig, parse_config
 from components.mycnf import GALERA_PORT
 from components.node_files import (
-    AWS_PLUGIN_ENV_PATH,
     BLOB_PATH,
     CREDENTIALS_PATH,
     MYCNF_ENCRYPTION_PATH,
@@ -39,6 +38,8 @@ from components.plan.order import bootstrap_step, node_plan, rolling_order, veri
 from components.plan.steps import (
     BOOTSTRAP,
     BOOTSTRAP_TIMEOUT_S,
+    FIRST_BOOT,
+    FIRST_BOOT_STEP,
     TLS_TOOL,
     VERIFY,
     VERIFY_WAIT_S,
@@ -93,7 +94,7 @@ def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     assert [s.key for s in plan.steps] == [
         "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "preflight", "roll",
     ]
-    assert plan.step("first-boot").create == "sudo -n cloud-init status --wait"
+    assert plan.step("first-boot").create == FIRST_BOOT_STEP
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)
     assert plan.step("install").after == ("node-files", "seed")
     assert all(s.stdin is not Stdin.CREDENTIALS for s in plan.steps)
@@ -158,7 +159,7 @@ def test_verify_step() -> None:
     cfg = cluster()
     ec2 = verify_step(node(cfg, "aws-a"), cfg, expect_size=3)
     onprem = verify_step(node(cfg, "dc-1"), cfg, expect_size=3)
-    assert ec2.create.startswith("sudo -n cloud-init status --wait >/dev/null && sudo -n ")
+    assert ec2.create.startswith(f"sudo -n {FIRST_BOOT} --check >/dev/null && sudo -n ")
     assert onprem.create == f"sudo -n {VERIFY} --canary --wait {VERIFY_WAIT_S} --expect-size 3"
     assert Trigger.EVERY_UP not in onprem.triggers
     assert {Trigger.CONFIG, Trigger.MEMBERS} <= set(onprem.triggers)
@@ -180,12 +181,12 @@ def test_verify_step_accepts_plaintext_only_on_channels_config_turned_off() -> N
     assert step.create.count("--tls-off") == 4 and Trigger.TLS not in step.triggers
 
 
-def test_aws_plugin_mode_installs_the_plugin_and_its_environment_file() -> None:
+def test_aws_plugin_mode_installs_the_plugin_and_one_credentials_file() -> None:
     cfg = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/mariadb plugins/aws_key_management.so")
     install = node_plan(node(cfg, "dc-1"), cfg).step("install").create
     assert install.endswith("--aws-plugin-source '/opt/mariadb plugins/aws_key_management.so'")
     files = credentials_files(cfg, access_key_id="AKIAEXAMPLE", secret_access_key=PLANTED_ACCESS_KEY_SECRET)
-    assert set(files) == {CREDENTIALS_PATH, AWS_PLUGIN_ENV_PATH}
+    assert set(files) == {CREDENTIALS_PATH}  # systemd hands the same file to mariadbd (LoadCredential=)
     assert all(mode == 0o600 and owner == "root:root" for _, mode, owner in files.values())
     assert set(credentials_files(cluster(), access_key_id="A", secret_access_key="B")) == {CREDENTIALS_PATH}
 
