@@ -137,7 +137,7 @@ _PUT_SCRIPT = (
     "if [ -f \"$d\" ] && cmp -s \"$f\" \"$d\" "
     "&& [ \"$(stat -c %a.%U.%G \"$f\")\" = \"$(stat -c %a.%U.%G \"$d\")\" ]; then echo \"unchanged $d\"; continue; fi; "
     "p=$(dirname \"$d\"); [ -d \"$p\" ] || (umask 022 && mkdir -p \"$p\"); "
-    "cp --preserve=mode,ownership \"$f\" \"$d.mariadb-kms-new\"; mv -f \"$d.mariadb-kms-new\" \"$d\"; "
+    "cp --preserve=mode,ownership \"$f\" \"$d.mariadb-kms-new\"; mv -fT \"$d.mariadb-kms-new\" \"$d\"; "
     "echo \"installed $d\"; "
     "done"
 )

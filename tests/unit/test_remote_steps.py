@@ -330,6 +330,16 @@ def test_put_script_if_missing_keeps_what_is_there(scratch: Path) -> None:
     assert new.read_text() == "seed\n"
 
 
+def test_put_script_fails_when_a_directory_stands_at_a_destination(scratch: Path) -> None:
+    # Plain `mv -f file dir` would move the file INTO the directory and the step would report success.
+    dest = scratch / "etc/mysql/x.cnf"
+    dest.mkdir(parents=True)
+    result = run_put(put_payload({str(dest): ("[mariadb]\n", 0o644, "root:root")}))
+    assert result.returncode != 0
+    assert f"installed {dest}" not in result.stdout
+    assert dest.is_dir() and not list(dest.iterdir())
+
+
 def test_put_script_fails_on_a_corrupt_payload(scratch: Path) -> None:
     result = run_put("not base64 at all !!")
     assert result.returncode != 0
