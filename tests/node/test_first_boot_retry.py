@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from components.cloud_config import DATA_VOLUME_CONF_PATH, LOGIN_USER, cloud_config_text, first_boot_files
 from components.cloud_config import render_cloud_config as render
 from components.node_files import node_files, render_unwrap_conf
-from components.remote_steps import FIRST_BOOT, FIRST_BOOT_STEP
+from components.plan.steps import FIRST_BOOT, FIRST_BOOT_STEP
 from rehearsal.demo import grant_net_admin, remove_nspawn_settings
 from rehearsal.pkgrepo import APT_SOURCE_PATH
 from rehearsal.testbed import Host, Settings, Testbed

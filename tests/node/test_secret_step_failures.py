@@ -31,15 +31,9 @@ from conftest import require_testbed
 from components.cluster import node_files_payload
 from components.config import ClusterConfig, parse_config
 from components.node_files import CREDENTIALS_PATH, load_node_files
-from components.remote_steps import (
-    Step,
-    bootstrap_step,
-    config_files,
-    credentials_files,
-    node_plan,
-    put_payload,
-    seed_files,
-)
+from components.plan import Step, bootstrap_step, node_plan
+from components.plan.files import config_files, credentials_files, seed_files
+from components.plan.steps import put_payload
 from components.tls_material import KEY_PATH, tls_files
 from rehearsal.kms_server import KmsServer
 from rehearsal.testbed import ExecResult, Settings, Testbed

@@ -367,7 +367,7 @@ def test_check_goes_by_the_marker_not_by_cloud_init(tmp_path: Path) -> None:
 
 
 def test_the_first_boot_step_falls_back_to_cloud_init_where_the_script_is_missing(tmp_path: Path) -> None:
-    from components.remote_steps import FIRST_BOOT, FIRST_BOOT_STEP
+    from components.plan.steps import FIRST_BOOT, FIRST_BOOT_STEP
 
     stubs = tmp_path / "step-bin"
     stubs.mkdir()

@@ -47,7 +47,7 @@ from remote_plan import command as cmd
 
 from components.cluster import BOOTSTRAP_IGNORE_CHANGES
 from components.node_files import MYCNF_NODE_PATH, UNWRAP_CONF_PATH
-from components.remote_steps import FIRST_BOOT
+from components.plan.steps import FIRST_BOOT
 from components.verification import parse_report
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
