@@ -13,7 +13,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
 .PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
-	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache
+	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
 # tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
@@ -54,6 +54,15 @@ test-node: deps
 
 test: deps lint
 	$(PYTEST) -m "not fresh_host" tests
+
+# The change plan a reviewer reads: which steps run on which node, who restarts (tools/plan_diff.py).
+# make plan-diff BASE=origin/main HEAD_STACK=Pulumi.dev.yaml
+plan-diff: venv
+	$(PY) -m tools.plan_diff $(if $(BASE),--base $(BASE)) --head $(or $(HEAD_STACK),Pulumi.dev.yaml)
+
+# The deployer's minimum IAM policy for a stack (tools/deployer_policy.py): make deployer-policy STACK=dev
+deployer-policy: venv
+	@$(PY) tools/deployer_policy.py --stack $(or $(STACK),dev)
 
 # Any pytest selection inside the venv, e.g. make pytest ARGS="-m node tests/node/test_tls_in_transit.py".
 pytest: venv
