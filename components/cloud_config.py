@@ -141,6 +141,7 @@ def render_cloud_config(
     host_public_key: str,
     authorized_key: str,
     data_volume_id: str,
+    debian_mirror: str | None = None,
 ) -> dict[str, Any]:
     """The node's first-boot cloud-config as data.
 
@@ -172,7 +173,7 @@ def render_cloud_config(
     if len({e["path"] for e in write_files}) != len(write_files):
         raise ValueError("two files for one path in write_files")
 
-    return {
+    config: dict[str, Any] = {
         **copy.deepcopy(_base()),
         "hostname": node_name,
         "ssh_keys": {
@@ -200,6 +201,10 @@ def render_cloud_config(
             [FIRST_BOOT_SCRIPT, "--from-cloud-init"],
         ],
     }
+    if debian_mirror:
+        # cloud-init configures apt before it installs `packages:`, so first boot's own installs use it too.
+        config["apt"] = {"primary": [{"arches": ["default"], "uri": debian_mirror}]}
+    return config
 
 
 class _Dumper(yaml.SafeDumper):

@@ -133,6 +133,7 @@ class Ec2Node(pulumi.ComponentResource):
                     host_public_key=str(public_key),
                     authorized_key=authorized_key,
                     data_volume_id=str(volume_id),
+                    debian_mirror=cluster.network.debian_mirror,
                 )
             )
 

@@ -51,6 +51,7 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
 )
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_DEBIAN_MIRROR = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$")
 _PLUGIN_SOURCE = re.compile(r"^(/[^\0]+|https://\S+)$")
 # AWS tag keys and values: letters, digits, spaces and _ . : / = + - @
 # (https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html).
@@ -131,6 +132,9 @@ vpce_id = _matching(_VPCE, "a VPC endpoint id such as vpce-0123456789abcdef0")
 ami_id = _matching(_AMI, "an AMI id such as ami-0123456789abcdef0")
 availability_zone = _matching(_AZ, "an availability zone such as eu-west-1a")
 instance_type = _matching(_INSTANCE_TYPE, "an EC2 instance type such as t3.medium")
+debian_mirror = _matching(
+    _DEBIAN_MIRROR, "an http:// or https:// URL of a Debian archive mirror, such as http://mirror.example.net/debian"
+)
 plugin_source = _matching(_PLUGIN_SOURCE, "an absolute path on the node or an https:// URL of aws_key_management.so")
 
 

@@ -86,6 +86,7 @@ class NetworkConfig:
     admin_cidrs: tuple[str, ...]
     client_cidrs: tuple[str, ...]
     onprem_cidrs: tuple[str, ...]
+    debian_mirror: str | None = None
 
 
 @dataclass(frozen=True)

@@ -365,6 +365,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             admin_cidrs=tuple(v["adminCidrs"]),
             client_cidrs=tuple(v["clientCidrs"]),
             onprem_cidrs=tuple(v["onPremCidrs"]),
+            debian_mirror=v["debianMirror"] or None,
         ),
         ec2_nodes=tuple(n for _, n in ec2),
         onprem_nodes=tuple(n for _, n in onprem),

@@ -259,6 +259,15 @@ SCHEMA: tuple[ConfigKey, ...] = (
         check=checks.ami_id,
     ),
     ConfigKey(
+        "debianMirror",
+        "string",
+        "Debian archive mirror EC2 nodes install packages from (cloud-init's apt primary mirror; set at first boot "
+        "only). Empty: the AMI's own sources, which need a NAT to reach deb.debian.org. On-prem nodes keep their own "
+        "apt sources.",
+        default="",
+        check=checks.debian_mirror,
+    ),
+    ConfigKey(
         "createKmsVpcEndpoint",
         "boolean",
         "Create a KMS interface VPC endpoint with private DNS, for nodes in private subnets (they must reach KMS on "

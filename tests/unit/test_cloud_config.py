@@ -235,6 +235,18 @@ def test_cloud_init_schema_accepts_the_cloud_config(tmp_path: Path, mode: str) -
     assert "Valid cloud-config" in result.stdout
 
 
+def test_a_debian_mirror_becomes_cloud_inits_apt_primary_mirror(tmp_path: Path) -> None:
+    mirror = "http://mirror.example.net/debian"
+    config = render(debian_mirror=mirror)
+    assert config["apt"] == {"primary": [{"arches": ["default"], "uri": mirror}]}
+    assert "apt" not in render(), "without a mirror the AMI's own sources stay"
+    result = _schema(tmp_path, cc.cloud_config_text(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Control: cloud-init's schema does check this block (a mirror list where it wants a list of objects).
+    config["apt"]["primary"] = mirror
+    assert _schema(tmp_path, cc.cloud_config_text(config)).returncode != 0
+
+
 def test_cloud_init_schema_rejects_a_wrong_type(tmp_path: Path) -> None:
     # The control: the same check fails on a cloud-config with one value of the wrong type.
     config = render()

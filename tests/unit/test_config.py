@@ -200,6 +200,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("EC2 nodes without amiId", with_(amiId=...), "amiId", "AMI"),
     ("EC2 nodes without SSH key", with_(sshAuthorizedKey=...), "sshAuthorizedKey", "public half"),
     ("malformed VPC endpoint", with_(kmsVpcEndpointId="vpc-123"), "kmsVpcEndpointId", "vpce-"),
+    ("mirror not a URL", with_(debianMirror="ftp.debian.org"), "debianMirror", "http:// or https:// URL"),
     ("bootstrap node not a node", with_(bootstrapNode="nope"), "bootstrapNode", "one of the node names"),
     ("boolean given as a string", with_(generalLog="yes"), "generalLog", "true or false"),
     (
