@@ -69,6 +69,9 @@ DEPLOYER_EC2_ACTIONS: tuple[str, ...] = (
 DEPLOYER_EC2_GRANT_ACTIONS: tuple[str, ...] = ("kms:CreateGrant",)
 
 NODE_ACTIONS: tuple[str, ...] = ("kms:Decrypt", "kms:DescribeKey")
+# A restore host unwraps the backup's blob and does nothing else with the key; the unwrap
+# treats a refused DescribeKey as "go on, Decrypt decides", so Decrypt alone is enough.
+RESTORE_ACTIONS: tuple[str, ...] = ("kms:Decrypt",)
 
 SID_ROOT = "AccountRootIamDelegation"
 SID_ADMINS = "KeyAdministrators"
@@ -77,6 +80,7 @@ SID_DEPLOYERS_EC2 = "DeployersUseKeyThroughEc2"
 SID_DEPLOYERS_EC2_GRANT = "DeployersLetEc2CreateGrants"
 SID_EC2_NODES = "Ec2NodesUnwrap"
 SID_ONPREM_NODES = "OnPremNodesUnwrap"
+SID_RESTORE = "RestorePrincipalsUnwrap"
 
 # Service endpoints and principals live under the partition's DNS suffix
 # (what aws.get_partition() calls dns_suffix).
@@ -129,6 +133,7 @@ def key_policy(
     onprem_egress_cidrs: Iterable[str] = (),
     kms_vpc_endpoint_id: str | None = None,
     allow_account_root_iam_delegation: bool = False,
+    restore_principals: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The key policy document for the cluster's KMS key.
 
@@ -136,6 +141,8 @@ def key_policy(
     EC2/on-prem nodes; their statement is then left out. Conditions appear only
     when configured: ``aws:SourceIp`` (on-prem egress CIDRs, the public address
     KMS sees; absent through VPC endpoints) and ``aws:SourceVpce`` (EC2 role).
+    ``restore_principals`` (restore hosts outside the cluster) get Decrypt only,
+    in a statement of their own.
     """
     admin_list = _principals(admins)
     deployer_list = _principals(deployers)
@@ -168,6 +175,9 @@ def key_policy(
         cidrs = sorted(set(onprem_egress_cidrs))
         source_ip = {"IpAddress": {"aws:SourceIp": cidrs}} if cidrs else None
         statements.append(_statement(SID_ONPREM_NODES, [onprem_user_arn], NODE_ACTIONS, source_ip))
+    restorers = _principals(restore_principals)
+    if restorers:
+        statements.append(_statement(SID_RESTORE, restorers, RESTORE_ACTIONS))
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
