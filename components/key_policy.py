@@ -121,6 +121,57 @@ def _statement(
     return stmt
 
 
+# ReEncrypt from and to this same key only: a same-key re-wrap changes the blob's
+# encryption context and never lets the caller move the data key under a key it controls.
+DEPLOYER_REWRAP_ACTIONS: tuple[str, ...] = ("kms:ReEncryptFrom", "kms:ReEncryptTo")
+SID_DEPLOYERS_REWRAP = "DeployersRewrapOnSameKey"
+
+
+def context_condition(context: Mapping[str, str]) -> dict[str, Any]:
+    """``kms:EncryptionContext:<key>`` equal to each value: Decrypt of a blob made for another cluster is refused."""
+    return {"StringEquals": {f"kms:EncryptionContext:{k}": v for k, v in sorted(context.items())}}
+
+
+def rewrap_statement(deployers: Iterable[str]) -> dict[str, Any]:
+    """The deployers' same-key re-wrap (adding the encryption context to an existing blob)."""
+    return _statement(
+        SID_DEPLOYERS_REWRAP, _principals(deployers), DEPLOYER_REWRAP_ACTIONS,
+        {"Bool": {"kms:ReEncryptOnSameKey": "true"}},
+    )
+
+
+def with_encryption_context(
+    document: Mapping[str, Any], context: Mapping[str, str], *, condition_sids: Iterable[str]
+) -> dict[str, Any]:
+    """A copy of ``document`` whose statements ``condition_sids`` allow Decrypt only with ``context``.
+
+    Decrypt moves to a statement of its own (``<Sid>WithContext``), carrying the
+    original conditions plus the context's: ``kms:EncryptionContext:*`` does not
+    exist for DescribeKey, so a shared condition would refuse it (parliament:
+    UNKNOWN_CONDITION_FOR_ACTION). Kept apart from ``key_policy`` so the policy of
+    a stack without a context stays byte-identical. aws-plugin mode must not use
+    it for the node statements: MariaDB's aws_key_management plugin calls Decrypt
+    with no encryption context.
+    """
+    wanted = set(condition_sids)
+    statements: list[dict[str, Any]] = []
+    for original in document["Statement"]:
+        stmt: dict[str, Any] = json.loads(json.dumps(original))
+        if stmt["Sid"] not in wanted or "kms:Decrypt" not in stmt["Action"]:
+            statements.append(stmt)
+            continue
+        rest = [a for a in stmt["Action"] if a != "kms:Decrypt"]
+        if rest:
+            statements.append({**stmt, "Action": rest})
+        condition = dict(stmt.get("Condition", {}))
+        condition["StringEquals"] = {
+            **dict(condition.get("StringEquals", {})), **context_condition(context)["StringEquals"]
+        }
+        statements.append({**stmt, "Sid": f"{stmt['Sid']}WithContext", "Action": ["kms:Decrypt"],
+                           "Condition": condition})
+    return {**document, "Statement": statements}
+
+
 def key_policy(
     *,
     account_id: str,
