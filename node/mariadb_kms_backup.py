@@ -59,6 +59,7 @@ UNWRAP = Path("/usr/local/sbin/mariadb-kms-unwrap")
 DATADIR = Path("/var/lib/mysql")
 STAGING = Path("/srv/mariadb-kms/backup-staging")  # on the data volume: the staged copy holds .frm and Aria logs
 KEYFILE_OPTION = "file_key_management_filename"
+DATADIR_CONF = Path("/etc/mariadb-kms/datadir.conf")  # encryption=fscrypt|luks|none, where the layout has it
 
 OK, USAGE, NOT_ROOT, PRECONDITION, MARIABACKUP, TARGET, VERIFY, UNWRAP_FAILED = 0, 2, 3, 4, 5, 6, 7, 8
 EXIT_CODES = {
@@ -400,6 +401,15 @@ def render_restore_unwrap_conf(
     return "[unwrap]\n" + "\n".join(lines) + "\n"
 
 
+def fscrypt_datadir(path: Path) -> bool:
+    """Whether the node's datadir.conf (written by the installer when the layout has one) asks for fscrypt."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(line.replace(" ", "") == "encryption=fscrypt" for line in text.splitlines())
+
+
 def mariadb_running() -> bool:
     return subprocess.run(["systemctl", "is-active", "--quiet", "mariadb"]).returncode == 0
 
@@ -448,6 +458,11 @@ def restore_main(argv: list[str] | None = None) -> int:
             raise Failure(NOT_ROOT, "run as root: the restore writes the datadir and the key file")
         if mariadb_running():
             raise Failure(PRECONDITION, "mariadb is running: stop it first (systemctl stop mariadb)")
+        if fscrypt_datadir(DATADIR_CONF) and not os.path.ismount(args.datadir):
+            # With fscrypt the datadir is bound from the data volume only while its key is present;
+            # otherwise a restore would write the rows in clear under the mount point.
+            raise Failure(PRECONDITION, f"{DATADIR_CONF} says fscrypt but {args.datadir} is not mounted: "
+                          "start mariadb-kms-datadir-key.service first")
         entries = datadir_entries(args.datadir)
         if entries and not args.replace_datadir:
             raise Failure(PRECONDITION, f"{args.datadir} is not empty ({len(entries)} entries): "

@@ -37,7 +37,8 @@ from cluster_setup import (
 )
 from plaintext_probe import flush_to_disk, run_workload
 
-from components.node_files import BLOB_PATH, render_credentials_file
+from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH, render_credentials_file
+from components.plan.order import ESCROW_BLOB, ESCROW_DIR, ESCROW_UNWRAP_CONF, escrow_command
 from rehearsal.kms_server import KmsServer
 from rehearsal.testbed import ExecResult, Testbed
 
@@ -198,3 +199,16 @@ def test_control_the_scan_finds_the_canary_in_the_restored_plaintext(rehearsal: 
     like = f"'%{rehearsal.marker}%'"  # a generated hex token
     out = sql(rehearsal.testbed, RESTORE, f"SELECT COUNT(*) FROM workload.items WHERE payload LIKE {like};")  # noqa: S608
     assert int(out.strip()) > 0
+
+
+def test_the_escrow_step_copies_the_blob_beside_the_datadir_on_a_real_host(rehearsal: Rehearsal) -> None:
+    # The plan's own create string, run as the program runs it (sudo -n as the login user, here root).
+    t = rehearsal.testbed
+    first = t.exec(SOURCE, ["sh", "-c", escrow_command()], timeout=60)
+    assert first.rc == 0, first.stderr
+    assert t.read_file(SOURCE, ESCROW_BLOB) == t.read_file(SOURCE, BLOB_PATH) == rehearsal.key.blob
+    assert t.read_file(SOURCE, ESCROW_UNWRAP_CONF) == t.read_file(SOURCE, UNWRAP_CONF_PATH)
+    modes = t.exec(SOURCE, ["stat", "-c", "%a %U", ESCROW_DIR, ESCROW_BLOB, ESCROW_UNWRAP_CONF], check=True)
+    assert modes.stdout.split("\n")[:3] == ["700 root", "600 root", "600 root"]
+    again = t.exec(SOURCE, ["sh", "-c", escrow_command()], timeout=60)
+    assert again.rc == 0 and again.stdout.count("unchanged ") == 2, again.stdout

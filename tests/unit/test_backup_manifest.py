@@ -191,3 +191,12 @@ def test_s3_target_is_written_with_sse_kms_manifest_last_and_reads_back(bk: Modu
 def test_control_a_bad_s3_url_is_refused(bk: ModuleType, url: str) -> None:
     with pytest.raises(bk.Failure):
         bk.S3Target.parse(url)
+
+
+def test_only_an_fscrypt_datadir_conf_asks_for_the_mount(bk: ModuleType, tmp_path: Path) -> None:
+    conf = tmp_path / "datadir.conf"
+    assert bk.fscrypt_datadir(conf) is False  # no such file: a layout without datadir encryption
+    conf.write_text("# datadir encryption\nencryption=fscrypt\n")
+    assert bk.fscrypt_datadir(conf) is True
+    conf.write_text("encryption=none\n")
+    assert bk.fscrypt_datadir(conf) is False
