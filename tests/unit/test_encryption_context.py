@@ -20,9 +20,10 @@ from test_iam_lint import KEY, lint
 from test_key_policy import DEPLOYER, KMS_ACTIONS, NODE_ROLE, ONPREM_USER, policy
 
 from components import data_key_provider as dkp
+from components import encryption_context as ec
 from components import key_policy as kp
 
-CONTEXT = dkp.encryption_context("prod", "orders")
+CONTEXT = ec.encryption_context("prod", "orders")
 RESTORE = f"arn:aws:iam::{ACCOUNT_ID}:role/dr/mariadb-restore"
 NO_WAIT = dkp.RetryPolicy(attempts=3, first_delay=0, max_delay=0)
 
@@ -30,23 +31,23 @@ NO_WAIT = dkp.RetryPolicy(attempts=3, first_delay=0, max_delay=0)
 def test_the_context_names_stack_and_cluster() -> None:
     assert CONTEXT == {"mariadb-kms:stack": "prod", "mariadb-kms:cluster": "orders"}
     with pytest.raises(ValueError):
-        dkp.encryption_context("", "orders")
+        ec.encryption_context("", "orders")
 
 
 def test_generate_passes_the_context_only_when_there_is_one() -> None:
-    assert dkp.generate_request("arn:k", CONTEXT)["EncryptionContext"] == CONTEXT
-    assert "EncryptionContext" not in dkp.generate_request("arn:k", None)  # existing stacks: unchanged call
+    assert ec.generate_request("arn:k", CONTEXT)["EncryptionContext"] == CONTEXT
+    assert "EncryptionContext" not in ec.generate_request("arn:k", None)  # existing stacks: unchanged call
 
 
 def test_in_kms_a_blob_with_context_decrypts_only_with_it_and_rewrap_keeps_the_data_key() -> None:
     with mock_aws():
         kms = boto3.client("kms", region_name="eu-west-1")
         arn = kms.create_key()["KeyMetadata"]["Arn"]
-        made = kms.generate_data_key_without_plaintext(**dkp.generate_request(arn, CONTEXT))["CiphertextBlob"]
+        made = kms.generate_data_key_without_plaintext(**ec.generate_request(arn, CONTEXT))["CiphertextBlob"]
         with pytest.raises(ClientError) as refused:
             kms.decrypt(CiphertextBlob=made)
         assert refused.value.response["Error"]["Code"] == "InvalidCiphertextException"
-        other = dkp.encryption_context("prod", "another-cluster")
+        other = ec.encryption_context("prod", "another-cluster")
         with pytest.raises(ClientError):
             kms.decrypt(CiphertextBlob=made, EncryptionContext=other)
         assert len(kms.decrypt(CiphertextBlob=made, EncryptionContext=CONTEXT)["Plaintext"]) == 32
@@ -54,7 +55,7 @@ def test_in_kms_a_blob_with_context_decrypts_only_with_it_and_rewrap_keeps_the_d
         # An existing stack's blob, made without a context, moved under it.
         old = kms.generate_data_key_without_plaintext(KeyId=arn, KeySpec="AES_256")["CiphertextBlob"]
         data_key = kms.decrypt(CiphertextBlob=old)["Plaintext"]
-        new = dkp.rewrap_blob(kms, old, arn, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
+        new = ec.rewrap_blob(kms, old, arn, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
         assert new != old
         assert kms.decrypt(CiphertextBlob=new, EncryptionContext=CONTEXT)["Plaintext"] == data_key
         with pytest.raises(ClientError):
@@ -77,7 +78,7 @@ def test_rewrap_asks_for_the_same_key_on_both_sides() -> None:
                 "DestinationEncryptionContext": CONTEXT}
     stub.add_response("re_encrypt", {"CiphertextBlob": b"new", "KeyId": ARN, "SourceKeyId": ARN}, expected)
     with stub:
-        assert dkp.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT) == b"new"
+        assert ec.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT) == b"new"
     stub.assert_no_pending_responses()
 
 
@@ -86,11 +87,11 @@ def test_rewrap_retries_throttling_and_names_a_denial() -> None:
     stub.add_client_error("re_encrypt", "ThrottlingException", "slow down")
     stub.add_response("re_encrypt", {"CiphertextBlob": b"new", "KeyId": ARN})
     with stub:
-        assert dkp.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT) == b"new"
+        assert ec.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT) == b"new"
     client, stub = _stubbed()
     stub.add_client_error("re_encrypt", "AccessDeniedException", "not allowed")
     with stub, pytest.raises(dkp.DataKeyError) as denied:
-        dkp.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
+        ec.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
     assert ARN in str(denied.value) and "not retried" in str(denied.value)
 
 
@@ -98,7 +99,7 @@ def test_control_a_blob_under_another_key_is_refused() -> None:
     client, stub = _stubbed()
     stub.add_response("re_encrypt", {"CiphertextBlob": b"new", "KeyId": ARN.replace("1234abcd", "9999abcd")})
     with stub, pytest.raises(dkp.DataKeyError, match="under"):
-        dkp.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
+        ec.rewrap_blob(client, b"old", ARN, new_context=CONTEXT, old_context=None, policy=NO_WAIT)
 
 
 # -- the key policy side ------------------------------------------------------
