@@ -104,7 +104,8 @@ class Cause(Enum):
     INVALID_STATE = "the key is not usable yet or any more (creating, disabled or pending deletion)"
     ACCESS_DENIED = (
         "access denied: the identity running pulumi needs kms:GenerateDataKeyWithoutPlaintext and "
-        "kms:DescribeKey on the key (and ssm:PutParameter/GetParameter for the escrow); "
+        "kms:DescribeKey on the key (and, for the escrow, ssm:PutParameter, ssm:GetParameter and "
+        "ssm:AddTagsToResource in its IAM policy); "
         "a key policy or IAM change can take minutes to apply"
     )
     THROTTLED = "throttled by the AWS API"

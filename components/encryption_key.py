@@ -64,6 +64,7 @@ class EncryptionKey(pulumi.ComponentResource):
                     onprem_egress_cidrs=onprem_egress_cidrs,
                     kms_vpc_endpoint_id=[str(e) for e in endpoints],
                     allow_account_root_iam_delegation=config.allow_account_root_iam_delegation,
+                    restore_principals=config.restore_principals,
                 )
             )
 

@@ -69,6 +69,9 @@ DEPLOYER_EC2_ACTIONS: tuple[str, ...] = (
 DEPLOYER_EC2_GRANT_ACTIONS: tuple[str, ...] = ("kms:CreateGrant",)
 
 NODE_ACTIONS: tuple[str, ...] = ("kms:Decrypt", "kms:DescribeKey")
+# A restore host unwraps the backup's blob and does nothing else with the key; the unwrap
+# treats a refused DescribeKey as "go on, Decrypt decides", so Decrypt alone is enough.
+RESTORE_ACTIONS: tuple[str, ...] = ("kms:Decrypt",)
 
 SID_ROOT = "AccountRootIamDelegation"
 SID_ADMINS = "KeyAdministrators"
@@ -77,6 +80,7 @@ SID_DEPLOYERS_EC2 = "DeployersUseKeyThroughEc2"
 SID_DEPLOYERS_EC2_GRANT = "DeployersLetEc2CreateGrants"
 SID_EC2_NODES = "Ec2NodesUnwrap"
 SID_ONPREM_NODES = "OnPremNodesUnwrap"
+SID_RESTORE = "RestorePrincipalsUnwrap"
 
 # Service endpoints and principals live under the partition's DNS suffix
 # (what aws.get_partition() calls dns_suffix).
@@ -125,6 +129,57 @@ def _endpoint_ids(value: str | Iterable[str] | None) -> list[str]:
     return sorted({v for v in value if v})
 
 
+# ReEncrypt from and to this same key only: a same-key re-wrap changes the blob's
+# encryption context and never lets the caller move the data key under a key it controls.
+DEPLOYER_REWRAP_ACTIONS: tuple[str, ...] = ("kms:ReEncryptFrom", "kms:ReEncryptTo")
+SID_DEPLOYERS_REWRAP = "DeployersRewrapOnSameKey"
+
+
+def context_condition(context: Mapping[str, str]) -> dict[str, Any]:
+    """``kms:EncryptionContext:<key>`` equal to each value: Decrypt of a blob made for another cluster is refused."""
+    return {"StringEquals": {f"kms:EncryptionContext:{k}": v for k, v in sorted(context.items())}}
+
+
+def rewrap_statement(deployers: Iterable[str]) -> dict[str, Any]:
+    """The deployers' same-key re-wrap (adding the encryption context to an existing blob)."""
+    return _statement(
+        SID_DEPLOYERS_REWRAP, _principals(deployers), DEPLOYER_REWRAP_ACTIONS,
+        {"Bool": {"kms:ReEncryptOnSameKey": "true"}},
+    )
+
+
+def with_encryption_context(
+    document: Mapping[str, Any], context: Mapping[str, str], *, condition_sids: Iterable[str]
+) -> dict[str, Any]:
+    """A copy of ``document`` whose statements ``condition_sids`` allow Decrypt only with ``context``.
+
+    Decrypt moves to a statement of its own (``<Sid>WithContext``), carrying the
+    original conditions plus the context's: ``kms:EncryptionContext:*`` does not
+    exist for DescribeKey, so a shared condition would refuse it (parliament:
+    UNKNOWN_CONDITION_FOR_ACTION). Kept apart from ``key_policy`` so the policy of
+    a stack without a context stays byte-identical. aws-plugin mode must not use
+    it for the node statements: MariaDB's aws_key_management plugin calls Decrypt
+    with no encryption context.
+    """
+    wanted = set(condition_sids)
+    statements: list[dict[str, Any]] = []
+    for original in document["Statement"]:
+        stmt: dict[str, Any] = json.loads(json.dumps(original))
+        if stmt["Sid"] not in wanted or "kms:Decrypt" not in stmt["Action"]:
+            statements.append(stmt)
+            continue
+        rest = [a for a in stmt["Action"] if a != "kms:Decrypt"]
+        if rest:
+            statements.append({**stmt, "Action": rest})
+        condition = dict(stmt.get("Condition", {}))
+        condition["StringEquals"] = {
+            **dict(condition.get("StringEquals", {})), **context_condition(context)["StringEquals"]
+        }
+        statements.append({**stmt, "Sid": f"{stmt['Sid']}WithContext", "Action": ["kms:Decrypt"],
+                           "Condition": condition})
+    return {**document, "Statement": statements}
+
+
 def key_policy(
     *,
     account_id: str,
@@ -137,6 +192,7 @@ def key_policy(
     onprem_egress_cidrs: Iterable[str] = (),
     kms_vpc_endpoint_id: str | Iterable[str] | None = None,
     allow_account_root_iam_delegation: bool = False,
+    restore_principals: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The key policy document for the cluster's KMS key.
 
@@ -146,6 +202,10 @@ def key_policy(
     KMS sees; absent through VPC endpoints) and ``aws:SourceVpce`` (EC2 role).
     ``kms_vpc_endpoint_id`` is one endpoint id or several (a configured one and
     the one the program creates); one stays a plain string in the document.
+
+
+    ``restore_principals`` (restore hosts outside the cluster) get Decrypt only,
+    in a statement of their own.
     """
     admin_list = _principals(admins)
     deployer_list = _principals(deployers)
@@ -180,6 +240,9 @@ def key_policy(
         cidrs = sorted(set(onprem_egress_cidrs))
         source_ip = {"IpAddress": {"aws:SourceIp": cidrs}} if cidrs else None
         statements.append(_statement(SID_ONPREM_NODES, [onprem_user_arn], NODE_ACTIONS, source_ip))
+    restorers = _principals(restore_principals)
+    if restorers:
+        statements.append(_statement(SID_RESTORE, restorers, RESTORE_ACTIONS))
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 

@@ -63,6 +63,7 @@ class KeyConfig:
     onprem_egress_cidrs: tuple[str, ...]
     kms_vpc_endpoint_id: str | None
     escrow_in_ssm: bool
+    restore_principals: tuple[str, ...] = ()  # roles that may Decrypt to restore a backup elsewhere
 
 
 @dataclass(frozen=True)

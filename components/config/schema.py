@@ -205,8 +205,18 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "escrowDataKeyInSsm",
         "boolean",
-        "Also store the cluster data key's ciphertext blob in an SSM SecureString parameter.",
-        default=False,
+        "Also store the cluster data key's ciphertext blob in an SSM SecureString parameter "
+        "(`/mariadb-kms/<stack>/cluster-data-key`), so it outlives the stack's state. Ciphertext only: reading it "
+        "still needs kms:Decrypt on the key. Every node also keeps a copy on its data volume, beside the datadir.",
+        default=True,
+    ),
+    ConfigKey(
+        "restorePrincipals",
+        "array",
+        "Role ARNs allowed to restore a backup on a host outside the cluster: the key policy grants them "
+        "kms:Decrypt and nothing else. Empty: only the nodes can unwrap the cluster data key.",
+        default=[],
+        item_check=checks.role_arn,
     ),
     ConfigKey(
         "keyManagement",

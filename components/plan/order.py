@@ -34,6 +34,9 @@ step                  kinds     what
                                 restart, and it confirms both serve them. Nothing on a node that
                                 does not run yet (it reads the files when it starts).
 ``config``            both      unwrap.conf, blob and both MariaDB config files (members!).
+``escrow``            both      a copy of the blob and unwrap.conf (key ARN, region) on the data
+                                volume, beside the datadir (``escrow_command``): the volume
+                                alone plus KMS gives the key back. Again whenever they change.
 ``preflight``         both      ``mariadb-kms-roll --preflight``: ``mariadb-kms-unwrap --check``
                                 with the node's own credentials, retried for a while (a new
                                 access key takes seconds to become valid). Fails the deploy
@@ -75,6 +78,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from components.config import ClusterConfig, NodeConfig
+from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
 from components.plan.steps import (
     BOOTSTRAP,
     BOOTSTRAP_TIMEOUT_S,
@@ -160,6 +164,9 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         "config", put_command(), Phase.CONFIGURE, stdin=Stdin.CONFIG_FILES, triggers=(Trigger.IDENTITY,),
         after=config_after,
     ))
+    steps.append(Step(
+        "escrow", escrow_command(), Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.CONFIG), after=("config",),
+    ))
     checks = (Trigger.IDENTITY, Trigger.CONFIG, *((Trigger.CREDENTIALS,) if onprem else ()))
     steps.append(Step(
         "preflight", f"sudo -n {ROLL} --preflight", Phase.CONFIGURE, triggers=checks,
@@ -170,6 +177,36 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         after=("preflight",), touches_secret=True,
     ))
     return NodePlan(node.name, node.kind, tuple(steps))
+
+
+# The data volume's mount point on every node; the datadir is its data/ subdirectory. SST's joiner
+# deletes files it does not know inside the datadir, so the escrow copy is a sibling of it.
+DATA_VOLUME = "/srv/mariadb-kms"
+ESCROW_DIR = f"{DATA_VOLUME}/escrow"
+ESCROW_BLOB = f"{ESCROW_DIR}/{BLOB_PATH.rsplit('/', 1)[1]}"
+ESCROW_UNWRAP_CONF = f"{ESCROW_DIR}/{UNWRAP_CONF_PATH.rsplit('/', 1)[1]}"
+
+
+def escrow_command() -> str:
+    """Copy the installed blob and unwrap.conf (ciphertext and the key ARN: no secret) to the data volume.
+
+    Root-only like the originals. Each file is replaced by rename, so a reader
+    (a restore from this volume) sees the old or the new copy, never half of
+    one. A node whose volume is not mounted there still gets the copy on its
+    root filesystem, and says so: the copy then dies with the instance.
+    """
+    script = (
+        "set -euo pipefail; umask 077; "
+        f"install -d -m 0700 -o root -g root {ESCROW_DIR}; "
+        f"for pair in {BLOB_PATH}:{ESCROW_BLOB} {UNWRAP_CONF_PATH}:{ESCROW_UNWRAP_CONF}; do "
+        "src=${pair%%:*}; dst=${pair#*:}; "
+        "if cmp -s \"$src\" \"$dst\"; then echo \"unchanged $dst\"; continue; fi; "
+        "install -m 0600 -o root -g root \"$src\" \"$dst.mariadb-kms-new\"; mv -f \"$dst.mariadb-kms-new\" \"$dst\"; "
+        "echo \"escrowed $dst\"; done; sync; "
+        f"mountpoint -q {DATA_VOLUME} || echo \"warning: {DATA_VOLUME} is not a mount point: "
+        "this copy lives on the root filesystem\" >&2"
+    )
+    return f"sudo -n /bin/bash -c {shlex.quote(script)} mariadb-kms-escrow"
 
 
 def bootstrap_step() -> Step:

@@ -88,8 +88,8 @@ def recorded() -> Iterator[dict[bool, Recording]]:
 def test_every_remote_command_keeps_the_rules(recorded: dict[bool, Recording], preview: bool) -> None:
     rec = recorded[preview]
     commands = remote_commands(rec)
-    # 9 steps per node (EC2: first-boot, on-prem: credentials; both: tls, tls-reload), bootstrap, verifications.
-    assert len(commands) == 3 * 9 + 1 + 3
+    # 10 steps per node (EC2: first-boot, on-prem: credentials; both: tls, tls-reload), bootstrap, verifications.
+    assert len(commands) == 3 * 10 + 1 + 3
     for res in commands:
         assert res.options is not None
         # Self-contained: one create string run through sudo, nothing from the environment.
@@ -407,7 +407,7 @@ def test_a_setting_change_rolls_config_but_reinstalls_nothing(full_config: dict[
         return cmd(rec, name).input("triggers"), stdin_text(cmd(rec, name))
 
     changed = {r.name for r in remote_commands(before) if inputs(before, r.name) != inputs(after, r.name)}
-    expected = {f"{n}-ssh-{s}" for n in NODES for s in ("config", "preflight", "roll")}
+    expected = {f"{n}-ssh-{s}" for n in NODES for s in ("config", "escrow", "preflight", "roll")}
     assert changed == expected | {f"{n}-verification-run" for n in NODES}
 
 

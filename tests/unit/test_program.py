@@ -169,7 +169,7 @@ def test_data_key_waits_for_the_key_and_outlives_the_stack(full_config: dict[str
 
 
 def test_escrow_switch_reaches_the_data_key(full_config: dict[str, Any]) -> None:
-    assert up(full_config).one(Types.DATA_KEY).input("escrow_in_ssm") is False
+    assert up({**full_config, "escrowDataKeyInSsm": False}).one(Types.DATA_KEY).input("escrow_in_ssm") is False
     data_key = up({**full_config, "escrowDataKeyInSsm": True}).one(Types.DATA_KEY)
     assert data_key.input("escrow_in_ssm") is True
     assert "dev" in data_key.input("escrow_parameter_name")

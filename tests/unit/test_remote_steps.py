@@ -74,7 +74,7 @@ def test_onprem_plan_steps_and_order() -> None:
     cfg = cluster()
     plan = node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps] == [
-        "node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "preflight", "roll",
+        "node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "escrow", "preflight", "roll",
     ]
     assert plan.step("install").after == ("node-files", "seed", "credentials")
     # The certificates after install (the key belongs to mysql) and before the config that names them.
@@ -84,7 +84,7 @@ def test_onprem_plan_steps_and_order() -> None:
     assert set(plan.step("preflight").after) == {"config", "credentials"}
     assert plan.step("roll").after == ("preflight",)
     assert [s.key for s in plan.phase(Phase.INSTALL)] == ["node-files", "seed", "credentials", "install"]
-    assert [s.key for s in plan.phase(Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "preflight"]
+    assert [s.key for s in plan.phase(Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "escrow", "preflight"]
     assert [s.key for s in plan.phase(Phase.ROLL)] == ["roll"]
 
 
@@ -92,7 +92,7 @@ def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     cfg = cluster()
     plan = node_plan(node(cfg, "aws-a"), cfg)
     assert [s.key for s in plan.steps] == [
-        "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "preflight", "roll",
+        "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "escrow", "preflight", "roll",
     ]
     assert plan.step("first-boot").create == FIRST_BOOT_STEP
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)

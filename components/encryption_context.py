@@ -1,0 +1,95 @@
+"""The encryption context that binds the cluster data key to its stack and cluster, and the same-key re-wrap.
+
+Kept out of ``components.data_key_provider`` on purpose: the provider never
+calls an operation that could expose or move key material (a unit test reads
+its source), and ``ReEncrypt`` is one. Here it is used only from and to the
+same key (``rewrap_request``), which the key policy can pin with
+``kms:ReEncryptOnSameKey``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from components.data_key_provider import (
+    DEFAULT_RETRY,
+    KEY_SPEC,
+    RETRY_ON_READ,
+    DataKeyError,
+    RetryPolicy,
+    call_with_retries,
+)
+
+# Keys of the context. KMS compares them exactly, and the key policy names them in
+# ``kms:EncryptionContext:<key>`` conditions, so they are part of every stack's blob.
+CONTEXT_STACK = "mariadb-kms:stack"
+CONTEXT_CLUSTER = "mariadb-kms:cluster"
+
+
+def encryption_context(stack: str, cluster_name: str) -> dict[str, str]:
+    """The context a cluster's data key is wrapped with: a blob of another cluster does not decrypt with it.
+
+    KMS binds the context to the ciphertext as additional authenticated data:
+    Decrypt without it, or with another value, fails with InvalidCiphertextException.
+    """
+    if not stack or not cluster_name:
+        raise ValueError("an encryption context needs both the stack and the cluster name")
+    return {CONTEXT_STACK: stack, CONTEXT_CLUSTER: cluster_name}
+
+
+def generate_request(key_arn: str, context: Mapping[str, str] | None) -> dict[str, Any]:
+    """GenerateDataKeyWithoutPlaintext's arguments; the context only when there is one (old stacks have none)."""
+    request: dict[str, Any] = {"KeyId": key_arn, "KeySpec": KEY_SPEC}
+    if context:
+        request["EncryptionContext"] = dict(context)
+    return request
+
+
+def rewrap_request(
+    blob: bytes, key_arn: str, *, new_context: Mapping[str, str], old_context: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """ReEncrypt's arguments to move a blob to ``new_context`` under the same key: the data key stays the same.
+
+    Same source and destination key, so the key policy can allow it with
+    ``kms:ReEncryptOnSameKey`` and the deployer never becomes a decrypt oracle
+    (it cannot re-encrypt onto a key it controls).
+    """
+    request: dict[str, Any] = {
+        "CiphertextBlob": blob,
+        "SourceKeyId": key_arn,
+        "DestinationKeyId": key_arn,
+        "DestinationEncryptionContext": dict(new_context),
+    }
+    if old_context:
+        request["SourceEncryptionContext"] = dict(old_context)
+    return request
+
+
+def rewrap_blob(
+    kms: Any,
+    blob: bytes,
+    key_arn: str,
+    *,
+    new_context: Mapping[str, str],
+    old_context: Mapping[str, str] | None,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bytes:
+    """The same data key, wrapped again with ``new_context``; refuses a result under another key."""
+    response = call_with_retries(
+        lambda: kms.re_encrypt(**rewrap_request(blob, key_arn, new_context=new_context, old_context=old_context)),
+        what="ReEncrypt (same key, new encryption context)",
+        key_arn=key_arn,
+        retry_on=RETRY_ON_READ,
+        policy=policy,
+        sleep=sleep,
+    )
+    used = str(response.get("KeyId", ""))
+    if used != key_arn:
+        raise DataKeyError(f"ReEncrypt on {key_arn} answered with a blob under {used or 'no key'}: not used")
+    new_blob = cast(bytes, response["CiphertextBlob"])
+    if not new_blob or new_blob == blob:
+        raise DataKeyError(f"ReEncrypt on {key_arn} returned no new blob")
+    return new_blob
