@@ -14,7 +14,18 @@ under a label of its own, ``DATADIR_KEY_INFO``. So it comes from KMS like
 the data key, needs no second blob, and differs from the key MariaDB uses:
 knowing one of the two derived values tells nothing about the other.
 
-Commands (each prints one line, never key material):
+The node's layout (the same on EC2 and on premises): the data volume at
+``VOLUME_ROOT``, the datadir in its subdirectory ``data`` (bound at
+/var/lib/mysql), which carries the policy: ext4 refuses one on a
+filesystem's root directory. ``DATADIR_CONF`` says which encryption the
+stack config chose (``encryption=fscrypt|luks|none``; absent means none).
+
+Commands for the node (mariadb-kms-datadir-key.service and mariadb-kms-install):
+  prepare                the volume supports encryption; the empty datadir gets its policy (install)
+  start                  add the key, and refuse unless the datadir is encrypted under it (before MariaDB)
+  stop                   remove the key (after MariaDB); exit 3 while files are still open
+
+Commands on any path (each prints one line, never key material):
   preflight MOUNT        the filesystem under MOUNT supports encryption (ext4 ``-O encrypt``)
   add MOUNT              derive the key from --keyfile and add it to MOUNT's filesystem
   remove MOUNT           remove it (every user's claim); exit 3 when files are still open
@@ -38,6 +49,9 @@ from pathlib import Path
 
 PROG = "mariadb-kms-fscrypt"
 DEFAULT_KEYFILE = "/run/mariadb-kms/keyfile"
+VOLUME_ROOT = "/srv/mariadb-kms"
+DATADIR_CONF = "/etc/mariadb-kms/datadir.conf"
+DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")
 DATADIR_KEY_INFO = b"mariadb-kms fscrypt datadir key v1"
 MASTER_KEY_BYTES = 64  # AES-256-XTS takes a 512-bit key; a v2 master key must be at least that long
 
@@ -196,6 +210,67 @@ def supports_encryption(mount: Path) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------
+# The node's datadir
+# --------------------------------------------------------------------------
+
+
+def configured_mode(conf: Path) -> str:
+    if not conf.exists():
+        return "none"
+    for line in conf.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "encryption":
+            mode = value.strip()
+            if mode not in DATADIR_ENCRYPTION_MODES:
+                raise FscryptError(f"{conf}: encryption={mode}: expected one of {', '.join(DATADIR_ENCRYPTION_MODES)}")
+            return mode
+    return "none"
+
+
+def prepare(volume: Path, key: bytes) -> str:
+    """Install time: the datadir directory on the volume exists and is encrypted under ``key``."""
+    ok, why = supports_encryption(volume)
+    if not ok:
+        raise FscryptError(why)
+    datadir = volume / "data"
+    datadir.mkdir(mode=0o750, exist_ok=True)
+    identifier = add_key(volume, key)
+    existing = get_policy(datadir)
+    if existing == identifier:
+        return f"{datadir} is encrypted under {identifier.hex()}"
+    if existing is not None:
+        raise FscryptError(f"{datadir} is encrypted under another key ({existing.hex()}), not this cluster's")
+    if any(datadir.iterdir()):
+        raise FscryptError(f"{datadir} holds files but is not encrypted: a policy can only be set on an empty "
+                           "directory; move the node by SST into a new empty one (docs/at-rest.md)")
+    set_policy(datadir, identifier)
+    return f"{datadir} encrypted under {identifier.hex()} (fscrypt v2, AES-256-XTS)"
+
+
+def start(volume: Path, key: bytes) -> str:
+    """Before MariaDB starts: the key is present and the datadir is encrypted under it, or MariaDB does not start."""
+    datadir = volume / "data"
+    identifier = add_key(volume, key)
+    existing = get_policy(datadir)
+    if existing != identifier:
+        found = existing.hex() if existing else "no policy"
+        raise FscryptError(f"{datadir} is not encrypted under the cluster's datadir key ({found}): refusing to "
+                           "let MariaDB start on it")
+    return f"datadir key {identifier.hex()} present; {datadir} is encrypted under it"
+
+
+def stop(volume: Path) -> tuple[bool, str]:
+    """After MariaDB stops: the key goes. The identifier comes from the datadir's policy: no key needed."""
+    identifier = get_policy(volume / "data")
+    if identifier is None:
+        return True, f"{volume / 'data'} has no policy: no key to remove"
+    result = remove_key(volume, identifier)
+    state = key_status(volume, identifier)
+    busy = " (files under it are still open: it goes when they close)" if result.busy else ""
+    return state == "absent", f"datadir key {identifier.hex()}: {state}{busy}"
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
@@ -204,7 +279,30 @@ def _key(args: argparse.Namespace) -> bytes:
     return datadir_key(read_data_key(Path(args.keyfile)))
 
 
+def run_node(args: argparse.Namespace) -> int:
+    mode = configured_mode(Path(args.conf))
+    volume = Path(args.volume)
+    if mode != "fscrypt":
+        print(f"{PROG}: datadir encryption is {mode}: nothing to do here")
+        return 0
+    if args.command == "stop":
+        ok, message = stop(volume)
+        print(f"{PROG}: {message}")
+        return 0 if ok else 3
+    key = bytearray(_key(args))
+    try:
+        action = prepare if args.command == "prepare" else start
+        print(f"{PROG}: {action(volume, bytes(key))}")
+    finally:
+        key[:] = bytes(len(key))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command in NODE_COMMANDS:
+        return run_node(args)
+    if not args.path:
+        raise FscryptError(f"{args.command} needs a path")
     target = Path(args.path)
     if args.command == "preflight":
         ok, why = supports_encryption(target)
@@ -244,11 +342,18 @@ def run(args: argparse.Namespace) -> int:
     raise FscryptError(f"unknown command {args.command}")
 
 
+NODE_COMMANDS = ("prepare", "start", "stop")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="The datadir's fscrypt key, derived from the data key.")
-    parser.add_argument("command", choices=("preflight", "add", "remove", "status", "protect", "policy"))
-    parser.add_argument("path", help="the data volume's mount point (add/remove/status/preflight) or a directory")
+    parser.add_argument("command", choices=(*NODE_COMMANDS, "preflight", "add", "remove", "status", "protect",
+                                            "policy"))
+    parser.add_argument("path", nargs="?", default="",
+                        help="the data volume's mount point (add/remove/status/preflight) or a directory")
     parser.add_argument("--keyfile", default=DEFAULT_KEYFILE, help="file_key_management's keyfile (id;hex)")
+    parser.add_argument("--volume", default=VOLUME_ROOT, help="the data volume's mount point")
+    parser.add_argument("--conf", default=DATADIR_CONF, help="the datadir encryption setting")
     args = parser.parse_args(argv)
     try:
         return run(args)
