@@ -24,6 +24,7 @@ Commands for the node (mariadb-kms-datadir-key.service and mariadb-kms-install):
   prepare                the volume supports encryption; the empty datadir gets its policy (install)
   start                  add the key, and refuse unless the datadir is encrypted under it (before MariaDB)
   stop                   remove the key (after MariaDB); exit 3 while files are still open
+  key-status             present / absent, for the key the datadir's policy names (no key needed)
 
 Commands on any path (each prints one line, never key material):
   preflight MOUNT        the filesystem under MOUNT supports encryption (ext4 ``-O encrypt``)
@@ -285,6 +286,10 @@ def run_node(args: argparse.Namespace) -> int:
     if mode != "fscrypt":
         print(f"{PROG}: datadir encryption is {mode}: nothing to do here")
         return 0
+    if args.command == "key-status":
+        identifier = get_policy(volume / "data")
+        print(key_status(volume, identifier) if identifier else "no-policy")
+        return 0
     if args.command == "stop":
         ok, message = stop(volume)
         print(f"{PROG}: {message}")
@@ -342,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     raise FscryptError(f"unknown command {args.command}")
 
 
-NODE_COMMANDS = ("prepare", "start", "stop")
+NODE_COMMANDS = ("prepare", "start", "stop", "key-status")
 
 
 def main(argv: list[str] | None = None) -> int:
