@@ -19,6 +19,7 @@ PROJECT = "mariadb-kms"
 
 KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 ENCRYPT_TABLES_VALUES = ("OFF", "ON", "FORCE")
+DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")  # onPremDatadirEncryption: docs/at-rest.md
 
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _PRINCIPAL_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:(role|user)/[\w+=,.@/-]{1,512}$")
@@ -132,6 +133,13 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ),
     ConfigKey("generalLog", "boolean", "Enable the general query log (holds query text in plaintext).", default=False),
     ConfigKey("slowQueryLog", "boolean", "Enable the slow query log (holds query text in plaintext).", default=False),
+    ConfigKey(
+        "onPremDatadirEncryption",
+        "string",
+        "How on-prem nodes encrypt the datadir below MariaDB: `fscrypt` (ext4 volume made with -O encrypt, key derived "
+        "from the cluster data key), `luks` (your dm-crypt volume) or `none` (stated as a gap).",
+        default="fscrypt",
+    ),
     ConfigKey("clusterName", "string", "wsrep_cluster_name.", default="mariadb-kms"),
     ConfigKey(
         "ec2Nodes",
@@ -280,6 +288,7 @@ class MariaDbSettings:
     general_log: bool
     slow_query_log: bool
     cluster_name: str
+    onprem_datadir_encryption: str = "fscrypt"
 
 
 @dataclass(frozen=True)
@@ -660,6 +669,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         )
 
     encrypt_tables = _one_of(c, "encryptTables", v["encryptTables"], ENCRYPT_TABLES_VALUES)
+    datadir_encryption = _one_of(c, "onPremDatadirEncryption", v["onPremDatadirEncryption"], DATADIR_ENCRYPTION_MODES)
     if v["encryptTables"] == "OFF":
         c.warnings.append("encryptTables is OFF: new InnoDB tables will not be encrypted")
     threads = _int_in(c, "encryptionThreads", v["encryptionThreads"], 1, 255)
@@ -759,6 +769,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             general_log=bool(v["generalLog"]),
             slow_query_log=bool(v["slowQueryLog"]),
             cluster_name=str(cluster_name),
+            onprem_datadir_encryption=datadir_encryption,
         ),
         network=NetworkConfig(
             vpc_id=vpc_id,

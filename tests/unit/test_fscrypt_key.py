@@ -7,9 +7,12 @@ loop-backed ext4 volume made with ``-O encrypt``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_scripts import load_node_script
+
+from components.config import ConfigError, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 fscrypt = load_node_script("mariadb_kms_fscrypt", REPO / "node" / "mariadb_kms_fscrypt.py")
@@ -60,3 +63,13 @@ def test_keyfile_format_and_configured_mode(tmp_path: Path) -> None:
     conf.write_text("encryption=bitlocker\n")
     with pytest.raises(fscrypt.FscryptError, match="encryption=bitlocker: expected one of fscrypt, luks, none"):
         fscrypt.configured_mode(conf)
+
+
+def test_onprem_datadir_encryption_defaults_to_fscrypt_and_names_a_bad_value(full_config: dict[str, Any]) -> None:
+    raw = {k: v for k, v in full_config.items() if k != "sshPrivateKey"}
+    assert parse_config(raw, stack="dev", region="eu-west-1").mariadb.onprem_datadir_encryption == "fscrypt"
+    assert parse_config({**raw, "onPremDatadirEncryption": "none"}, stack="dev",
+                        region="eu-west-1").mariadb.onprem_datadir_encryption == "none"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({**raw, "onPremDatadirEncryption": "bitlocker"}, stack="dev", region="eu-west-1")
+    assert "onPremDatadirEncryption = 'bitlocker': expected one of fscrypt, luks, none" in str(raised.value)
