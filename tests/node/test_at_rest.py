@@ -40,6 +40,7 @@ from cluster_setup import (
     join,
     make_cluster_key,
     sql,
+    unit_state,
     verify_args,
     wait_synced,
 )
@@ -340,9 +341,12 @@ def test_after_a_stop_the_key_is_absent_and_the_datadir_is_ciphertext(at_rest: A
     tb = at_rest.testbed
     assert tb.exec(FSCRYPT_NODE, ["systemctl", "stop", "mariadb"], timeout=300).rc == 0
     deadline = time.monotonic() + 60
-    while tb.exec(FSCRYPT_NODE, ["systemctl", "is-active", "mariadb-kms-datadir-key"]).stdout.strip() != "inactive":
-        assert time.monotonic() < deadline, "mariadb-kms-datadir-key.service did not stop"
+    unit = "mariadb-kms-datadir-key.service"
+    while (state := unit_state(tb, FSCRYPT_NODE, unit)) not in ("inactive", "failed"):
+        assert time.monotonic() < deadline, f"{unit} is still {state} a minute after MariaDB stopped"
         time.sleep(0.5)
+    journal = tb.exec(FSCRYPT_NODE, ["journalctl", "-u", unit, "--no-pager", "-o", "cat"]).stdout
+    assert state == "inactive", journal[-3000:]
     assert tb.exec(FSCRYPT_NODE, ["mariadb-kms-fscrypt", "key-status"], check=True).stdout.strip() == "absent"
     names = tb.exec(FSCRYPT_NODE, ["ls", "/var/lib/mysql"], check=True).stdout.split()
     assert names and "mysql" not in names and "ibdata1" not in names  # names are encrypted too
