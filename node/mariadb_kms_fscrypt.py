@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import os
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from pathlib import Path
 PROG = "mariadb-kms-fscrypt"
 DEFAULT_KEYFILE = "/run/mariadb-kms/keyfile"
 VOLUME_ROOT = "/srv/mariadb-kms"
+DATADIR = "/var/lib/mysql"
 DATADIR_CONF = "/etc/mariadb-kms/datadir.conf"
 DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")
 DATADIR_KEY_INFO = b"mariadb-kms fscrypt datadir key v1"
@@ -248,23 +250,51 @@ def prepare(volume: Path, key: bytes) -> str:
     return f"{datadir} encrypted under {identifier.hex()} (fscrypt v2, AES-256-XTS)"
 
 
-def start(volume: Path, key: bytes) -> str:
+# The datadir is bound at DATADIR only while its key is present. A mount pins the directory it shows: bound
+# for good, the encrypted data/ directory could never be evicted, and removing the key would stop at
+# "incompletely removed" with data/'s own names still readable (measured on a testbed host).
+
+
+def _is_mount_point(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def bind_datadir(volume: Path, datadir: Path) -> str:
+    if _is_mount_point(datadir):
+        return f"{datadir} already mounted"
+    datadir.mkdir(mode=0o750, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(volume / "data"), str(datadir)], check=True, capture_output=True,
+                   timeout=60)
+    return f"{volume / 'data'} bound at {datadir}"
+
+
+def unbind_datadir(datadir: Path) -> None:
+    if _is_mount_point(datadir):
+        subprocess.run(["umount", str(datadir)], check=True, capture_output=True, timeout=60)
+
+
+def start(volume: Path, key: bytes, datadir: Path = Path(DATADIR)) -> str:
     """Before MariaDB starts: the key is present and the datadir is encrypted under it, or MariaDB does not start."""
-    datadir = volume / "data"
+    encrypted = volume / "data"
     identifier = add_key(volume, key)
-    existing = get_policy(datadir)
+    existing = get_policy(encrypted)
     if existing != identifier:
         found = existing.hex() if existing else "no policy"
-        raise FscryptError(f"{datadir} is not encrypted under the cluster's datadir key ({found}): refusing to "
+        raise FscryptError(f"{encrypted} is not encrypted under the cluster's datadir key ({found}): refusing to "
                            "let MariaDB start on it")
-    return f"datadir key {identifier.hex()} present; {datadir} is encrypted under it"
+    bound = bind_datadir(volume, datadir)
+    return f"datadir key {identifier.hex()} present; {encrypted} is encrypted under it; {bound}"
 
 
-def stop(volume: Path) -> tuple[bool, str]:
-    """After MariaDB stops: the key goes. The identifier comes from the datadir's policy: no key needed."""
+def stop(volume: Path, datadir: Path = Path(DATADIR)) -> tuple[bool, str]:
+    """After MariaDB stops: the datadir is unbound and the key goes. The identifier comes from the policy."""
     identifier = get_policy(volume / "data")
     if identifier is None:
         return True, f"{volume / 'data'} has no policy: no key to remove"
+    try:
+        unbind_datadir(datadir)
+    except subprocess.CalledProcessError as e:
+        raise FscryptError(f"cannot unmount {datadir}: {e.stderr.decode(errors='replace').strip()}") from None
     result = remove_key(volume, identifier)
     state = key_status(volume, identifier)
     busy = " (files under it are still open: it goes when they close)" if result.busy else ""
@@ -362,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (FscryptError, OSError) as e:
+    except (FscryptError, OSError, subprocess.SubprocessError) as e:
         print(f"{PROG}: ERROR: {args.command} {args.path}: {e}", file=sys.stderr)
         return 2
 
