@@ -282,9 +282,20 @@ def scan_upper_dirs(testbed: Testbed, needles: Mapping[str, bytes], hosts: Seque
     return result
 
 
+def backing_dir(testbed: Testbed, host: str, path: str) -> Path:
+    """Where ``path`` of a host lies in its upper dir: the datadir is a bind mount of the data volume's
+    subdirectory (/srv/mariadb-kms/data), which on a host without a volume stand-in is on the root overlay."""
+    found = testbed.exec(host, ["findmnt", "-n", "-o", "FSROOT,FSTYPE", "--mountpoint", path]).stdout.split()
+    if len(found) == 2 and found[1] == "overlay":
+        return testbed.hosts[host].upper / found[0].lstrip("/")
+    if found:
+        raise ClusterSetupError(f"{host}: {path} is on {found[1]}, not in the host's upper dir")
+    return testbed.hosts[host].upper / path.lstrip("/")
+
+
 def datadir_digests(testbed: Testbed, host: str, datadir: str = "/var/lib/mysql") -> dict[str, str]:
     """sha256 of every regular file in a host's datadir, read from this machine's side (upper dir)."""
-    root = testbed.hosts[host].upper / datadir.lstrip("/")
+    root = backing_dir(testbed, host, datadir)
     digests: dict[str, str] = {}
     for dirpath, _dirs, names in os.walk(root, followlinks=False):
         for name in names:
