@@ -45,6 +45,8 @@ SECURE_FILE_PRIV_DIR = f"{VOLUME_ROOT}/secure-file-priv"
 # The error log on the data volume, not in the journal: applier errors quote row values.
 ERROR_LOG_DIR = f"{VOLUME_ROOT}/log"
 ERROR_LOG = f"{ERROR_LOG_DIR}/mariadb.err"
+# Read by mariadb-kms-install and mariadb-kms-fscrypt: how the datadir is encrypted below MariaDB.
+DATADIR_CONF_PATH = "/etc/mariadb-kms/datadir.conf"
 
 # Galera segments: replication traffic crosses the WAN once per segment, not once per node.
 SEGMENTS = {"ec2": 0, "onprem": 1}
@@ -298,3 +300,22 @@ def render_mycnf(
             node, cluster, node_address=node_address, member_addresses=member_addresses
         ),
     }
+
+
+def datadir_encryption(node: NodeConfig, cluster: ClusterConfig) -> str:
+    """EC2: the EBS volume, encrypted by AWS with the cluster's KMS key. On premises: the stack config."""
+    return "ebs" if node.kind == "ec2" else cluster.mariadb.onprem_datadir_encryption
+
+
+def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
+    """``/etc/mariadb-kms/datadir.conf``: ``encryption=`` for the node's installer and datadir key unit."""
+    mode = datadir_encryption(node, cluster)
+    if mode == "ebs":
+        # The node encrypts nothing itself: EBS does, below the filesystem.
+        return "# mariadb-kms: the data volume is EBS, encrypted by AWS with the cluster's KMS key.\nencryption=none\n"
+    return f"# mariadb-kms: onPremDatadirEncryption from the stack config.\nencryption={mode}\n"
+
+
+def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
+    """What mariadb-kms-verify is told about the datadir; ``none`` stays a gap (the config said so explicitly)."""
+    return ["--datadir-encryption", datadir_encryption(node, cluster)]

@@ -13,9 +13,11 @@ from components.mycnf import (
     SECURE_FILE_PRIV_DIR,
     VOLUME_DATADIR,
     VOLUME_ROOT,
+    render_datadir_conf,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
+    verify_datadir_args,
 )
 from components.node_files import (
     DATADIR,
@@ -222,3 +224,15 @@ def test_the_volume_layout_keeps_ours_beside_the_datadir_never_inside() -> None:
         assert ours.startswith(VOLUME_ROOT + "/")
         for datadir in (VOLUME_DATADIR, DATADIR):
             assert not ours.startswith(datadir + "/")  # an SST joiner deletes unknown files in the datadir
+
+
+def test_datadir_encryption_per_node_kind(full_config: dict[str, Any]) -> None:
+    cluster = _cluster(full_config, onPremDatadirEncryption="luks")
+    ec2, onprem = cluster.nodes[0], cluster.nodes[2]
+    assert (ec2.kind, onprem.kind) == ("ec2", "onprem")
+    assert render_datadir_conf(onprem, cluster).splitlines()[-1] == "encryption=luks"
+    assert render_datadir_conf(ec2, cluster).splitlines()[-1] == "encryption=none"  # EBS encrypts below the node
+    assert verify_datadir_args(ec2, cluster) == ["--datadir-encryption", "ebs"]
+    assert verify_datadir_args(onprem, cluster) == ["--datadir-encryption", "luks"]
+    default = _cluster(full_config)
+    assert verify_datadir_args(default.nodes[2], default) == ["--datadir-encryption", "fscrypt"]
