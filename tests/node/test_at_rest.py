@@ -345,8 +345,15 @@ def test_after_a_stop_the_key_is_absent_and_the_datadir_is_ciphertext(at_rest: A
     while (state := unit_state(tb, FSCRYPT_NODE, unit)) not in ("inactive", "failed"):
         assert time.monotonic() < deadline, f"{unit} is still {state} a minute after MariaDB stopped"
         time.sleep(0.5)
-    journal = tb.exec(FSCRYPT_NODE, ["journalctl", "-u", unit, "--no-pager", "-o", "cat"]).stdout
+    journal = tb.exec(FSCRYPT_NODE, ["journalctl", "-u", unit, "-u", "mariadb-kms-unwrap", "--no-pager", "-o", "cat"]
+                      ).stdout
     assert state == "inactive", journal[-3000:]
+    while (unwrap := unit_state(tb, FSCRYPT_NODE, "mariadb-kms-unwrap.service")) not in ("inactive", "failed"):
+        assert time.monotonic() < deadline, f"the unwrap unit is still {unwrap} a minute after MariaDB stopped"
+        time.sleep(0.5)
+    journal = tb.exec(FSCRYPT_NODE, ["journalctl", "-u", unit, "-u", "mariadb-kms-unwrap", "--no-pager", "-o", "cat"]
+                      ).stdout
+    assert unwrap == "inactive", journal[-3000:]
     assert tb.exec(FSCRYPT_NODE, ["mariadb-kms-fscrypt", "key-status"], check=True).stdout.strip() == "absent"
     # The bind mount went first (a mount pins the directory it shows: the key could not fully leave).
     assert tb.exec(FSCRYPT_NODE, ["mountpoint", "-q", "/var/lib/mysql"]).rc != 0
