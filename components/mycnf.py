@@ -33,6 +33,21 @@ from components.node_files import (
 )
 from components.tls_material import CA_CERT_PATH, CERT_PATH, KEY_PATH, SST_SSL_MODE, TLS_VERSIONS
 
+# The data volume: mounted at one place on EC2 and on premises alike. The datadir lives in a subdirectory
+# of it (ext4 cannot encrypt a filesystem's root directory; the subdirectory is bound at DATADIR), and what
+# is ours sits beside the datadir, never inside it: an SST joiner deletes files it does not know there.
+VOLUME_ROOT = "/srv/mariadb-kms"
+VOLUME_DATADIR = f"{VOLUME_ROOT}/data"
+# The only directory LOAD DATA INFILE, LOAD_FILE() and SELECT ... INTO OUTFILE may touch: dedicated, empty,
+# mysql 0700. With secure_file_priv empty, any account with FILE reads every file mariadbd can open, the
+# tmpfs keyfile included (measured), and the key would then replicate as table data.
+SECURE_FILE_PRIV_DIR = f"{VOLUME_ROOT}/secure-file-priv"
+# The error log on the data volume, not in the journal: applier errors quote row values.
+ERROR_LOG_DIR = f"{VOLUME_ROOT}/log"
+ERROR_LOG = f"{ERROR_LOG_DIR}/mariadb.err"
+# Read by mariadb-kms-install and mariadb-kms-fscrypt: how the datadir is encrypted below MariaDB.
+DATADIR_CONF_PATH = "/etc/mariadb-kms/datadir.conf"
+
 # Galera segments: replication traffic crosses the WAN once per segment, not once per node.
 SEGMENTS = {"ec2": 0, "onprem": 1}
 GALERA_PORT = 4567
@@ -49,7 +64,8 @@ _HEADER = """\
 #   cache, ...), on-disk internal temporary tables, and Aria tables with
 #   ROW_FORMAT=PAGE (the mysql.* system tables among them).
 # Never encrypted by MariaDB, stated rather than hidden:
-#   .frm table definitions (names, columns, types, comments), the error log,
+#   .frm table definitions (names, columns, types, comments), the error log
+#   (on the data volume, which the kernel or EBS encrypts as a whole),
 #   the Aria transaction log aria_log.* (row images of changes to the mysql.*
 #   system tables: accounts, grants, routines; measured, see mariadb-kms-verify),
 #   Galera's grastate.dat/gvwstate.dat (cluster ids, positions), MyISAM/CSV
@@ -204,6 +220,17 @@ def _member(address: str) -> str:
     return f"{host}:{GALERA_PORT}"
 
 
+def no_sql_path_lines() -> list[tuple[str, str] | str]:
+    """Files reach SQL only through one dedicated empty directory; the error log goes to the data volume."""
+    return [
+        "# LOAD DATA INFILE, LOAD_FILE() and SELECT ... INTO OUTFILE only in this empty mysql-only directory:",
+        "# no SQL statement reads the keyfile, the blob, credentials or /proc (mariadb-kms-verify tries them).",
+        ("secure_file_priv", SECURE_FILE_PRIV_DIR),
+        "# On the data volume, beside the datadir (the journal only says where it is).",
+        ("log_error", ERROR_LOG),
+    ]
+
+
 def render_node_cnf(
     node: NodeConfig, cluster: ClusterConfig, *, node_address: str, member_addresses: Sequence[str]
 ) -> str:
@@ -235,6 +262,8 @@ def render_node_cnf(
         "# it too); the node's own tools use the unix socket.",
         ("bind_address", node_address),
         ("datadir", DATADIR),
+        "",
+        *no_sql_path_lines(),
         "",
         "# Binary log on (encrypted): changes are kept for point-in-time recovery, and the verify",
         "# tool's canary proves encrypt_binlog on every node.",
@@ -273,3 +302,22 @@ def render_mycnf(
             node, cluster, node_address=node_address, member_addresses=member_addresses
         ),
     }
+
+
+def datadir_encryption(node: NodeConfig, cluster: ClusterConfig) -> str:
+    """EC2: the EBS volume, encrypted by AWS with the cluster's KMS key. On premises: the stack config."""
+    return "ebs" if node.kind == "ec2" else cluster.mariadb.onprem_datadir_encryption
+
+
+def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
+    """``/etc/mariadb-kms/datadir.conf``: ``encryption=`` for the node's installer and datadir key unit."""
+    mode = datadir_encryption(node, cluster)
+    if mode == "ebs":
+        # The node encrypts nothing itself: EBS does, below the filesystem.
+        return "# mariadb-kms: the data volume is EBS, encrypted by AWS with the cluster's KMS key.\nencryption=none\n"
+    return f"# mariadb-kms: onPremDatadirEncryption from the stack config.\nencryption={mode}\n"
+
+
+def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
+    """What mariadb-kms-verify is told about the datadir; ``none`` stays a gap (the config said so explicitly)."""
+    return ["--datadir-encryption", datadir_encryption(node, cluster)]

@@ -56,12 +56,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import re
 import secrets
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -211,6 +213,15 @@ def check_flags(variables: dict[str, str], *, allow_query_logs: bool) -> tuple[d
         section[log_flag] = value
         if value == "ON" and not allow_query_logs:
             gaps.append(f"flags: {log_flag} is ON: it writes statement text in plaintext")
+    # The canary scan looks for the marker's bytes: a compressed binlog event would hide them even
+    # if encrypt_binlog were off, so the scan would pass on plaintext. The canary table itself is created
+    # PAGE_COMPRESSED=0 (run_canary), so innodb_compression_default only needs stating.
+    binlog_compress = variables.get("log_bin_compress", "").upper()
+    section["log_bin_compress"] = binlog_compress
+    if binlog_compress == "ON":
+        gaps.append("flags: log_bin_compress is ON: compressed binlog events would hide a plaintext canary from "
+                    "the scan, so encrypt_binlog cannot be proved")
+    section["innodb_compression_default"] = variables.get("innodb_compression_default", "").upper()
     output = variables.get("log_output", "").upper()
     section["log_output"] = output
     if "TABLE" in output.split(","):
@@ -327,9 +338,24 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
 
+# Every kind of table but views is stored somewhere: BASE TABLE, SEQUENCE, SYSTEM VERSIONED (a
+# `WITH SYSTEM VERSIONING` table in any engine), TEMPORARY. Filtering on the kinds we know would skip
+# the next one MariaDB adds, so only the kinds that hold no rows are dropped.
+NOT_STORED_TABLE_TYPES = frozenset({"VIEW", "SYSTEM VIEW"})
+TABLES_QUERY = (
+    "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS, TABLE_TYPE FROM information_schema.TABLES "
+    "WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema')"
+)
+
+
 def table_infos(rows: Sequence[Row]) -> list[TableInfo]:
-    """rows: TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS from information_schema.TABLES."""
-    return [TableInfo(str(r[0]), str(r[1]), r[2], r[3], r[4] or "") for r in rows]
+    """rows: TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS[, TABLE_TYPE] from information_schema.TABLES;
+    views dropped, every other type kept."""
+    return [
+        TableInfo(str(r[0]), str(r[1]), r[2], r[3], r[4] or "")
+        for r in rows
+        if len(r) < 6 or (r[5] or "").upper() not in NOT_STORED_TABLE_TYPES
+    ]
 
 
 def check_engines(tables: Sequence[TableInfo], log_output: str) -> tuple[dict[str, Any], Gaps]:
@@ -835,24 +861,120 @@ def persistent_roots(variables: dict[str, str]) -> list[str]:
     return roots
 
 
+# Galera 4 builds a local write-set in memory up to 4 MiB (gu::Allocator's max_ram, galerautils
+# gu_alloc.hpp), then in 64 MiB pages `0x<id>_data.NNNNNN` / `0x<id>_keys.NNNNNN` in its base_dir, in
+# clear, while the transaction commits; the files are deleted afterwards. The canary transaction is
+# made several times that size so its rows pass through such pages.
+CANARY_SPILL_ROWS = 768
+CANARY_PAD_REPEAT = 160  # the marker repeated: about 8 KB a row, about 24 MB of write-set in all
+SPILL_PAGE = re.compile(r"^0x[0-9a-fA-F]+_(data|keys)\.\d+$")
+
+
+@dataclass
+class SpillWatch:
+    """Galera spill pages seen in base_dir while the canary transaction ran, and which held the marker."""
+
+    seen: set[str] = field(default_factory=set)
+    with_marker: set[str] = field(default_factory=set)
+
+
+def watch_spill_pages(base_dir: Path, needle: bytes, stop: threading.Event, watch: SpillWatch,
+                      interval: float = 0.01) -> None:
+    """Poll ``base_dir`` for spill pages until ``stop``; each is read (while it exists) until it shows the marker."""
+    last_read: dict[str, float] = {}
+    while True:
+        finished = stop.is_set()
+        try:
+            names = [n for n in os.listdir(base_dir) if SPILL_PAGE.match(n)]
+        except OSError:
+            names = []
+        for name in names:
+            watch.seen.add(name)
+            now = time.monotonic()
+            if name in watch.with_marker or now - last_read.get(name, 0.0) < 0.2:
+                continue
+            last_read[name] = now
+            try:
+                if file_contains(base_dir / name, needle):
+                    watch.with_marker.add(name)
+            except OSError:
+                continue  # deleted after the commit
+        if finished:
+            return
+        time.sleep(interval)
+
+
+def canary_transaction(schema: str, row_id: str, marker: str) -> str:
+    """One transaction that takes the marker through INSERT, UPDATE (its old image goes to undo) and DELETE,
+    large enough that Galera spills it to pages in base_dir."""
+    m, rid = sql_string(marker), sql_string(row_id + "-")
+    like = sql_string(row_id + "-%")
+    # The schema is a constant, the marker and the id are quoted by sql_string.
+    return (
+        "START TRANSACTION;\n"  # noqa: S608
+        f"INSERT INTO {schema}.canary_spill (id, marker, pad) SELECT CONCAT({rid}, seq), {m}, "
+        f"REPEAT({m}, {CANARY_PAD_REPEAT}) FROM {schema}.seq_1_to_{CANARY_SPILL_ROWS};\n"
+        f"UPDATE {schema}.canary_spill SET marker = CONCAT(marker, '-updated') WHERE id LIKE {like};\n"
+        f"DELETE FROM {schema}.canary_spill WHERE id LIKE {like} "
+        "AND CAST(SUBSTRING_INDEX(id, '-', -1) AS UNSIGNED) % 2 = 0;\n"
+        "COMMIT;\n"
+    )
+
+
+def canary_tables_sql(schema: str) -> str:
+    # PAGE_COMPRESSED=0: with innodb_compression_default=ON a compressed canary page would hide the marker's
+    # bytes from the scan even if encryption were off; created uncompressed, the scan can tell.
+    return (
+        f"CREATE DATABASE IF NOT EXISTS {schema};\n"
+        f"CREATE TABLE IF NOT EXISTS {schema}.canary_innodb (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
+        "NOT NULL) ENGINE=InnoDB PAGE_COMPRESSED=0;\n"
+        f"CREATE TABLE IF NOT EXISTS {schema}.canary_spill (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
+        "NOT NULL, pad MEDIUMTEXT NOT NULL) ENGINE=InnoDB PAGE_COMPRESSED=0;\n"
+        f"CREATE TABLE IF NOT EXISTS {schema}.canary_aria (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
+        "NOT NULL) ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0;\n"
+    )
+
+
+def compressed_canary_tables(rows: Sequence[Row]) -> list[str]:
+    """rows: TABLE_NAME, CREATE_OPTIONS of the canary schema's tables."""
+    return [str(r[0]) for r in rows if re.search(r"page_compressed`?\s*=\s*'?(1|on)", (r[1] or ""), re.I)]
+
+
 def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_wait: float = 60.0,
-               say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Gaps]:
+               say: Callable[[str], None] | None = None, spill: bool = True,
+               datadir_encrypted: bool | None = None, allow_plain_datadir: bool = False) -> tuple[dict[str, Any], Gaps]:
+    """``datadir_encrypted``: the kernel encrypts the datadir (verified), so a spill page read through the
+    filesystem shows plaintext that is not at rest in clear; None when nobody said how the datadir is kept."""
     marker = f"mariadb-kms-canary-{secrets.token_hex(16)}"
     row_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     schema = CANARY_SCHEMA
     # Several rows so the marker fills parts of a page, not a single easily-missed record.
     values = ", ".join(f"({sql_string(f'{row_id}-{i}')}, {sql_string(marker)})" for i in range(8))
-    sql.execute(
-        f"CREATE DATABASE IF NOT EXISTS {schema};\n"
-        f"CREATE TABLE IF NOT EXISTS {schema}.canary_innodb (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
-        "NOT NULL) ENGINE=InnoDB;\n"
-        f"CREATE TABLE IF NOT EXISTS {schema}.canary_aria (id VARCHAR(120) PRIMARY KEY, marker VARCHAR(200) "
-        "NOT NULL) ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0;\n"
-        f"INSERT INTO {schema}.canary_innodb VALUES {values};\n"
-        f"INSERT INTO {schema}.canary_aria VALUES {values};\n"
-    )
+    sql.execute(canary_tables_sql(schema))
+    compressed = compressed_canary_tables(sql.rows(
+        "SELECT TABLE_NAME, CREATE_OPTIONS FROM information_schema.TABLES "  # noqa: S608
+        f"WHERE TABLE_SCHEMA = {sql_string(schema)}"
+    ))
+    provider = parse_provider_options(variables.get("wsrep_provider_options", ""))
+    base_dir = Path(provider.get("base_dir", "") or variables.get("datadir", "/var/lib/mysql"))
+    watch = SpillWatch()
     flushed = False
     try:
+        sql.execute(
+            f"INSERT INTO {schema}.canary_innodb VALUES {values};\n"  # noqa: S608
+            f"INSERT INTO {schema}.canary_aria VALUES {values};\n"
+        )
+        if spill:
+            stop = threading.Event()
+            watcher = threading.Thread(
+                target=watch_spill_pages, args=(base_dir, marker.encode("ascii"), stop, watch), daemon=True
+            )
+            watcher.start()
+            try:
+                sql.execute(canary_transaction(schema, row_id, marker))
+            finally:
+                stop.set()
+                watcher.join(timeout=120)
         old_pct = sql.rows("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")[0][0] or "90"
         sql.execute(
             f"FLUSH LOCAL TABLES {schema}.canary_aria;\n"
@@ -878,9 +1000,23 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
         # The schema is a constant and the id is quoted by sql_string.
         sql.execute(
             f"DELETE FROM {schema}.canary_innodb WHERE id LIKE {sql_string(row_id + '-%')};\n"  # noqa: S608
+            f"DELETE FROM {schema}.canary_spill WHERE id LIKE {sql_string(row_id + '-%')};\n"
             f"DELETE FROM {schema}.canary_aria WHERE id LIKE {sql_string(row_id + '-%')};\n"
         )
     gaps = [f"canary: the marker is in plaintext in {path}" for path in result.found]
+    limitations: list[str] = []
+    for table in compressed:
+        gaps.append(f"canary: {schema}.{table} is page-compressed: the scan could not see a plaintext marker in it")
+    spill_hits = sorted(str(base_dir / n) for n in watch.with_marker)
+    for page in spill_hits:
+        where = f"canary: the marker was in Galera's spill page {page} while the transaction committed"
+        if datadir_encrypted:
+            continue  # read through the filesystem with the key present; at rest it is ciphertext
+        if datadir_encrypted is None or allow_plain_datadir:
+            limitations.append(f"{where}; the datadir is not known to be encrypted by the kernel, so those "
+                               "blocks may stay on disk in plaintext")
+        else:
+            gaps.append(f"{where}, and the datadir is not encrypted by the kernel: its blocks stay on disk")
     if not flushed:
         gaps.append("canary: InnoDB dirty pages were not all flushed in time; the proof is incomplete")
     if result.files == 0:
@@ -892,7 +1028,182 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
         "roots": result.roots,
         "skipped": result.skipped,
         "innodb_flushed": flushed,
+        "transaction": ("INSERT, UPDATE, DELETE in one transaction of about "
+                        f"{CANARY_SPILL_ROWS * CANARY_PAD_REPEAT * len(marker) >> 20} MiB") if spill else "not run",
+        "spill_pages_seen": sorted(watch.seen),
+        "spill_pages_with_marker": spill_hits,
+        "uncompressed_because": "innodb_compression_default would hide the marker's bytes from the scan",
     }
+    if limitations:
+        section["limitations"] = limitations
+    return section, gaps
+
+
+# --------------------------------------------------------------------------
+# The datadir as a whole: encrypted by the kernel (fscrypt, dm-crypt) or by EBS
+# --------------------------------------------------------------------------
+
+DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "ebs", "none")
+FSCRYPT_TOOL = "/usr/local/sbin/mariadb-kms-fscrypt"
+
+
+def fscrypt_policy(directory: Path, tool: str = FSCRYPT_TOOL) -> str | None:
+    """The key identifier of ``directory``'s fscrypt policy ("none" when it has none); None when unknown."""
+    try:
+        proc = subprocess.run([tool, "policy", str(directory)], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def device_encrypted_under(path: Path, sys_root: Path = Path("/sys")) -> bool:
+    st = os.stat(path)
+    return _device_encrypted((sys_root / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve())
+
+
+def check_datadir_encryption(mode: str | None, datadir: Path, *, allow_plain: bool,
+                             policy: Callable[[Path], str | None] = fscrypt_policy,
+                             dm_crypt: Callable[[Path], bool] = device_encrypted_under) -> tuple[dict[str, Any], Gaps]:
+    """Whether the whole datadir is encrypted below MariaDB, as the config says: what MariaDB cannot encrypt
+    (Galera spill pages, GRA_*.log, .frm, the Aria log, ddl_recovery.log) is covered only that way."""
+    section: dict[str, Any] = {"mode": mode or "unchecked", "datadir": str(datadir)}
+    if mode is None:
+        section["state"] = "unchecked (no --datadir-encryption given)"
+        return section, []
+    if mode == "fscrypt":
+        identifier = policy(datadir)
+        section["fscrypt_policy"] = identifier
+        if identifier in (None, "none", ""):
+            return {**section, "state": "GAP"}, [
+                f"datadir: {datadir} has no fscrypt policy (onPremDatadirEncryption is fscrypt)"]
+        return {**section, "state": "encrypted (fscrypt v2, AES-256-XTS)"}, []
+    if mode == "luks":
+        try:
+            ok = dm_crypt(datadir)
+        except OSError as e:
+            return {**section, "state": "GAP"}, [f"datadir: cannot inspect the device under {datadir}: {e.strerror}"]
+        if not ok:
+            why = f"datadir: {datadir} is not on a dm-crypt device (onPremDatadirEncryption is luks)"
+            return {**section, "state": "GAP"}, [why]
+        return {**section, "state": "encrypted (dm-crypt)"}, []
+    if mode == "ebs":
+        state = "encrypted by EBS with the cluster's KMS key (AWS's: not visible from the node)"
+        return {**section, "state": state}, []
+    section["state"] = "not encrypted"
+    if allow_plain:
+        section["limitation"] = ("Galera spill pages, GRA_*.log, .frm, the Aria log and ddl_recovery.log rest in "
+                                 "plaintext (allowed by config)")
+        return section, []
+    return section, ["datadir: not encrypted below MariaDB (onPremDatadirEncryption is none): Galera spill pages, "
+                     "GRA_*.log, .frm, the Aria log and ddl_recovery.log rest in plaintext"]
+
+
+# --------------------------------------------------------------------------
+# No SQL path to the key: secure_file_priv, proved by trying
+# --------------------------------------------------------------------------
+
+CONF_DIR = "/etc/mariadb-kms"
+SECRET_FILES = (
+    f"{CONF_DIR}/datakey.blob",
+    f"{CONF_DIR}/aws-credentials",
+    f"{CONF_DIR}/aws-plugin.env",
+    "/proc/self/environ",
+)
+PROBE_TABLE = f"{CANARY_SCHEMA}.sql_path_probe"
+
+
+def secret_files(variables: dict[str, str], extra: Sequence[str] = ()) -> list[str]:
+    """The files no SQL statement may read: the keyfile, the blob, credentials, mariadbd's own environment."""
+    datadir = variables.get("datadir", "/var/lib/mysql")
+    paths = [variables.get("file_key_management_filename", "") or "/run/mariadb-kms/keyfile", *SECRET_FILES,
+             os.path.join(datadir, "aws-kms-key.1.1"), *extra]
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def check_secure_file_priv(value: str, datadir: str, *, stat: Callable[[str], os.stat_result] = os.stat,
+                           listdir: Callable[[str], list[str]] = os.listdir,
+                           mysql_uid: int | None = None) -> tuple[dict[str, Any], Gaps]:
+    section: dict[str, Any] = {"secure_file_priv": value}
+    if not value:
+        return section, ["sql paths: secure_file_priv is empty: any FILE-privileged account can read every file "
+                         "mariadbd can open, the keyfile included"]
+    gaps: Gaps = []
+    real, data = os.path.realpath(value), os.path.realpath(datadir)
+    if real == data or real.startswith(data.rstrip("/") + "/") or data.startswith(real.rstrip("/") + "/"):
+        gaps.append(f"sql paths: secure_file_priv {value} overlaps the datadir {datadir}")
+    try:
+        st = stat(real)
+        section["mode"] = f"{st.st_mode & 0o7777:04o}"
+        if st.st_mode & 0o077:
+            gaps.append(f"sql paths: secure_file_priv {value} is mode {st.st_mode & 0o7777:04o}, not 0700")
+        if mysql_uid is not None and st.st_uid != mysql_uid:
+            gaps.append(f"sql paths: secure_file_priv {value} is not owned by mysql")
+        section["entries"] = len(listdir(real))
+    except OSError as e:
+        gaps.append(f"sql paths: secure_file_priv {value}: {e.strerror}")
+    return section, gaps
+
+
+@dataclass(frozen=True)
+class PathAttempt:
+    how: str  # "LOAD DATA INFILE", "LOAD_FILE()", "SELECT ... INTO OUTFILE"
+    path: str
+    succeeded: bool
+    detail: str
+
+
+def try_sql_paths(sql: Sql, paths: Sequence[str], *, exists: Callable[[str], bool] = os.path.exists,
+                  remove: Callable[[str], None] = os.unlink) -> list[PathAttempt]:
+    """Each path read through SQL two ways and a file written beside it, as root (FILE and every privilege).
+    A temporary table takes what LOAD DATA reads: it is never replicated, so a success leaks nowhere."""
+    attempts: list[PathAttempt] = []
+    for path in paths:
+        if not exists(path):
+            continue
+        q = sql_string(path)
+        try:
+            out = sql.rows(
+                f"CREATE DATABASE IF NOT EXISTS {CANARY_SCHEMA};\n"
+                f"CREATE TEMPORARY TABLE {PROBE_TABLE} (line LONGBLOB);\n"
+                f"LOAD DATA INFILE {q} INTO TABLE {PROBE_TABLE} FIELDS TERMINATED BY '' ESCAPED BY '';\n"
+                f"SELECT COUNT(*) FROM {PROBE_TABLE};\n"
+            )
+            attempts.append(PathAttempt("LOAD DATA INFILE", path, True, f"read {out[0][0] if out else '?'} lines"))
+        except SqlError as e:
+            attempts.append(PathAttempt("LOAD DATA INFILE", path, False, str(e).splitlines()[-1][:200]))
+        try:
+            got = sql.rows(f"SELECT LOAD_FILE({q}) IS NOT NULL")
+            read = bool(got) and got[0][0] == "1"
+            attempts.append(PathAttempt("LOAD_FILE()", path, read, "returned the file" if read else "returned NULL"))
+        except SqlError as e:
+            attempts.append(PathAttempt("LOAD_FILE()", path, False, str(e).splitlines()[-1][:200]))
+        if path.startswith("/proc/"):
+            continue
+        target = os.path.join(os.path.dirname(path), f".mariadb-kms-sql-path-probe-{secrets.token_hex(4)}")
+        try:
+            sql.execute(f"SELECT 'mariadb-kms-verify' INTO OUTFILE {sql_string(target)}")
+            attempts.append(PathAttempt("SELECT ... INTO OUTFILE", target, True, "wrote a file beside it"))
+            try:
+                remove(target)
+            except OSError:
+                pass
+        except SqlError as e:
+            attempts.append(PathAttempt("SELECT ... INTO OUTFILE", target, False, str(e).splitlines()[-1][:200]))
+    return attempts
+
+
+def check_sql_paths(variables: dict[str, str], attempts: Sequence[PathAttempt], secure: tuple[dict[str, Any], Gaps]
+                    ) -> tuple[dict[str, Any], Gaps]:
+    section, gaps = secure
+    section = {**section, "attempts": [
+        {"how": a.how, "path": a.path, "succeeded": a.succeeded, "detail": a.detail} for a in attempts]}
+    gaps = list(gaps)
+    for a in attempts:
+        if a.succeeded:
+            gaps.append(f"sql paths: {a.how} on {a.path} succeeded ({a.detail})")
+    if not attempts:
+        gaps.append("sql paths: no secret file was found to try; the proof is empty")
     return section, gaps
 
 
@@ -951,6 +1262,13 @@ def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+def _mysql_uid() -> int | None:
+    try:
+        return pwd.getpwnam("mysql").pw_uid
+    except KeyError:
+        return None
+
+
 def gather_innodb(sql: Sql) -> InnodbState:
     temporary = sql.rows("SELECT @@GLOBAL.innodb_encrypt_temporary_tables")
     sys_rows = sql.rows("SELECT SPACE, NAME FROM information_schema.INNODB_SYS_TABLESPACES")
@@ -979,6 +1297,7 @@ def verify(
     mounts_text: str,
     swaps_text: str,
     tls_facts: Callable[[], dict[str, Any]] = inspect_tls,
+    exists: Callable[[str], bool] = os.path.exists,
 ) -> dict[str, Any]:
     variables = sql.pairs("SHOW GLOBAL VARIABLES")
     status = sql.pairs("SHOW GLOBAL STATUS LIKE 'wsrep%'")
@@ -998,11 +1317,7 @@ def verify(
     add("flags", check_flags(variables, allow_query_logs=args.allow_query_logs))
     state = wait_for_rotation(sql, args.wait, _say) if args.wait > 0 else gather_innodb(sql)
     add("innodb", check_innodb(state))
-    tables = table_infos(sql.rows(
-        "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, ROW_FORMAT, CREATE_OPTIONS FROM information_schema.TABLES "
-        "WHERE TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE') "
-        "AND TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema')"
-    ))
+    tables = table_infos(sql.rows(TABLES_QUERY))
     add("tables", check_engines(tables, variables.get("log_output", "")))
     datadir = Path(variables.get("datadir", "/var/lib/mysql"))
     add("aria", check_aria(tables, datadir))
@@ -1010,8 +1325,19 @@ def verify(
     add("swap", check_swap(swaps_text))
     ssl_status = sql.pairs("SHOW GLOBAL STATUS LIKE 'Ssl_server_not%'")
     add("tls", check_tls(variables, ssl_status, tls_facts(), args.tls_off))
+    datadir_mode = getattr(args, "datadir_encryption", None)
+    allow_plain = bool(getattr(args, "allow_plain_datadir", False))
+    add("datadir_encryption", check_datadir_encryption(datadir_mode, datadir, allow_plain=allow_plain))
+    add("sql_paths", check_sql_paths(
+        variables,
+        try_sql_paths(sql, secret_files(variables, getattr(args, "secret_file", []) or []), exists=exists),
+        check_secure_file_priv(variables.get("secure_file_priv", ""), str(datadir), mysql_uid=_mysql_uid()),
+    ))
     if args.canary:
-        add("canary", run_canary(sql, variables, mounts_text, say=_say))
+        encrypted = None if datadir_mode is None else (
+            datadir_mode != "none" and report["datadir_encryption"].get("state", "").startswith("encrypted"))
+        add("canary", run_canary(sql, variables, mounts_text, say=_say, spill=getattr(args, "canary_spill", True),
+                                 datadir_encrypted=encrypted, allow_plain_datadir=allow_plain))
     report["never_encrypted"] = list(NEVER_ENCRYPTED)
     report["gaps"] = gaps
     report["ok"] = not gaps
@@ -1030,6 +1356,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a channel the stack config turned off, accepted in plaintext: "
                         + ", ".join(TLS_CHANNELS) + " (repeatable)")
     parser.add_argument("--client", default="mariadb", help="the mariadb client binary")
+    parser.add_argument("--datadir-encryption", choices=DATADIR_ENCRYPTION_MODES, default=None,
+                        help="how the datadir is encrypted below MariaDB (the stack config's onPremDatadirEncryption; "
+                        "ebs on EC2); checked where the node can see it")
+    parser.add_argument("--allow-plain-datadir", action="store_true",
+                        help="datadir encryption none is allowed by config: stated, not a gap")
+    parser.add_argument("--no-canary-spill", dest="canary_spill", action="store_false",
+                        help="skip the canary's large transaction (Galera spill pages)")
+    parser.add_argument("--secret-file", action="append", default=[], metavar="PATH",
+                        help="one more file no SQL statement may read (repeatable)")
     parser.add_argument("--datadir-state", type=Path, metavar="DIR", help="offline: print the state of DIR and exit")
     args = parser.parse_args(argv)
     if args.datadir_state is not None:

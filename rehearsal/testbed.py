@@ -48,6 +48,7 @@ from rehearsal import (
 )
 from rehearsal.pkgrepo import APT_SOURCE_PATH, DEFAULT_PORT, REPO_PACKAGES, RepoServer, ensure_repo
 from rehearsal.rootfs import ensure_bare_rootfs, remove_tree
+from rehearsal.volumes import VOLUME_MOUNT, VOLUMES_DIR, cleanup_volumes
 
 PREFIX_ENV = "MARIADB_KMS_TESTBED_PREFIX"
 SUBNET_ENV = "MARIADB_KMS_TESTBED_SUBNET"
@@ -185,6 +186,8 @@ class Testbed:
         self.repo_packages = tuple(repo_packages)
         self.repo: RepoServer | None = None
         self._lock = contextlib.ExitStack()
+        # host name -> a directory on this machine bound at the host's data volume mount point at boot
+        self.volumes: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -396,6 +399,7 @@ class Testbed:
             "--timezone=off",
             "--link-journal=no",
             "--console=read-only",  # boot messages go to console.log, for when a boot fails
+            *self._volume_args(host),
         ]
         with host.console_log.open("ab") as out:
             out.write(f"\n===== boot {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
@@ -406,6 +410,11 @@ class Testbed:
         host.nspawn_pid = host.proc.pid
         host.leader_pid = None
         host.state = "booting"
+
+    def _volume_args(self, host: Host) -> list[str]:
+        """The host's data volume stand-in (rehearsal/volumes.py), if it has one."""
+        volume = self.volumes.get(host.name)
+        return [f"--bind={volume}:{VOLUME_MOUNT}"] if volume is not None else []
 
     def _wait_booted(self, host: Host, deadline: float) -> None:
         host.leader_pid = self._find_leader(host, deadline)
@@ -640,6 +649,7 @@ def leftovers(settings: Settings) -> dict[str, list[str]]:
         "links": [name for name in _link_names() if settings.owns_link(name)],
         "servers": servers,
         "host_dirs": [str(p) for p in (settings.run_dir() / "hosts").glob("*")],
+        "volumes": [str(p) for p in (settings.run_dir() / VOLUMES_DIR).glob("*")],
     }
 
 
@@ -671,6 +681,7 @@ def cleanup(settings: Settings) -> None:
     for link in [name for name in _link_names() if settings.owns_link(name)]:
         run(["ip", "link", "delete", link], check=False)
     remove_tree(settings.run_dir() / "hosts")
+    cleanup_volumes(settings.run_dir())
     (settings.run_dir() / "state.json").unlink(missing_ok=True)
     remaining = {k: v for k, v in leftovers(settings).items() if v}
     if remaining:

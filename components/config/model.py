@@ -76,6 +76,7 @@ class MariaDbSettings:
     general_log: bool
     slow_query_log: bool
     cluster_name: str
+    onprem_datadir_encryption: str = default_of("onPremDatadirEncryption")
 
 
 @dataclass(frozen=True)

@@ -357,6 +357,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             general_log=bool(v["generalLog"]),
             slow_query_log=bool(v["slowQueryLog"]),
             cluster_name=str(v["clusterName"]),
+            onprem_datadir_encryption=str(v["onPremDatadirEncryption"]),
         ),
         network=NetworkConfig(
             vpc_id=vpc_id,

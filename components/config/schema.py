@@ -19,6 +19,7 @@ PROJECT = "mariadb-kms"
 
 KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 ENCRYPT_TABLES_VALUES = ("OFF", "ON", "FORCE")
+DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")  # onPremDatadirEncryption: docs/at-rest.md
 
 # AWS allows 50 user tags per resource, keys up to 128 and values up to 256
 # characters, and reserves the aws: prefix in any case
@@ -252,6 +253,15 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey("generalLog", "boolean", "Enable the general query log (holds query text in plaintext).", default=False),
     ConfigKey("slowQueryLog", "boolean", "Enable the slow query log (holds query text in plaintext).", default=False),
     ConfigKey("clusterName", "string", "wsrep_cluster_name.", default="mariadb-kms", check=checks.cluster_name),
+    ConfigKey(
+        "onPremDatadirEncryption",
+        "string",
+        "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (ext4 volume made with "
+        "-O encrypt, key derived from the cluster data key), `luks` (your dm-crypt volume) or `none` (stated as a "
+        "gap).",
+        default="fscrypt",
+        choices=DATADIR_ENCRYPTION_MODES,
+    ),
     ConfigKey("ec2Nodes", None, "EC2 nodes: list of {fields}.", default=[], fields=EC2_NODE_FIELDS),
     ConfigKey("onPremNodes", None, "On-prem nodes: list of {fields}.", default=[], fields=ONPREM_NODE_FIELDS),
     ConfigKey(

@@ -253,6 +253,23 @@ def _file_hits(path: Path, needles: Mapping[str, bytes], chunk: int = 8 << 20) -
     return hits
 
 
+def overlay_binds(testbed: Testbed, host: str) -> list[tuple[str, str]]:
+    """(directory of the root overlay, where the host sees it) for each bind mount of one, longest first:
+    the datadir is the data volume's data/ subdirectory bound at /var/lib/mysql."""
+    out = testbed.exec(host, ["findmnt", "-rn", "-o", "TARGET,FSROOT,FSTYPE"]).stdout
+    rows = [line.split(" ") for line in out.splitlines() if line.count(" ") == 2]
+    binds = [(root, target) for target, root, fstype in rows if fstype == "overlay" and root != "/"]
+    return sorted(binds, key=lambda b: len(b[0]), reverse=True)
+
+
+def visible_path(path: str, binds: Sequence[tuple[str, str]]) -> str:
+    """A file's path as the host sees it, through the first bind mount that shows it."""
+    for root, target in binds:
+        if path.startswith(root.rstrip("/") + "/"):
+            return target.rstrip("/") + path[len(root.rstrip("/")):]
+    return path
+
+
 def scan_upper_dirs(testbed: Testbed, needles: Mapping[str, bytes], hosts: Sequence[str] | None = None) -> DiskScan:
     """Search every regular file each host wrote to persistent storage (its overlay upper dir) for needles.
 
@@ -263,6 +280,7 @@ def scan_upper_dirs(testbed: Testbed, needles: Mapping[str, bytes], hosts: Seque
     result = DiskScan(hits={name: [] for name in needles})
     for host in hosts or list(testbed.hosts):
         upper = testbed.hosts[host].upper
+        binds = overlay_binds(testbed, host)
         for dirpath, _dirs, names in os.walk(upper, followlinks=False):
             for name in names:
                 path = Path(dirpath) / name
@@ -273,7 +291,7 @@ def scan_upper_dirs(testbed: Testbed, needles: Mapping[str, bytes], hosts: Seque
                     hits = _file_hits(path, needles)
                 except FileNotFoundError:
                     continue  # removed while we walked (a running server's temporary file)
-                label = f"{host}:/{path.relative_to(upper)}"
+                label = f"{host}:{visible_path(f'/{path.relative_to(upper)}', binds)}"
                 result.files += 1
                 result.bytes += info.st_size
                 result.scanned.add(label)
@@ -282,9 +300,20 @@ def scan_upper_dirs(testbed: Testbed, needles: Mapping[str, bytes], hosts: Seque
     return result
 
 
+def backing_dir(testbed: Testbed, host: str, path: str) -> Path:
+    """Where ``path`` of a host lies in its upper dir: the datadir is a bind mount of the data volume's
+    subdirectory (/srv/mariadb-kms/data), which on a host without a volume stand-in is on the root overlay."""
+    found = testbed.exec(host, ["findmnt", "-n", "-o", "FSROOT,FSTYPE", "--mountpoint", path]).stdout.split()
+    if len(found) == 2 and found[1] == "overlay":
+        return testbed.hosts[host].upper / found[0].lstrip("/")
+    if found:
+        raise ClusterSetupError(f"{host}: {path} is on {found[1]}, not in the host's upper dir")
+    return testbed.hosts[host].upper / path.lstrip("/")
+
+
 def datadir_digests(testbed: Testbed, host: str, datadir: str = "/var/lib/mysql") -> dict[str, str]:
     """sha256 of every regular file in a host's datadir, read from this machine's side (upper dir)."""
-    root = testbed.hosts[host].upper / datadir.lstrip("/")
+    root = backing_dir(testbed, host, datadir)
     digests: dict[str, str] = {}
     for dirpath, _dirs, names in os.walk(root, followlinks=False):
         for name in names:

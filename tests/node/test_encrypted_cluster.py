@@ -39,6 +39,7 @@ from cluster_setup import (
     verify_args,
     wait_synced,
 )
+from error_log import error_log_since
 from plaintext_probe import (
     PROBE_DIR,
     WORKLOAD_ROWS,
@@ -100,7 +101,7 @@ def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
         join(testbed, "node3", 3)
         built = Cluster(
             testbed, kms, key, config, credentials, data_key, marker,
-            sst_journal=journal_since(testbed, "node3", cursor, "mariadb.service"),
+            sst_journal=journal_since(testbed, "node3", cursor, "mariadb.service") + error_log_since(testbed, "node3"),
         )  # fmt: skip
         built.spill = held_spill_scan(testbed, "node1", marker)
         yield built

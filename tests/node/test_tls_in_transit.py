@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from error_log import error_log_since
 from tls_cluster import TLS_OFF, TlsCluster
 
 from rehearsal.kms_server import KmsServer
@@ -107,7 +108,9 @@ def _epoch(cl: TlsCluster, name: str) -> int:
 
 
 def _journal_since(cl: TlsCluster, name: str, since: int, source: str = "--unit=mariadb") -> str:
-    return cl.check(name, ["journalctl", source, "--no-pager", "-o", "cat", "--since", f"@{since}"]).stdout
+    journal = cl.check(name, ["journalctl", source, "--no-pager", "-o", "cat", "--since", f"@{since}"]).stdout
+    # mariadbd's own messages are in its error log on the data volume, not in the journal.
+    return journal + (error_log_since(cl.testbed, name, since) if source == "--unit=mariadb" else "")
 
 
 def _count(cl: TlsCluster, name: str, table: str, expected: int, timeout: float = 120) -> int:

@@ -10,11 +10,24 @@ import pytest
 from components.config import ClusterConfig, parse_config
 from components.mycnf import (
     ENCRYPTION_FLAGS_ON,
+    ERROR_LOG,
+    SECURE_FILE_PRIV_DIR,
+    VOLUME_DATADIR,
+    VOLUME_ROOT,
+    render_datadir_conf,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
+    verify_datadir_args,
 )
-from components.node_files import GALERA_PROVIDER, GCACHE_DIR, KEYFILE_PATH, MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH
+from components.node_files import (
+    DATADIR,
+    GALERA_PROVIDER,
+    GCACHE_DIR,
+    KEYFILE_PATH,
+    MYCNF_ENCRYPTION_PATH,
+    MYCNF_NODE_PATH,
+)
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
@@ -185,3 +198,32 @@ def test_ipv6_members_are_bracketed(full_config: dict[str, Any]) -> None:
         cluster.nodes[0], cluster, node_address="fd00::1", member_addresses=["fd00::1", "fd00::2"]
     ))
     assert node_cnf["wsrep_cluster_address"] == "gcomm://[fd00::1]:4567,[fd00::2]:4567"
+
+
+@pytest.mark.parametrize("mode", ["kms-envelope", "aws-plugin"])
+def test_no_sql_path_to_the_key_in_both_modes(full_config: dict[str, Any], mode: str) -> None:
+    extra = {"awsPluginSource": "/opt/aws_key_management.so"} if mode == "aws-plugin" else {}
+    node = _all(_cluster(full_config, keyManagement=mode, **extra), 2)[MYCNF_NODE_PATH]
+    # An empty secure_file_priv lets any FILE-privileged account LOAD DATA INFILE the keyfile (measured).
+    assert node["secure_file_priv"] == SECURE_FILE_PRIV_DIR != ""
+    assert node["log_error"] == ERROR_LOG
+
+
+def test_the_volume_layout_keeps_ours_beside_the_datadir_never_inside() -> None:
+    assert VOLUME_DATADIR.startswith(VOLUME_ROOT + "/") and VOLUME_DATADIR != VOLUME_ROOT  # ext4: no policy on a root
+    for ours in (SECURE_FILE_PRIV_DIR, ERROR_LOG):
+        assert ours.startswith(VOLUME_ROOT + "/")
+        for datadir in (VOLUME_DATADIR, DATADIR):
+            assert not ours.startswith(datadir + "/")  # an SST joiner deletes unknown files in the datadir
+
+
+def test_datadir_encryption_per_node_kind(full_config: dict[str, Any]) -> None:
+    cluster = _cluster(full_config, onPremDatadirEncryption="luks")
+    ec2, onprem = cluster.nodes[0], cluster.nodes[2]
+    assert (ec2.kind, onprem.kind) == ("ec2", "onprem")
+    assert render_datadir_conf(onprem, cluster).splitlines()[-1] == "encryption=luks"
+    assert render_datadir_conf(ec2, cluster).splitlines()[-1] == "encryption=none"  # EBS encrypts below the node
+    assert verify_datadir_args(ec2, cluster) == ["--datadir-encryption", "ebs"]
+    assert verify_datadir_args(onprem, cluster) == ["--datadir-encryption", "luks"]
+    default = _cluster(full_config)
+    assert verify_datadir_args(default.nodes[2], default) == ["--datadir-encryption", "fscrypt"]

@@ -14,6 +14,9 @@ import argparse
 import base64
 import os
 import re
+import tempfile
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -230,15 +233,19 @@ def test_temporary_tablespace_follows_its_flag() -> None:
 class FakeSql:
     """Answers queries from canned batch output; records every statement."""
 
-    def __init__(self, answers: dict[str, str], on_execute: Any = None) -> None:
+    def __init__(self, answers: dict[str, str], on_execute: Any = None, errors: dict[str, str] | None = None) -> None:
         self.answers = answers
         self.executed: list[str] = []
         self.on_execute = on_execute
+        self.errors = errors or {}
 
     def __call__(self, sql: str) -> str:
         self.executed.append(sql)
         if self.on_execute:
             self.on_execute(sql)
+        for needle, message in self.errors.items():
+            if needle in sql:
+                raise verify.SqlError(message)
         for needle, output in self.answers.items():
             if needle in sql:
                 return output
@@ -307,6 +314,29 @@ def test_unencryptable_engines_are_gaps_and_stock_log_tables_are_exempt() -> Non
 # --------------------------------------------------------------------------
 # Aria: the .MAI header
 # --------------------------------------------------------------------------
+
+
+def test_every_table_type_but_views_is_checked() -> None:
+    rows: list[list[str | None]] = [
+        ["app", "history", "MyISAM", "Dynamic", "", "SYSTEM VERSIONED"],
+        ["app", "audit", "CSV", "Dynamic", "", "SYSTEM VERSIONED"],
+        ["app", "logs", "Aria", "Dynamic", "", "SYSTEM VERSIONED"],
+        ["app", "seq", "InnoDB", "Dynamic", "", "SEQUENCE"],
+        ["app", "orders_view", None, None, None, "VIEW"],
+    ]
+    tables = verify.table_infos(rows)
+    assert [t.name for t in tables] == ["history", "audit", "logs", "seq"]
+    _section, gaps = verify.check_engines(tables, "FILE")
+    assert len(gaps) == 3 and "app.history uses MyISAM" in gaps[0]
+    # The query filters no table type: the server returns them all and table_infos drops only views.
+    assert "TABLE_TYPE IN" not in verify.TABLES_QUERY and "TABLE_TYPE" in verify.TABLES_QUERY
+
+
+def test_compressed_binlog_is_a_gap_and_compression_default_is_stated() -> None:
+    section, gaps = verify.check_flags({**GOOD_FLAGS, "log_bin_compress": "ON", "innodb_compression_default": "ON"},
+                                       allow_query_logs=False)
+    assert len(gaps) == 1 and "log_bin_compress" in gaps[0]
+    assert section["innodb_compression_default"] == "ON"
 
 
 @pytest.mark.parametrize(
@@ -473,19 +503,29 @@ def test_persistent_roots_come_from_the_servers_variables() -> None:
         assert expected in roots
 
 
-def _canary_sql(datadir: Path, *, leaks: bool) -> FakeSql:
-    """A stand-in server: on INSERT it writes the marker to a data file, in plaintext or not."""
+def _canary_sql(datadir: Path, *, leaks: bool, spill_page: bool = False, compressed: bool = False) -> FakeSql:
+    """A stand-in server: on INSERT it writes the marker to a data file, in plaintext or not; during the large
+    transaction it holds a Galera spill page in base_dir (as Galera does while it commits) and then deletes it."""
 
     def on_execute(sql: str) -> None:
-        if "INSERT INTO" in sql:
+        if "INSERT INTO" in sql and "START TRANSACTION" not in sql:
             found = re.search(r"'(mariadb-kms-canary-[0-9a-f]+)'", sql)
             assert found
             data = found.group(1).encode() if leaks else bytes(reversed(found.group(1).encode()))
             (datadir / "canary.ibd").write_bytes(b"\0" * 100 + data)
+        if "START TRANSACTION" in sql and spill_page:
+            found = re.search(r"'(mariadb-kms-canary-[0-9a-f]+)'", sql)
+            assert found
+            page = datadir / "0x00007f1c2c01b5e8_data.000000"
+            page.write_bytes(b"\0" * 4096 + found.group(1).encode() + b"\0" * 4096)
+            time.sleep(0.5)
+            page.unlink()
 
     return FakeSql({
         "innodb_max_dirty_pages_pct": "90.000000\n",
         "INNODB_BUFFER_POOL_PAGES_DIRTY": "0\n",
+        "CREATE_OPTIONS FROM information_schema.TABLES": _batch(
+            [["canary_spill", "`PAGE_COMPRESSED`='ON'" if compressed else ""]]),
     }, on_execute)
 
 
@@ -498,10 +538,133 @@ def test_canary_finds_a_plaintext_marker_and_always_deletes_it(tmp_path: Path, l
     assert section["found_in"] == ([str(datadir / "canary.ibd")] if leaks else [])
     assert bool(gaps) is leaks
     statements = "\n".join(fake.executed)
-    assert "ENGINE=InnoDB" in statements and "ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0" in statements
+    assert "ENGINE=InnoDB PAGE_COMPRESSED=0" in statements
+    assert "ENGINE=Aria ROW_FORMAT=PAGE TRANSACTIONAL=0" in statements
     assert "SET GLOBAL innodb_max_dirty_pages_pct = 0" in statements
     assert "SET GLOBAL innodb_max_dirty_pages_pct = 90.0" in statements  # put back
-    assert fake.executed[-1].count("DELETE FROM") == 2  # the marker rows go, found or not
+    assert fake.executed[-1].count("DELETE FROM") == 3  # the marker rows go, found or not
+
+
+def test_canary_transaction_inserts_updates_and_deletes_enough_to_spill() -> None:
+    text = verify.canary_transaction("s", "host-1-ab", "mariadb-kms-canary-" + "0" * 32)
+    steps = [line.split()[0] for line in text.splitlines()]
+    assert steps == ["START", "INSERT", "UPDATE", "DELETE", "COMMIT;"]
+    # Galera keeps a write-set in memory up to 4 MiB (galerautils gu_alloc.hpp, max_ram); the INSERT's row images
+    # alone exceed it (the UPDATE adds before and after images of every row).
+    assert verify.CANARY_SPILL_ROWS * verify.CANARY_PAD_REPEAT * len("mariadb-kms-canary-" + "0" * 32) > 4 << 20
+
+
+@pytest.mark.parametrize(("datadir_encrypted", "allow", "gap"), [
+    (None, False, False), (False, False, True), (False, True, False), (True, False, False),
+])
+def test_the_canary_catches_a_spill_page_while_it_exists(tmp_path: Path, datadir_encrypted: bool | None, allow: bool,
+                                                         gap: bool) -> None:
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    fake = _canary_sql(datadir, leaks=False, spill_page=True)
+    section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n",
+                                      datadir_encrypted=datadir_encrypted, allow_plain_datadir=allow)
+    page = str(datadir / "0x00007f1c2c01b5e8_data.000000")
+    assert section["spill_pages_with_marker"] == [page]  # deleted before the directory walk: only the watch saw it
+    assert section["found_in"] == []
+    assert any("spill page" in g for g in gaps) is gap
+    assert bool(section.get("limitations")) is (datadir_encrypted is None or allow)
+
+
+def test_the_spill_watch_control_finds_nothing_when_the_page_holds_no_marker(tmp_path: Path) -> None:
+    stop, watch = threading.Event(), verify.SpillWatch()
+    (tmp_path / "0x1_data.000000").write_bytes(b"rows of someone else")
+    (tmp_path / "ibdata1").write_bytes(b"needle")  # not a spill page: the directory walk's job
+    thread = threading.Thread(target=verify.watch_spill_pages, args=(tmp_path, b"needle", stop, watch))
+    thread.start()
+    time.sleep(0.1)
+    stop.set()
+    thread.join()
+    assert watch.seen == {"0x1_data.000000"} and watch.with_marker == set()
+
+
+def test_a_page_compressed_canary_table_is_a_gap(tmp_path: Path) -> None:
+    fake = _canary_sql(tmp_path, leaks=False, compressed=True)
+    _section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(tmp_path)}, "/dev/vda / ext4 rw 0 0\n",
+                                       spill=False)
+    assert gaps == ["canary: mariadb_kms_verify.canary_spill is page-compressed: the scan could not see a plaintext "
+                    "marker in it"]
+
+
+# --------------------------------------------------------------------------
+# The datadir as a whole
+# --------------------------------------------------------------------------
+
+
+def test_datadir_encryption_fscrypt_needs_a_policy(tmp_path: Path) -> None:
+    _s, gaps = verify.check_datadir_encryption("fscrypt", tmp_path, allow_plain=False, policy=lambda _p: "none")
+    assert gaps and "no fscrypt policy" in gaps[0]
+    section, gaps = verify.check_datadir_encryption("fscrypt", tmp_path, allow_plain=False,
+                                                    policy=lambda _p: "f25e50939335006e35fc5165670548d7")
+    assert gaps == [] and section["state"].startswith("encrypted")
+
+
+def test_datadir_encryption_luks_needs_dm_crypt_and_none_is_a_gap_unless_allowed(tmp_path: Path) -> None:
+    assert verify.check_datadir_encryption("luks", tmp_path, allow_plain=False, dm_crypt=lambda _p: False)[1]
+    assert verify.check_datadir_encryption("luks", tmp_path, allow_plain=False, dm_crypt=lambda _p: True)[1] == []
+    assert "spill pages" in verify.check_datadir_encryption("none", tmp_path, allow_plain=False)[1][0]
+    section, gaps = verify.check_datadir_encryption("none", tmp_path, allow_plain=True)
+    assert gaps == [] and "plaintext" in section["limitation"]
+    assert verify.check_datadir_encryption(None, tmp_path, allow_plain=False)[0]["mode"] == "unchecked"
+
+
+# --------------------------------------------------------------------------
+# No SQL path to the key
+# --------------------------------------------------------------------------
+
+
+def test_secure_file_priv_must_be_set_private_and_outside_the_datadir(tmp_path: Path) -> None:
+    assert "empty" in verify.check_secure_file_priv("", "/var/lib/mysql")[1][0]
+    good = tmp_path / "secure-file-priv"
+    good.mkdir(mode=0o700)
+    assert verify.check_secure_file_priv(str(good), str(tmp_path / "data"), mysql_uid=os.getuid())[1] == []
+    inside = tmp_path / "data" / "files"
+    inside.mkdir(parents=True, mode=0o700)
+    assert "overlaps the datadir" in verify.check_secure_file_priv(str(inside), str(tmp_path / "data"))[1][0]
+    good.chmod(0o755)
+    assert "not 0700" in verify.check_secure_file_priv(str(good), str(tmp_path / "data"))[1][0]
+    assert "not owned by mysql" in verify.check_secure_file_priv(str(good), "/x", mysql_uid=os.getuid() + 1)[1][-1]
+
+
+def test_every_secret_file_is_tried_and_a_refusal_passes(tmp_path: Path) -> None:
+    keyfile = tmp_path / "keyfile"
+    keyfile.write_text("1;" + "ab" * 32)
+    paths = verify.secret_files({"file_key_management_filename": str(keyfile), "datadir": str(tmp_path)})
+    assert paths[0] == str(keyfile)
+    assert {"/etc/mariadb-kms/datakey.blob", "/etc/mariadb-kms/aws-credentials", "/proc/self/environ",
+            str(tmp_path / "aws-kms-key.1.1")} <= set(paths)
+    refusing = FakeSql({"LOAD_FILE(": "0\n"}, errors={"LOAD DATA INFILE": REFUSED, "INTO OUTFILE": REFUSED})
+    attempts = verify.try_sql_paths(verify.Sql(refusing), [str(keyfile), "/proc/self/environ"])
+    assert [(a.how, a.succeeded) for a in attempts] == [
+        ("LOAD DATA INFILE", False), ("LOAD_FILE()", False), ("SELECT ... INTO OUTFILE", False),
+        ("LOAD DATA INFILE", False), ("LOAD_FILE()", False),  # nothing is written into /proc
+    ]
+    section, gaps = verify.check_sql_paths({}, attempts, verify.check_secure_file_priv(SECURE_DIR, "/var/lib/mysql"))
+    assert gaps == [] and len(section["attempts"]) == 5
+
+
+def test_control_a_server_that_reads_the_keyfile_is_a_gap(tmp_path: Path) -> None:
+    keyfile = tmp_path / "keyfile"
+    keyfile.write_text("1;" + "ab" * 32)
+    written: list[str] = []
+    reading = FakeSql({"LOAD DATA INFILE": "1\n", "LOAD_FILE(": "1\n"},
+                      on_execute=lambda q: written.append(q) if "INTO OUTFILE" in q else None)
+    removed: list[str] = []
+    attempts = verify.try_sql_paths(verify.Sql(reading), [str(keyfile)], remove=removed.append)
+    _section, gaps = verify.check_sql_paths({}, attempts, verify.check_secure_file_priv("", "/var/lib/mysql"))
+    assert [g.split(" on ")[0] for g in gaps[1:]] == [
+        "sql paths: LOAD DATA INFILE", "sql paths: LOAD_FILE()", "sql paths: SELECT ... INTO OUTFILE"]
+    assert removed and removed[0].startswith(str(tmp_path) + "/.mariadb-kms-sql-path-probe-")  # cleaned up
+
+
+def test_no_secret_file_found_is_an_empty_proof() -> None:
+    _section, gaps = verify.check_sql_paths({}, [], ({}, []))
+    assert gaps == ["sql paths: no secret file was found to try; the proof is empty"]
 
 
 # --------------------------------------------------------------------------
@@ -550,8 +713,13 @@ def test_datadir_states(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
+SECURE_DIR = tempfile.mkdtemp(prefix="secure-file-priv-")  # 0700, empty: what the node's install makes
+REFUSED = "ERROR 1290 (HY000) at line 3: The MariaDB server is running with the --secure-file-priv option"
+
+
 def _server(overrides: dict[str, str] | None = None, tables: list[list[str | None]] | None = None) -> FakeSql:
     variables = {**GOOD_FLAGS, "wsrep_on": "ON", "datadir": "/nonexistent-datadir/", "version": "10.11.18-MariaDB",
+                 "secure_file_priv": SECURE_DIR,
                  "wsrep_provider_options": "gcache.dir = /run/galera; gcache.size = 256M",
                  "file_key_management_filename": "/run/mariadb-kms/keyfile", **(overrides or {})}
     return FakeSql({
@@ -562,7 +730,8 @@ def _server(overrides: dict[str, str] | None = None, tables: list[list[str | Non
         "INNODB_SYS_TABLESPACES": _batch(SYS_ROWS),
         "INNODB_TABLESPACES_ENCRYPTION": _batch(ENC_ROWS),
         "information_schema.TABLES": _batch(tables or [["app", "orders", "InnoDB", "Dynamic", ""]]),
-    })
+        "LOAD_FILE(": "0\n",
+    }, errors={"LOAD DATA INFILE": REFUSED, "INTO OUTFILE": REFUSED})
 
 
 def _args(**kw: Any) -> argparse.Namespace:
@@ -576,7 +745,15 @@ def test_a_fully_encrypted_node_reports_ok() -> None:
     report = verify.verify(verify.Sql(_server()), _args(), mounts_text=TMPFS_AND_DISK, swaps_text="")
     assert report["gaps"] == [] and report["ok"] is True
     assert set(report) >= {"galera", "key", "flags", "innodb", "tables", "aria", "gcache", "swap", "tls",
-                           "never_encrypted"}
+                           "never_encrypted", "sql_paths", "datadir_encryption"}
+    assert report["sql_paths"]["attempts"] and not any(a["succeeded"] for a in report["sql_paths"]["attempts"])
+
+
+def test_a_system_versioned_myisam_table_fails_the_report() -> None:
+    tables: list[list[str | None]] = [["app", "orders", "InnoDB", "Dynamic", "", "BASE TABLE"],
+                                      ["app", "history", "MyISAM", "Dynamic", "", "SYSTEM VERSIONED"]]
+    report = verify.verify(verify.Sql(_server(tables=tables)), _args(), mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert report["gaps"] == ["tables: app.history uses MyISAM, which cannot be encrypted"]
     assert any(".frm" in n for n in report["never_encrypted"])
 
 

@@ -160,7 +160,7 @@ def test_whole_report_fails_on_a_tls_gap_unless_config_turned_the_channel_off() 
         canned = logic._server(variables)
         # The first matching answer wins: the Ssl_server status before the wsrep one.
         server = logic.FakeSql({"'Ssl_server_not%'": logic._batch([[k, v] for k, v in GOOD_STATUS.items()]),
-                                **canned.answers})
+                                **canned.answers}, errors=canned.errors)
         report: dict[str, Any] = verify.verify(
             verify.Sql(server), logic._args(tls_off=tls_off), mounts_text=logic.TMPFS_AND_DISK,
             swaps_text="", tls_facts=lambda: facts,

@@ -1,0 +1,401 @@
+#!/usr/bin/python3
+"""mariadb-kms-fscrypt: the on-prem datadir encrypted by the kernel (ext4 fscrypt, policy v2), keyed through KMS.
+
+Installed as /usr/local/sbin/mariadb-kms-fscrypt; run as root. Only kernel
+calls: the four fscrypt v2 ioctls (linux/fscrypt.h) through ``fcntl.ioctl``.
+Debian's ``fscrypt`` tool is not used because it refuses to work when the
+filesystem's root is not visible in /proc/self/mountinfo (a bind-mounted
+volume, a container); the ioctls do not care. The cryptography (AES-256-XTS
+for contents, AES-256-CTS for names, per-file keys) is the kernel's.
+
+The key: derived from the cluster data key (the plaintext that
+mariadb-kms-unwrap puts on tmpfs, ``1;<hex>``) with HKDF-SHA256 (RFC 5869)
+under a label of its own, ``DATADIR_KEY_INFO``. So it comes from KMS like
+the data key, needs no second blob, and differs from the key MariaDB uses:
+knowing one of the two derived values tells nothing about the other.
+
+The node's layout (the same on EC2 and on premises): the data volume at
+``VOLUME_ROOT``, the datadir in its subdirectory ``data`` (bound at
+/var/lib/mysql), which carries the policy: ext4 refuses one on a
+filesystem's root directory. ``DATADIR_CONF`` says which encryption the
+stack config chose (``encryption=fscrypt|luks|none``; absent means none).
+
+Commands for the node (mariadb-kms-datadir-key.service and mariadb-kms-install):
+  prepare                the volume supports encryption; the empty datadir gets its policy (install)
+  start                  add the key, and refuse unless the datadir is encrypted under it (before MariaDB)
+  stop                   remove the key (after MariaDB); exit 3 while files are still open
+  key-status             present / absent, for the key the datadir's policy names (no key needed)
+
+Commands on any path (each prints one line, never key material):
+  preflight MOUNT        the filesystem under MOUNT supports encryption (ext4 ``-O encrypt``)
+  add MOUNT              derive the key from --keyfile and add it to MOUNT's filesystem
+  remove MOUNT           remove it (every user's claim); exit 3 when files are still open
+  status MOUNT           present / absent / incompletely-removed
+  protect DIR            set the policy on DIR (must be empty; the key must be added)
+  policy DIR             the key identifier of DIR's policy, or "none"
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import hashlib
+import hmac
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PROG = "mariadb-kms-fscrypt"
+DEFAULT_KEYFILE = "/run/mariadb-kms/keyfile"
+VOLUME_ROOT = "/srv/mariadb-kms"
+DATADIR = "/var/lib/mysql"
+DATADIR_CONF = "/etc/mariadb-kms/datadir.conf"
+DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")
+DATADIR_KEY_INFO = b"mariadb-kms fscrypt datadir key v1"
+MASTER_KEY_BYTES = 64  # AES-256-XTS takes a 512-bit key; a v2 master key must be at least that long
+
+# linux/fscrypt.h
+FS_IOC_SET_ENCRYPTION_POLICY = 0x800C6613  # _IOR('f', 19, struct fscrypt_policy_v1)
+FS_IOC_GET_ENCRYPTION_POLICY_EX = 0xC0096616  # _IOWR('f', 22, __u8[9])
+FS_IOC_ADD_ENCRYPTION_KEY = 0xC0506617  # _IOWR('f', 23, struct fscrypt_add_key_arg)
+FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS = 0xC0406619  # _IOWR('f', 25, struct fscrypt_remove_key_arg)
+FS_IOC_GET_ENCRYPTION_KEY_STATUS = 0xC080661A  # _IOWR('f', 26, struct fscrypt_get_key_status_arg)
+FSCRYPT_POLICY_V2 = 2
+FSCRYPT_MODE_AES_256_XTS = 1
+FSCRYPT_MODE_AES_256_CTS = 4
+FSCRYPT_POLICY_FLAGS_PAD_32 = 0x03
+FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER = 2
+FSCRYPT_KEY_IDENTIFIER_SIZE = 16
+FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY = 0x1
+KEY_STATUS = {1: "absent", 2: "present", 3: "incompletely-removed"}
+
+_KEY_SPEC = struct.Struct("<II32s")  # type, reserved, union {descriptor[8]; identifier[16]; reserved[32]}
+_ADD_KEY = struct.Struct("<40sII32s")  # key_spec, raw_size, key_id, reserved[8]; then raw[]
+_REMOVE_KEY = struct.Struct("<40sI20s")  # key_spec, removal_status_flags, reserved[5]
+_KEY_STATUS = struct.Struct("<40s24sIII52s")  # key_spec, reserved[6]; out: status, status_flags, user_count, rsvd
+_POLICY_V2 = struct.Struct("<BBBB4s16s")  # version, contents mode, filenames mode, flags, reserved, identifier
+
+
+class FscryptError(RuntimeError):
+    pass
+
+
+def hkdf(ikm: bytes, info: bytes, length: int, *, salt: bytes = b"", hash_name: str = "sha256") -> bytes:
+    """RFC 5869 HKDF (extract, then expand) with the standard library's HMAC."""
+    size = hashlib.new(hash_name).digest_size
+    if length > 255 * size:
+        raise ValueError(f"HKDF-{hash_name} output is at most {255 * size} bytes")
+    prk = hmac.new(salt or bytes(size), ikm, hash_name).digest()
+    out, block = b"", b""
+    for counter in range(1, -(-length // size) + 1):
+        block = hmac.new(prk, block + info + bytes([counter]), hash_name).digest()
+        out += block
+    return out[:length]
+
+
+def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
+    return hkdf(ikm, info, length)
+
+
+def key_identifier(master_key: bytes) -> bytes:
+    """The identifier the kernel computes for a v2 master key (fs/crypto/keyring.c and hkdf.c):
+    HKDF-SHA512, zero salt, info "fscrypt\\0" + HKDF_CONTEXT_KEY_IDENTIFIER (1), 16 bytes.
+    Computed here so that status and remove never have to add the key to learn it."""
+    return hkdf(master_key, b"fscrypt\x00\x01", FSCRYPT_KEY_IDENTIFIER_SIZE, hash_name="sha512")
+
+
+def datadir_key(data_key: bytes) -> bytes:
+    if len(data_key) != 32:
+        raise FscryptError(f"the cluster data key is {len(data_key)} bytes, expected 32")
+    return hkdf_sha256(data_key, DATADIR_KEY_INFO, MASTER_KEY_BYTES)
+
+
+def read_data_key(keyfile: Path) -> bytes:
+    """The plaintext data key from file_key_management's keyfile (``1;<64 hex digits>``)."""
+    text = keyfile.read_text(encoding="ascii").strip()
+    _, sep, hexkey = text.partition(";")
+    if not sep:
+        raise FscryptError(f"{keyfile} is not in file_key_management's 'id;hex' format")
+    try:
+        return bytes.fromhex(hexkey)
+    except ValueError:
+        raise FscryptError(f"{keyfile} does not hold a hex key") from None
+
+
+# --------------------------------------------------------------------------
+# The ioctls
+# --------------------------------------------------------------------------
+
+
+def _ioctl(path: Path, request: int, arg: bytearray, *, directory: bool = True) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        fcntl.ioctl(fd, request, arg, True)
+    finally:
+        os.close(fd)
+
+
+def _identifier_spec(identifier: bytes) -> bytes:
+    return _KEY_SPEC.pack(FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER, 0, identifier.ljust(32, b"\0"))
+
+
+def add_key(mount: Path, key: bytes) -> bytes:
+    """Add a v2 master key to the filesystem under ``mount``; returns the identifier the kernel computed."""
+    buf = bytearray(_ADD_KEY.pack(_identifier_spec(b""), len(key), 0, b"") + key)
+    try:
+        _ioctl(mount, FS_IOC_ADD_ENCRYPTION_KEY, buf)
+        identifier = bytes(buf[8 : 8 + FSCRYPT_KEY_IDENTIFIER_SIZE])
+    finally:
+        buf[_ADD_KEY.size :] = bytes(len(key))  # the key leaves our memory as soon as the kernel has it
+    if identifier != key_identifier(key):
+        raise FscryptError("the kernel's key identifier differs from the one computed here")
+    return identifier
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    busy: bool  # files under the key are still open: the key stays until they close
+    other_users: bool
+
+
+def remove_key(mount: Path, identifier: bytes) -> RemoveResult:
+    buf = bytearray(_REMOVE_KEY.pack(_identifier_spec(identifier), 0, b""))
+    _ioctl(mount, FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS, buf)
+    flags = struct.unpack_from("<I", buf, 40)[0]
+    return RemoveResult(busy=bool(flags & FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY), other_users=bool(flags & 0x2))
+
+
+def key_status(mount: Path, identifier: bytes) -> str:
+    buf = bytearray(_KEY_STATUS.pack(_identifier_spec(identifier), b"", 0, 0, 0, b""))
+    _ioctl(mount, FS_IOC_GET_ENCRYPTION_KEY_STATUS, buf)
+    status = struct.unpack_from("<I", buf, 64)[0]
+    return KEY_STATUS.get(status, f"unknown ({status})")
+
+
+def set_policy(directory: Path, identifier: bytes) -> None:
+    buf = bytearray(_POLICY_V2.pack(
+        FSCRYPT_POLICY_V2, FSCRYPT_MODE_AES_256_XTS, FSCRYPT_MODE_AES_256_CTS, FSCRYPT_POLICY_FLAGS_PAD_32,
+        b"", identifier,
+    ))
+    _ioctl(directory, FS_IOC_SET_ENCRYPTION_POLICY, buf)
+
+
+def get_policy(directory: Path) -> bytes | None:
+    """The master key identifier of ``directory``'s v2 policy; None when it has none."""
+    buf = bytearray(struct.pack("<Q", 24) + bytes(24))  # policy_size, then the policy union
+    try:
+        _ioctl(directory, FS_IOC_GET_ENCRYPTION_POLICY_EX, buf)
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return None
+        raise
+    version = buf[8]
+    if version != FSCRYPT_POLICY_V2:
+        raise FscryptError(f"{directory} has a policy of version {version}, not 2")
+    return bytes(buf[16:32])
+
+
+def supports_encryption(mount: Path) -> tuple[bool, str]:
+    """Whether the filesystem under ``mount`` can hold encrypted directories, and why not."""
+    try:
+        get_policy(mount)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+            return False, (f"the filesystem at {mount} does not support encryption ({e.strerror}): an ext4 volume "
+                           "made with `mkfs.ext4 -O encrypt`, or turned on with `tune2fs -O encrypt DEVICE`, is needed")
+        return False, f"{mount}: {e.strerror}"
+    return True, f"the filesystem at {mount} supports encryption"
+
+
+# --------------------------------------------------------------------------
+# The node's datadir
+# --------------------------------------------------------------------------
+
+
+def configured_mode(conf: Path) -> str:
+    if not conf.exists():
+        return "none"
+    for line in conf.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "encryption":
+            mode = value.strip()
+            if mode not in DATADIR_ENCRYPTION_MODES:
+                raise FscryptError(f"{conf}: encryption={mode}: expected one of {', '.join(DATADIR_ENCRYPTION_MODES)}")
+            return mode
+    return "none"
+
+
+def prepare(volume: Path, key: bytes) -> str:
+    """Install time: the datadir directory on the volume exists and is encrypted under ``key``."""
+    ok, why = supports_encryption(volume)
+    if not ok:
+        raise FscryptError(why)
+    datadir = volume / "data"
+    datadir.mkdir(mode=0o750, exist_ok=True)
+    identifier = add_key(volume, key)
+    existing = get_policy(datadir)
+    if existing == identifier:
+        return f"{datadir} is encrypted under {identifier.hex()}"
+    if existing is not None:
+        raise FscryptError(f"{datadir} is encrypted under another key ({existing.hex()}), not this cluster's")
+    if any(datadir.iterdir()):
+        raise FscryptError(f"{datadir} holds files but is not encrypted: a policy can only be set on an empty "
+                           "directory; move the node by SST into a new empty one (docs/at-rest.md)")
+    set_policy(datadir, identifier)
+    return f"{datadir} encrypted under {identifier.hex()} (fscrypt v2, AES-256-XTS)"
+
+
+# The datadir is bound at DATADIR only while its key is present. A mount pins the directory it shows: bound
+# for good, the encrypted data/ directory could never be evicted, and removing the key would stop at
+# "incompletely removed" with data/'s own names still readable (measured on a testbed host).
+
+
+def _is_mount_point(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def bind_datadir(volume: Path, datadir: Path) -> str:
+    if _is_mount_point(datadir):
+        return f"{datadir} already mounted"
+    datadir.mkdir(mode=0o750, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(volume / "data"), str(datadir)], check=True, capture_output=True,
+                   timeout=60)
+    return f"{volume / 'data'} bound at {datadir}"
+
+
+def unbind_datadir(datadir: Path) -> None:
+    if _is_mount_point(datadir):
+        subprocess.run(["umount", str(datadir)], check=True, capture_output=True, timeout=60)
+
+
+def start(volume: Path, key: bytes, datadir: Path = Path(DATADIR)) -> str:
+    """Before MariaDB starts: the key is present and the datadir is encrypted under it, or MariaDB does not start."""
+    encrypted = volume / "data"
+    identifier = add_key(volume, key)
+    existing = get_policy(encrypted)
+    if existing != identifier:
+        found = existing.hex() if existing else "no policy"
+        raise FscryptError(f"{encrypted} is not encrypted under the cluster's datadir key ({found}): refusing to "
+                           "let MariaDB start on it")
+    bound = bind_datadir(volume, datadir)
+    return f"datadir key {identifier.hex()} present; {encrypted} is encrypted under it; {bound}"
+
+
+def stop(volume: Path, datadir: Path = Path(DATADIR)) -> tuple[bool, str]:
+    """After MariaDB stops: the datadir is unbound and the key goes. The identifier comes from the policy."""
+    identifier = get_policy(volume / "data")
+    if identifier is None:
+        return True, f"{volume / 'data'} has no policy: no key to remove"
+    try:
+        unbind_datadir(datadir)
+    except subprocess.CalledProcessError as e:
+        raise FscryptError(f"cannot unmount {datadir}: {e.stderr.decode(errors='replace').strip()}") from None
+    result = remove_key(volume, identifier)
+    state = key_status(volume, identifier)
+    busy = " (files under it are still open: it goes when they close)" if result.busy else ""
+    return state == "absent", f"datadir key {identifier.hex()}: {state}{busy}"
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def _key(args: argparse.Namespace) -> bytes:
+    return datadir_key(read_data_key(Path(args.keyfile)))
+
+
+def run_node(args: argparse.Namespace) -> int:
+    mode = configured_mode(Path(args.conf))
+    volume = Path(args.volume)
+    if mode != "fscrypt":
+        print(f"{PROG}: datadir encryption is {mode}: nothing to do here")
+        return 0
+    if args.command == "key-status":
+        identifier = get_policy(volume / "data")
+        print(key_status(volume, identifier) if identifier else "no-policy")
+        return 0
+    if args.command == "stop":
+        ok, message = stop(volume)
+        print(f"{PROG}: {message}")
+        return 0 if ok else 3
+    key = bytearray(_key(args))
+    try:
+        action = prepare if args.command == "prepare" else start
+        print(f"{PROG}: {action(volume, bytes(key))}")
+    finally:
+        key[:] = bytes(len(key))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command in NODE_COMMANDS:
+        return run_node(args)
+    if not args.path:
+        raise FscryptError(f"{args.command} needs a path")
+    target = Path(args.path)
+    if args.command == "preflight":
+        ok, why = supports_encryption(target)
+        print(f"{PROG}: {why}")
+        return 0 if ok else 1
+    if args.command == "policy":
+        identifier = get_policy(target)
+        print(identifier.hex() if identifier else "none")
+        return 0
+    key = bytearray(_key(args))
+    try:
+        if args.command == "add":
+            identifier = add_key(target, bytes(key))
+            print(f"{PROG}: datadir key {identifier.hex()} present on {target}")
+            return 0
+        identifier = key_identifier(bytes(key))
+    finally:
+        key[:] = bytes(len(key))
+    if args.command == "status":
+        print(key_status(target, identifier))
+        return 0
+    if args.command == "protect":
+        if any(target.iterdir()):
+            raise FscryptError(f"{target} is not empty: a policy can only be set on an empty directory")
+        existing = get_policy(target)
+        if existing is None:
+            set_policy(target, identifier)
+        elif existing != identifier:
+            raise FscryptError(f"{target} is already encrypted under another key ({existing.hex()})")
+        print(f"{PROG}: {target} encrypted under {identifier.hex()}")
+        return 0
+    if args.command == "remove":
+        result = remove_key(target, identifier)
+        state = key_status(target, identifier)
+        print(f"{PROG}: datadir key {identifier.hex()}: {state}" + (" (files still open)" if result.busy else ""))
+        return 3 if state != "absent" else 0
+    raise FscryptError(f"unknown command {args.command}")
+
+
+NODE_COMMANDS = ("prepare", "start", "stop", "key-status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="The datadir's fscrypt key, derived from the data key.")
+    parser.add_argument("command", choices=(*NODE_COMMANDS, "preflight", "add", "remove", "status", "protect",
+                                            "policy"))
+    parser.add_argument("path", nargs="?", default="",
+                        help="the data volume's mount point (add/remove/status/preflight) or a directory")
+    parser.add_argument("--keyfile", default=DEFAULT_KEYFILE, help="file_key_management's keyfile (id;hex)")
+    parser.add_argument("--volume", default=VOLUME_ROOT, help="the data volume's mount point")
+    parser.add_argument("--conf", default=DATADIR_CONF, help="the datadir encryption setting")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (FscryptError, OSError, subprocess.SubprocessError) as e:
+        print(f"{PROG}: ERROR: {args.command} {args.path}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
