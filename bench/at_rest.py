@@ -111,16 +111,17 @@ def summarize(runs: list[dict[str, object]], part: Part) -> list[dict[str, objec
 
 def table(rows: list[dict[str, object]]) -> str:
     out = [f"{'part':<7} {'variant':<17} {'TPS ratio median':>16} {'min..max':>12} {'95% CI':>13} "
-           f"{'cost (upper)':>13} {'CPU-s/1k tx plain→var':>22}"]
+           f"{'cost (upper)':>13} {'CPU-s/1k tx plain→var':>22} {'CPU/tx ratio, 95% CI':>22}"]
     for row in rows:
-        r = row["tps_ratio"]
-        assert isinstance(r, dict)
+        r, c = row["tps_ratio"], row["cpu_ratio"]
+        assert isinstance(r, dict) and isinstance(c, dict)
         ci = r["ci95"]
         out.append(
             f"{row['part']!s:<7} {LABELS[str(row['variant'])]:<17} {r['median']:>16.3f} "
             f"{r['min']:>5.2f}..{r['max']:<5.2f} {ci[0]:>6.3f}..{ci[1]:<5.3f} "
             f"{float(str(row['cost_median'])) * 100:>5.1f}% ({float(str(row['cost_upper95'])) * 100:>4.1f}%) "
-            f"{float(str(row['cpu_per_1k_plain'])):>9.3f} → {float(str(row['cpu_per_1k'])):<8.3f}")
+            f"{float(str(row['cpu_per_1k_plain'])):>9.3f} → {float(str(row['cpu_per_1k'])):<8.3f} "
+            f"{c['median']:>7.3f} {c['ci95'][0]:.3f}..{c['ci95'][1]:.3f}")
     return "\n".join(out)
 
 
@@ -131,7 +132,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "at_rest.json")
+    parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     args = parser.parse_args()
+    if args.report:
+        print(table(json.loads(args.report.read_text())["summary"]))
+        return 0
     parts = [PARTS[p] for p in args.parts.split(",") if p]
     needed = [v for v in VARIANTS if any(v.name in p.variants for p in parts)]
     record: dict[str, object] = {"machine_start": machine(), "command": " ".join(sys.argv),

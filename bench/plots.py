@@ -4,9 +4,10 @@ Per JSON file, two figures:
 
 - ``<stem>-ratios.png``: for each part, every pair ratio (variant/baseline within a round) as a dot, the
   median as a bar and the bootstrap 95% interval as a whisker, with lines at 1.0 and at the 3% goal;
+- ``<stem>-cpu.png``: the same for mariadbd CPU-seconds per transaction (the goal line mirrored above 1);
 - ``<stem>-rounds.png``: throughput of every run in round order per variant, so drift and pairing show.
 
-    python bench/plots.py docs/benchmarks/at_rest.json [more.json …] [--out docs/benchmarks]
+    python bench/plots.py [docs/benchmarks/at_rest.json …] [--out DIR]
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from typing import Any
 
 import matplotlib
 
+BENCH_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
 
-def ratio_figure(data: dict[str, Any], title: str, goal: float) -> Any:
+def ratio_figure(data: dict[str, Any], title: str, goal: float, key: str = "tps_ratio") -> Any:
     rows = data["summary"]
     parts = list(dict.fromkeys(r["part"] for r in rows))
     fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 4.2), squeeze=False, sharey=True)
     for ax, part in zip(axes[0], parts, strict=True):
         mine = [r for r in rows if r["part"] == part]
         for x, row in enumerate(mine):
-            r = row["tps_ratio"]
+            r = row[key]
             n = len(r["ratios"])
             xs = [x + (i - (n - 1) / 2) * 0.05 for i in range(n)]
             ax.scatter(xs, r["ratios"], s=14, color="tab:blue", alpha=0.7, zorder=3)
@@ -40,8 +43,9 @@ def ratio_figure(data: dict[str, Any], title: str, goal: float) -> Any:
         ax.set_xticks(range(len(mine)), [str(r["variant"]) for r in mine], rotation=35, ha="right")
         ax.set_title(f"{part} ({mine[0].get('workload', '')})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("throughput ratio to baseline, per pair")
-    fig.suptitle(f"{title}: dots = pairs, bar = median, red = bootstrap 95% CI, dashed = goal", fontsize=9)
+    what = "throughput" if key == "tps_ratio" else "mariadbd CPU-s per transaction"
+    axes[0][0].set_ylabel(f"{what}, ratio to baseline per pair", fontsize=8)
+    fig.suptitle(f"{title}: {what}\ndots = pairs, bar = median, red = bootstrap 95% CI, dashed = goal", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -67,16 +71,19 @@ def rounds_figure(data: dict[str, Any], title: str) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", type=Path, nargs="+")
+    parser.add_argument("json", type=Path, nargs="*", help="default: the at-rest and in-transit JSON that exist")
     parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: beside the JSON)")
     parser.add_argument("--goal", type=float, default=0.97, help="ratio drawn as the goal line")
     args = parser.parse_args()
-    for path in args.json:
+    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json"]
+    for path in args.json or [p for p in default if p.is_file()]:
         data = json.loads(path.read_text())
         out = args.out or path.parent
         out.mkdir(parents=True, exist_ok=True)
-        for suffix, fig in (("ratios", ratio_figure(data, path.stem, args.goal)),
-                            ("rounds", rounds_figure(data, path.stem))):
+        figures = (("ratios", ratio_figure(data, path.stem, args.goal)),
+                   ("cpu", ratio_figure(data, path.stem, 2 - args.goal, key="cpu_ratio")),
+                   ("rounds", rounds_figure(data, path.stem)))
+        for suffix, fig in figures:
             target = out / f"{path.stem}-{suffix}.png"
             fig.savefig(target, dpi=110)
             plt.close(fig)
