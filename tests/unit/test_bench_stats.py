@@ -76,3 +76,36 @@ def test_cpu_per_thousand_transactions() -> None:
     assert stats.per_thousand(2.5, 5000) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no transactions"):
         stats.per_thousand(1.0, 0)
+
+
+def test_at_rest_variants_add_one_flag_group_at_a_time_and_default_is_the_programs_file() -> None:
+    from types import SimpleNamespace
+
+    import at_rest
+    from single_node import SideBySide, bench_cluster_config
+
+    from components.mycnf import ENCRYPTION_FLAGS_ON, render_encryption_cnf
+
+    cluster = bench_cluster_config({"bench": "10.0.0.5"}, tlsReplication=False, tlsSst=False, tlsClients=False,
+                                   requireSecureTransport=False)
+    bed = SimpleNamespace(hosts={"bench": SimpleNamespace(address="10.0.0.5")})
+    servers = SideBySide(bed, "bench", at_rest.VARIANTS, cluster=cluster)  # type: ignore[arg-type]
+
+    def flags_on(name: str) -> set[str]:
+        variant = next(v for v in at_rest.VARIANTS if v.name == name)
+        text = servers.config_text(variant)
+        if not variant.encrypted:
+            assert "file_key_management" not in text
+            return set()
+        assert render_encryption_cnf(cluster, key_arn=None) in text  # the program's file, whole
+        return {f for f in ENCRYPTION_FLAGS_ON if f"{f} = OFF" not in text}
+
+    assert flags_on("plain") == set()
+    assert flags_on("tables") == set()
+    assert flags_on("redo") == {"innodb_encrypt_log"}
+    assert flags_on("binlog") == {"innodb_encrypt_log", "encrypt_binlog"}
+    assert flags_on("temp") == {"innodb_encrypt_log", "encrypt_binlog", *at_rest.TEMP_FLAGS}
+    assert flags_on("default") == set(ENCRYPTION_FLAGS_ON)
+    default = servers.config_text(next(v for v in at_rest.VARIANTS if v.name == "default"))
+    assert "AES_CBC" not in default
+    assert "file_key_management_encryption_algorithm = AES_CBC" in servers.config_text(at_rest.VARIANTS[-1])
