@@ -1,12 +1,13 @@
 """How long the program takes to evaluate, and how much memory, under the unit-test mocks, by node count.
 
 Each size runs in a fresh Python process, so imports are measured on their own (``import pulumi_aws``
-alone is a large share) and one size's caches never help the next. Per size: import time; wall time of
-``up`` and of ``preview`` (median of ``--repeats`` runs, untraced, after one warm-up run of a 3-node
-program in the same process); then peak Python memory of each, from a separate run under tracemalloc
-(tracemalloc slows Python down several times, so it never touches the times). Also the seconds per
-node^2, which stays flat where the work grows with n^2 (each node's config lists every member) and
-climbs where something grows faster. Prints a table and writes JSON; asserts nothing.
+alone is a large share) and one size's caches never help the next. Per size: import time; wall time and
+process CPU time of ``up`` and of ``preview`` (median of ``--repeats`` runs, untraced, after one warm-up run
+of a 3-node program in the same process; on a loaded machine the CPU time is the steadier figure, since
+wall time also counts the time spent waiting for a core); then peak Python memory of each, from a
+separate run under tracemalloc (which slows Python down several times, so it never touches the times).
+Also the CPU milliseconds per node^2, which stays flat where the work grows with n^2 (each node's
+config lists every member) and climbs where something grows faster. Prints a table and writes JSON; asserts nothing.
 
     python bench/program_eval.py [--sizes 3,9,15,27] [--repeats 3] [--json FILE]
     python bench/program_eval.py --profile 27      # cProfile of one up run: where the time goes
@@ -53,12 +54,13 @@ def _child(size: int, repeats: int, profile: bool) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"nodes": size, "imports_s": imports}
     for mode, preview in (("up", False), ("preview", True)):
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
             gc.collect()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run_program(config, preview=preview)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         gc.collect()
         tracemalloc.start()
         run_program(config, preview=preview)
@@ -66,6 +68,7 @@ def _child(size: int, repeats: int, profile: bool) -> dict[str, Any]:
         tracemalloc.stop()
         out[f"{mode}_s"] = statistics.median(times)
         out[f"{mode}_runs_s"] = times
+        out[f"{mode}_cpu_s"] = statistics.median(cpu)
         out[f"{mode}_peak_mib"] = peak / 2**20
     return out
 
@@ -83,17 +86,17 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     rows = []
-    print(f"{'nodes':>5} {'imports s':>9} {'up s':>6} {'preview s':>9} {'up ms/n^2':>9} {'peak MiB up':>11} "
-          f"{'peak MiB preview':>16}")
+    print(f"{'nodes':>5} {'imports s':>9} {'up s':>6} {'up CPU s':>8} {'preview s':>9} {'preview CPU s':>13} "
+          f"{'up CPU ms/n^2':>13} {'peak MiB up':>11} {'peak MiB preview':>16}")
     for size in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run([sys.executable, __file__, "--child", str(size), "--repeats", str(args.repeats)],
                               capture_output=True, text=True, check=True, cwd=REPO,
                               env={**os.environ, "PYTHONHASHSEED": "0"})
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{size:>5} {row['imports_s']:>9.2f} {row['up_s']:>6.2f} {row['preview_s']:>9.2f} "
-              f"{row['up_s'] / size**2 * 1000:>9.2f} {row['up_peak_mib']:>11.1f} {row['preview_peak_mib']:>16.1f}",
-              flush=True)
+        print(f"{size:>5} {row['imports_s']:>9.2f} {row['up_s']:>6.2f} {row['up_cpu_s']:>8.2f} "
+              f"{row['preview_s']:>9.2f} {row['preview_cpu_s']:>13.2f} {row['up_cpu_s'] / size**2 * 1000:>13.2f} "
+              f"{row['up_peak_mib']:>11.1f} {row['preview_peak_mib']:>16.1f}", flush=True)
     load = open("/proc/loadavg").read().split()[:3]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
