@@ -69,8 +69,8 @@ def install_cluster(bed: Testbed, kind: str) -> None:
         node = cluster.nodes[i]
         files = render_mycnf(node, cluster, node_address=addresses[i], member_addresses=addresses, key_arn=None)
         sh(bed, name, "if [ \"$(findmnt -n -o FSTYPE /tmp)\" = tmpfs ]; then umount /tmp; fi; "
-                      "id mysql >/dev/null 2>&1 || adduser --system --group --home /nonexistent --no-create-home "
-                      "mysql >/dev/null")
+                      "id mysql >/dev/null 2>&1 || useradd --system --user-group --no-create-home "
+                      "--home-dir /nonexistent --shell /usr/sbin/nologin mysql")
         sh(bed, name, f"install -d -m 0750 -o mysql -g mysql {RUNTIME_DIR} && install -d -o mysql -g mysql "
                       f"{GCACHE_DIR} && install -d /etc/mysql/mariadb.conf.d")
         bed.put_file(name, KEYFILE_PATH, key_line, 0o600, "mysql:mysql")
