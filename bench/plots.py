@@ -38,6 +38,7 @@ def ratio_figure(data: dict[str, Any], title: str, goal: float, key: str = "tps_
             ax.scatter(xs, r["ratios"], s=14, color="tab:blue", alpha=0.7, zorder=3)
             ax.hlines(r["median"], x - 0.3, x + 0.3, color="black", linewidth=2, zorder=4)
             ax.vlines(x, r["ci95"][0], r["ci95"][1], color="tab:red", linewidth=3, alpha=0.6, zorder=2)
+        ax.set_xlim(-0.6, len(mine) - 0.4)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.axhline(goal, color="tab:green", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(mine)), [str(r["variant"]) for r in mine], rotation=35, ha="right")
