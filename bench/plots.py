@@ -74,15 +74,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", type=Path, nargs="*", help="default: the at-rest and in-transit JSON that exist")
     parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: beside the JSON)")
-    parser.add_argument("--goal", type=float, default=0.97, help="ratio drawn as the goal line")
+    parser.add_argument("--goal", type=float, default=None,
+                        help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
     args = parser.parse_args()
     default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json"]
     for path in args.json or [p for p in default if p.is_file()]:
         data = json.loads(path.read_text())
         out = args.out or path.parent
         out.mkdir(parents=True, exist_ok=True)
-        figures = (("ratios", ratio_figure(data, path.stem, args.goal)),
-                   ("cpu", ratio_figure(data, path.stem, 2 - args.goal, key="cpu_ratio")),
+        goal = args.goal if args.goal is not None else float(data.get("goal_ratio", 0.97))
+        figures = (("ratios", ratio_figure(data, path.stem, goal)),
+                   ("cpu", ratio_figure(data, path.stem, 2 - goal, key="cpu_ratio")),
                    ("rounds", rounds_figure(data, path.stem)))
         for suffix, fig in figures:
             target = out / f"{path.stem}-{suffix}.png"
