@@ -85,6 +85,15 @@ demo-down: venv
 testbed-down: venv
 	$(PY) -m rehearsal.testbed down
 
+# What encryption costs, side by side (docs/benchmarks.md): PARTS=at-rest,in-transit,program (default: all),
+# then PNG plots from the JSON they write to docs/benchmarks/ (each script's --help gives its own options).
+PARTS ?= at-rest,in-transit,program
+bench: deps
+	$(if $(findstring at-rest,$(PARTS)),$(PY) bench/at_rest.py &&) \
+	$(if $(findstring in-transit,$(PARTS)),$(PY) bench/in_transit.py &&) \
+	$(if $(findstring program,$(PARTS)),$(PY) bench/program_eval.py &&) \
+	$(PY) bench/plots.py
+
 # Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only.
 bench-demo: deps
 	$(PY) bench/demo_timing.py $(if $(filter 0,$(COLD)),--warm-only)

@@ -1,0 +1,98 @@
+"""PNG plots from a side-by-side benchmark's JSON (bench/at_rest.py, bench/in_transit.py).
+
+Per JSON file, two figures:
+
+- ``<stem>-ratios.png``: for each part, every pair ratio (variant/baseline within a round) as a dot, the
+  median as a bar and the bootstrap 95% interval as a whisker, with lines at 1.0 and at the 3% goal;
+- ``<stem>-cpu.png``: the same for mariadbd CPU-seconds per transaction (the goal line mirrored above 1);
+- ``<stem>-rounds.png``: throughput of every run in round order per variant, so drift and pairing show.
+
+    python bench/plots.py [docs/benchmarks/at_rest.json …] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+
+
+def ratio_figure(data: dict[str, Any], title: str, goal: float, key: str = "tps_ratio") -> Any:
+    rows = data["summary"]
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 4.2), squeeze=False, sharey=True)
+    for ax, part in zip(axes[0], parts, strict=True):
+        mine = [r for r in rows if r["part"] == part]
+        for x, row in enumerate(mine):
+            r = row[key]
+            n = len(r["ratios"])
+            xs = [x + (i - (n - 1) / 2) * 0.05 for i in range(n)]
+            ax.scatter(xs, r["ratios"], s=14, color="tab:blue", alpha=0.7, zorder=3)
+            ax.hlines(r["median"], x - 0.3, x + 0.3, color="black", linewidth=2, zorder=4)
+            ax.vlines(x, r["ci95"][0], r["ci95"][1], color="tab:red", linewidth=3, alpha=0.6, zorder=2)
+        ax.set_xlim(-0.6, len(mine) - 0.4)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.axhline(goal, color="tab:green", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(mine)), [str(r["variant"]) for r in mine], rotation=35, ha="right")
+        ax.set_title(f"{part} ({mine[0].get('workload', '')})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    what = "throughput" if key == "tps_ratio" else "mariadbd CPU-s per transaction"
+    axes[0][0].set_ylabel(f"{what}, ratio to baseline per pair", fontsize=8)
+    fig.suptitle(f"{title}: {what}\ndots = pairs, bar = median, red = bootstrap 95% CI, dashed = goal", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def rounds_figure(data: dict[str, Any], title: str) -> Any:
+    runs = data["runs"]
+    parts = list(dict.fromkeys(r["part"] for r in runs))
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 3.8), squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
+        mine = [r for r in runs if r["part"] == part]
+        for variant in dict.fromkeys(r["variant"] for r in mine):
+            pts = sorted((r["round"], r["tps"]) for r in mine if r["variant"] == variant)
+            ax.plot([p[0] + 1 for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=variant)
+        ax.set_title(part, fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("transactions/s")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{title}: every run, in round order", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", type=Path, nargs="*", help="default: the at-rest and in-transit JSON that exist")
+    parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: beside the JSON)")
+    parser.add_argument("--goal", type=float, default=None,
+                        help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
+    args = parser.parse_args()
+    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json"]
+    for path in args.json or [p for p in default if p.is_file()]:
+        data = json.loads(path.read_text())
+        out = args.out or path.parent
+        out.mkdir(parents=True, exist_ok=True)
+        goal = args.goal if args.goal is not None else float(data.get("goal_ratio", 0.97))
+        figures = (("ratios", ratio_figure(data, path.stem, goal)),
+                   ("cpu", ratio_figure(data, path.stem, 2 - goal, key="cpu_ratio")),
+                   ("rounds", rounds_figure(data, path.stem)))
+        for suffix, fig in figures:
+            target = out / f"{path.stem}-{suffix}.png"
+            fig.savefig(target, dpi=110)
+            plt.close(fig)
+            print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
