@@ -57,6 +57,7 @@ import argparse
 import json
 import os
 import pwd
+import random
 import re
 import secrets
 import socket
@@ -921,6 +922,23 @@ def canary_transaction(schema: str, row_id: str, marker: str) -> str:
     )
 
 
+# Every node verifies at once after a roll. A replicated write-set that meets a local transaction's locks
+# wins, and Galera aborts the local one with ER_LOCK_DEADLOCK (1213): that is a retry, never a gap.
+CERTIFICATION_RETRIES = 5
+
+
+def run_retrying_certification(sql: Sql, statements: str, *, retries: int = CERTIFICATION_RETRIES,
+                               pause: Callable[[float], None] = time.sleep) -> None:
+    for attempt in range(1, retries + 1):
+        try:
+            sql.execute(statements)
+            return
+        except SqlError as err:
+            if "1213" not in str(err) or attempt == retries:
+                raise
+            pause(random.uniform(0.5, 2.0) * attempt)
+
+
 def canary_tables_sql(schema: str) -> str:
     # PAGE_COMPRESSED=0: with innodb_compression_default=ON a compressed canary page would hide the marker's
     # bytes from the scan even if encryption were off; created uncompressed, the scan can tell.
@@ -971,7 +989,7 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
             )
             watcher.start()
             try:
-                sql.execute(canary_transaction(schema, row_id, marker))
+                run_retrying_certification(sql, canary_transaction(schema, row_id, marker))
             finally:
                 stop.set()
                 watcher.join(timeout=120)

@@ -775,3 +775,34 @@ def test_main_exit_status_and_json(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert verify.main([]) == 2
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and "Can't connect" in report["error"]
+
+
+def _flaky_runner(errors: list[str]) -> tuple[list[str], Any]:
+    calls: list[str] = []
+
+    def run(sql: str) -> str:
+        calls.append(sql)
+        if errors:
+            raise verify.SqlError(errors.pop(0))
+        return ""
+
+    return calls, run
+
+
+def test_a_certification_abort_of_the_canary_transaction_is_retried() -> None:
+    # Every node verifies at once; Galera aborts the local transaction that loses to a replicated one.
+    deadlock = "ERROR 1213 (40001) at line 5: Deadlock found when trying to get lock; try restarting transaction"
+    calls, run = _flaky_runner([deadlock, deadlock])
+    verify.run_retrying_certification(verify.Sql(run), "COMMIT;", pause=lambda _s: None)
+    assert len(calls) == 3
+
+
+def test_other_sql_errors_and_endless_aborts_are_not_swallowed() -> None:
+    calls, run = _flaky_runner(["ERROR 1146 (42S02): Table 'x.y' doesn't exist"])
+    with pytest.raises(verify.SqlError):
+        verify.run_retrying_certification(verify.Sql(run), "COMMIT;", pause=lambda _s: None)
+    assert len(calls) == 1
+    calls, run = _flaky_runner(["ERROR 1213 (40001): Deadlock found"] * 9)
+    with pytest.raises(verify.SqlError):
+        verify.run_retrying_certification(verify.Sql(run), "COMMIT;", retries=3, pause=lambda _s: None)
+    assert len(calls) == 3
