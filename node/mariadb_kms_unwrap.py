@@ -229,8 +229,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
         return UNREACHABLE
     if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code, _ = error_code_and_message(exc)
         if code in _CODE_CAUSES:
             return _CODE_CAUSES[code]
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -241,13 +240,32 @@ def classify(exc: BaseException) -> str:
     return UNKNOWN
 
 
+_XML_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:\s*<Message>([^<]*)</Message>)?")
+
+
+def error_code_and_message(exc: Any) -> tuple[str, str]:
+    """A ClientError's code and message.
+
+    An endpoint that answers a JSON-protocol call with an XML error body (moto 5.2.5 does, for its IAM
+    authentication errors: ``<ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code>…``) leaves
+    botocore with the HTTP status as the code and the XML as the message; the real code is read from it.
+    """
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if code.isdigit() and "<Code>" in message:
+        found = _XML_ERROR.search(message)
+        if found:
+            return found.group(1), found.group(2) or ""
+    return code, message
+
+
 def describe(exc: BaseException) -> str:
     """A short, secret-free description: botocore error codes and messages name no key material."""
     from botocore import exceptions as bce
 
     if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".strip()
+        code, message = error_code_and_message(exc)
+        return f"{code or 'ClientError'}: {message}".strip()
     return f"{type(exc).__name__}: {exc}"
 
 

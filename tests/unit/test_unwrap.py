@@ -715,3 +715,66 @@ def test_describe_key_denied_leaves_the_decision_to_decrypt() -> None:
         stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
         unwrap.check_key_state(client, KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
         stub.assert_no_pending_responses()
+
+
+# --------------------------------------------------------------------------
+# moto with IAM authentication on: a deleted access key is refused
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def iam_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from rehearsal.kms_server import KmsServer
+
+    server = KmsServer("127.0.0.1", _free_port(), state_dir=tmp_path_factory.mktemp("iam-kms"), iam_auth=True)
+    with server:
+        yield server
+
+
+def test_iam_auth_refuses_a_deleted_access_key_and_the_unwrap_names_it(
+    iam_kms: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arn = str(iam_kms.client().create_key(Description="iam auth")["KeyMetadata"]["Arn"])  # the admin's key works
+    blob = bytes(iam_kms.client().generate_data_key_without_plaintext(KeyId=arn, KeySpec="AES_256")["CiphertextBlob"])
+    key_id, secret = iam_kms.node_access_key("onprem-node-1")
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[mariadb-kms]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")
+    creds.chmod(0o600)
+    old = time.time() - 600  # written long ago: not a new key
+    os.utime(creds, (old, old))
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=iam_kms.endpoint_url, credentials=creds)
+    conf.write_text(conf.read_text().replace(f"region = {REGION}", f"region = {iam_kms.region}"))
+    assert _run(conf, "--check") == 0  # the node's own key may Decrypt
+    iam_kms.delete_access_key("onprem-node-1", key_id)
+    assert _run(conf, "--check") == unwrap.EXIT_CODES["credentials-unrecognized"]
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "cause=credentials-unrecognized" in failed[0] and "InvalidClientTokenId" in failed[0]
+    assert secret not in failed[0]
+
+
+def test_iam_auth_refuses_a_key_it_never_issued_and_a_user_without_decrypt(iam_kms: Any) -> None:
+    from botocore.exceptions import ClientError
+
+    arn = str(iam_kms.client().create_key(Description="iam auth 2")["KeyMetadata"]["Arn"])
+    stranger = boto3.client("kms", region_name=iam_kms.region, endpoint_url=iam_kms.endpoint_url,
+                            aws_access_key_id="AKIANEVERISSUED00000", aws_secret_access_key=FAKE_SECRET)
+    with pytest.raises(ClientError) as err:
+        stranger.describe_key(KeyId=arn)
+    # moto answers with an XML error body, which botocore cannot parse for KMS's JSON protocol.
+    assert err.value.response["Error"]["Code"] == "403"
+    assert unwrap.error_code_and_message(err.value)[0] == "InvalidClientTokenId"
+    assert unwrap.classify(err.value) == "credentials-unrecognized"
+    key_id, secret = iam_kms.node_access_key("onprem-node-2")
+    node = boto3.client("kms", region_name=iam_kms.region, endpoint_url=iam_kms.endpoint_url,
+                        aws_access_key_id=key_id, aws_secret_access_key=secret)
+    assert node.describe_key(KeyId=arn)["KeyMetadata"]["Arn"] == arn
+    with pytest.raises(ClientError) as denied:
+        node.create_key(Description="a node may not mint keys")
+    assert unwrap.error_code_and_message(denied.value)[0] == "AccessDenied"
+    assert unwrap.classify(denied.value) == "access-denied"
+
+
+def test_control_without_iam_auth_any_credentials_are_accepted(moto_url: str) -> None:
+    stranger = boto3.client("kms", region_name=REGION, endpoint_url=moto_url,
+                            aws_access_key_id="AKIANEVERISSUED00000", aws_secret_access_key=FAKE_SECRET)
+    assert "KeyMetadata" in stranger.create_key(Description="anyone")
