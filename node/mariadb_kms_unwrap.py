@@ -608,6 +608,9 @@ def reuse_after_crash(settings: Settings, mounts_path: Path) -> str | None:
             return None
         if not _KEYFILE_LINE.fullmatch(held):
             return None
+        # Written again, not just kept: systemd hands a preserved RuntimeDirectory back to the unit's user
+        # (root) at start, recursively, and mariadbd (mysql) could no longer read the key.
+        write_keyfile(settings.keyfile, bytes.fromhex(held.strip().split(";", 1)[1]), uid, gid)
     else:
         write_plugin_blobs(settings.datadir, read_blob(settings.blob), uid, gid)
     if settings.gcache_dir is not None:

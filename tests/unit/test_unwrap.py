@@ -379,6 +379,17 @@ def test_control_a_requested_stop_removes_the_key_and_the_next_start_asks_kms(
         unwrap.unwrap(settings, check=False, client_factory=_no_kms)
 
 
+def test_a_reused_key_is_handed_back_to_its_owner(tmp_path: Path) -> None:
+    # systemd gives a preserved RuntimeDirectory back to the unit's user (root) at start, recursively.
+    settings, keyfile = _unwrapped_node(tmp_path)
+    unwrap.note_stop(settings, "signal")
+    keyfile.chmod(0o644)
+    keyfile.parent.chmod(0o700)
+    assert "KMS not called" in unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keyfile.parent.stat().st_mode) == 0o750
+
+
 def test_a_crash_note_with_a_damaged_keyfile_falls_back_to_kms(tmp_path: Path) -> None:
     settings, keyfile = _unwrapped_node(tmp_path)
     unwrap.note_stop(settings, "signal")
