@@ -12,7 +12,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # pytest exits 5 when it collected nothing: count that as a failure.
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
-.PHONY: venv deps test test-unit test-node lint demo demo-down bench bench-demo clean-cache
+.PHONY: venv deps test test-unit test-node lint demo demo-down bench bench-demo clean-cache reliability
 
 $(VENV)/.ok: requirements.txt requirements-dev.txt
 	@echo "==> creating Python environment in $(VENV)"
@@ -39,6 +39,10 @@ test-node: deps
 
 test: deps lint
 	$(PYTEST) tests
+
+# Faults under load on a 3-node testbed cluster (tests/reliability; figures in docs/RELIABILITY.md).
+reliability: deps
+	$(PYTEST) -m reliability tests/reliability
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).

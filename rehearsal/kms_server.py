@@ -120,7 +120,11 @@ class KmsServer:
         iam = self.client(service="iam")
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="node", PolicyDocument=json.dumps(NODE_POLICY))
-        key = iam.create_access_key(UserName=user)["AccessKey"]
+        return self.new_access_key(user)
+
+    def new_access_key(self, user: str) -> tuple[str, str]:
+        """Another access key (id, secret) for an existing user, e.g. after one was revoked."""
+        key = self.client(service="iam").create_access_key(UserName=user)["AccessKey"]
         return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
 
     def delete_access_key(self, user: str, access_key_id: str) -> None:

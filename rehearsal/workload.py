@@ -75,7 +75,7 @@ CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) E
 CREATE TABLE {DATABASE}.transfers (
     id VARCHAR(64) PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount INT NOT NULL, node VARCHAR(64) NOT NULL
 ) ENGINE=InnoDB;
-INSERT INTO {DATABASE}.accounts (id, balance) SELECT seq, {int(initial)} FROM seq_1_to_{int(accounts)};
+INSERT INTO {DATABASE}.accounts (id, balance) SELECT seq, {int(initial)} FROM {DATABASE}.seq_1_to_{int(accounts)};
 CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{quoted}';
 ALTER USER '{user}'@'%' IDENTIFIED BY '{quoted}';
 GRANT SELECT, INSERT, UPDATE ON {DATABASE}.* TO '{user}'@'%';

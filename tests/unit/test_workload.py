@@ -189,4 +189,4 @@ def test_error_classes() -> None:
 def test_setup_sql_quotes_the_password() -> None:
     text = wl.setup_sql(5, 100, "bank", "pa'ss\\word")
     assert "IDENTIFIED BY 'pa\\'ss\\\\word'" in text
-    assert "seq_1_to_5" in text and "SELECT seq, 100" in text
+    assert "bank.seq_1_to_5" in text and "SELECT seq, 100" in text
