@@ -67,6 +67,7 @@ class Figures:
     longest_gap_s: float
     state_transfer: dict[str, str]  # host -> SST | IST | none
     notes: str = ""
+    evidence: dict[str, str] = field(default_factory=dict)  # host -> the journal line behind state_transfer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,13 +88,21 @@ def all_synced(testbed: Testbed, size: int = len(HOSTS)) -> bool:
     return True
 
 
-def state_transfer(journal: str) -> str:
-    """SST, IST or none, from a node's mariadb.service journal over the scenario."""
-    if "--role 'joiner'" in journal or "SST received" in journal:
-        return "SST"
-    if re.search(r"IST received|Receiving IST|Prepared IST receiver", journal):
-        return "IST"
-    return "none"
+IST_LINE = re.compile(r"Receiving IST|IST received")
+# MariaDB starts its SST script as joiner before every state transfer, IST included; the donor is told
+# "--bypass" when it sends IST. So a joiner's SST is: the joiner script ran, and no IST arrived.
+JOINER_LINE = re.compile(r"--role 'joiner'")
+
+
+def state_transfer(journal: str) -> tuple[str, str]:
+    """SST, IST or none, and the journal line that says so, from a node's mariadb.service journal."""
+    for line in journal.splitlines():
+        if IST_LINE.search(line):
+            return "IST", line.strip()[:200]
+    for line in journal.splitlines():
+        if JOINER_LINE.search(line):
+            return "SST", line.strip()[:200]
+    return "none", ""
 
 
 def nft(testbed: Testbed, host: str, script: str) -> None:
@@ -118,6 +127,7 @@ class Scenario:
         self.notes: list[str] = []
         self.cursors: dict[str, str] = {}
         self.figures: Figures | None = None
+        self.evidence: dict[str, str] = {}
 
     def __enter__(self) -> Scenario:
         tb = self.cluster.testbed
@@ -155,13 +165,16 @@ class Scenario:
             return
         report: WorkloadReport = self.load.report(self.load.audit())
         tb = self.cluster.testbed
-        transfers = {h: state_transfer(journal_since(tb, h, self.cursors[h], "mariadb.service")) for h in HOSTS}
+        found = {h: state_transfer(journal_since(tb, h, self.cursors[h], "mariadb.service")) for h in HOSTS}
+        transfers = {h: kind for h, (kind, _) in found.items()}
+        self.evidence = {h: line for h, (_, line) in found.items() if line}
         self.figures = Figures(
             scenario=self.name, healed_s=self.healed_s, runbook_s=self.runbook_s,
             acknowledged=report.acknowledged, acknowledged_lost=report.acknowledged_lost,
             invariant_violations=report.invariant_violations, unacknowledged_commits=report.unacknowledged_commits,
             client_errors=report.client_errors, errors_by_kind=report.errors_by_kind,
             longest_gap_s=report.longest_gap_s, state_transfer=transfers, notes="; ".join(self.notes),
+            evidence=self.evidence,
         )
         RESULTS.append(self.figures)
 

@@ -76,8 +76,8 @@ def test_one_host_rebooted(reliability_cluster: ReliabilityCluster) -> None:
     tb, host = reliability_cluster.testbed, "node2"
     with Scenario(reliability_cluster, f"one host rebooted ({host}: tmpfs, keyfile and gcache lost)") as sc:
         tb.stop(host)
+        sc.fault_over()  # timed from power-on: the boot, the unwrap and the join
         tb.start(host)  # mariadb.service is enabled: it unwraps and joins at boot
-        sc.fault_over()
         sc.wait_all_synced()
         assert keyfile_present(tb, host)
     assert_whole(sc)
