@@ -178,8 +178,13 @@ def audit_rows(
     *,
     accounts: int,
     initial: int,
+    run_prefix: str = "",
 ) -> Audit:
-    """Compare acknowledged transfers with the table's rows (id, src, dst, amount) and balances."""
+    """Compare acknowledged transfers with the table's rows (id, src, dst, amount) and balances.
+
+    Rows of earlier runs on the same bank count for the balances; only this run's rows (ids starting with
+    ``run_prefix``) can be unacknowledged commits of this run.
+    """
     table: dict[str, tuple[int, int, int]] = {}
     for row_id, src, dst, amount in rows:
         table[str(row_id)] = (int(src), int(dst), int(amount))
@@ -201,7 +206,7 @@ def audit_rows(
         transfers_in_table=len(table),
         acknowledged=len(acked_ids),
         lost=lost,
-        unacknowledged_commits=len(set(table) - acked_ids),
+        unacknowledged_commits=len({i for i in table if i.startswith(run_prefix)} - acked_ids),
         total=sum(int(b) for b in balances.values()),
         expected_total=accounts * initial,
         balance_mismatches=mismatches,
@@ -398,7 +403,8 @@ class BankWorkload:
             balances = {int(r[0]): int(r[1]) for r in cur.fetchall()}
         finally:
             conn.close()
-        return audit_rows(self.ledger.acks, rows, balances, accounts=self.accounts, initial=self.initial)
+        return audit_rows(self.ledger.acks, rows, balances, accounts=self.accounts, initial=self.initial,
+                          run_prefix=f"{self._run_id}-")
 
     def report(self, audit: Audit) -> WorkloadReport:
         return make_report(self.ledger, audit, self.nodes)
