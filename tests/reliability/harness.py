@@ -162,6 +162,7 @@ class Scenario:
         self.load.stop()
         self.load.wait(60)
         if exc_type is not None:
+            self._keep_journals()
             return
         report: WorkloadReport = self.load.report(self.load.audit())
         tb = self.cluster.testbed
@@ -177,6 +178,21 @@ class Scenario:
             evidence=self.evidence,
         )
         RESULTS.append(self.figures)
+
+
+    def _keep_journals(self) -> None:
+        """A failed scenario leaves each node's journal since its start beside the JSON report."""
+        tb = self.cluster.testbed
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        out = tb.run_dir / f"reliability-failed-{slug}.log"
+        with open(out, "w", encoding="utf-8") as f:
+            for host in HOSTS:
+                try:
+                    text = journal_since(tb, host, self.cursors[host])
+                except Exception as e:  # a host that is down has no journal to give
+                    text = f"(no journal: {e})"
+                f.write(f"===== {host}\n{text}\n")
+        print(f"{self.name}: journals kept in {out}")
 
 
 def table(results: list[Figures]) -> str:
