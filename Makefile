@@ -13,7 +13,8 @@ export PATH := $(VENV)/bin:$(PATH)
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
 .PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
-	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy
+	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy \
+	reliability
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
 # tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
@@ -53,7 +54,7 @@ test-node: deps
 	$(PYTEST) -m "node and not fresh_host" tests/node
 
 test: deps lint
-	$(PYTEST) -m "not fresh_host" tests
+	$(PYTEST) -m "not fresh_host and not reliability" tests
 
 # The change plan a reviewer reads: which steps run on which node, who restarts (tools/plan_diff.py).
 # make plan-diff BASE=origin/main HEAD_STACK=Pulumi.dev.yaml
@@ -72,6 +73,10 @@ pytest: venv
 # host packages, the venv, the environment checks and their errors (tests/node/test_fresh_host_install.py).
 test-fresh-host: deps
 	$(PYTEST) -m fresh_host tests/node/test_fresh_host_install.py
+
+# Faults under load on a 3-node testbed cluster (tests/reliability; figures in docs/RELIABILITY.md).
+reliability: deps
+	$(PYTEST) -m reliability tests/reliability
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).

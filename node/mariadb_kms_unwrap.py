@@ -15,11 +15,25 @@ mariadb.service. Needs only python3 and Debian's python3-boto3.
   Galera SST joiner wipes datadir files it does not know, and the plugin
   would then generate a new key.
 
-Never generates a key. Never prints key material. Network trouble (endpoint
-unreachable, timeouts, throttling, 5xx) is retried a bounded number of times
-with backoff; any failure ends in one line naming the cause class and the key
-ARN, and an exit status per class (see EXIT_CODES), so mariadb.service, which
-requires this unit, does not start.
+Never generates a key. Never prints key material. Transient causes (endpoint
+unreachable, timeouts, throttling, 5xx) are retried with a capped backoff: a
+bounded number of times by default (the install path, ``--check``), and for as
+long as it takes with ``--wait`` (the unit: a node whose KMS is away starts
+MariaDB by itself once KMS answers again, without restarting any unit). A
+brand-new access key that KMS does not recognise yet is retried within
+NEW_CREDENTIALS_WINDOW. A permanent cause (access denied, disabled or missing
+key, corrupt blob, missing or unsafe credentials, bad settings) is never
+retried: one line naming the cause class and the key ARN, and an exit status
+per class (see EXIT_CODES), so mariadb.service, which requires this unit, does
+not start.
+
+Which MariaDB starts call KMS: every start systemd is asked for (boot,
+``systemctl start|restart mariadb``, galera_new_cluster, the program's roll).
+Not systemd's own restart after mariadbd died or failed to start
+(``Restart=on-failure``): mariadb.service's ExecStopPost (``--note-stop``)
+notes the abnormal end, ``--remove`` then keeps the keyfile, and the next
+start reuses it, so a crashed node comes back while KMS is unreachable. The
+key never leaves tmpfs on that path; it is gone once MariaDB is stopped.
 
 Credentials: on EC2 boto3's default chain (the instance profile; IMDS is
 root-only on our nodes). On premises a root-only 0600 shared-credentials file
@@ -28,7 +42,7 @@ an environment variable of a unit, so ``systemctl show`` cannot reveal it.
 
 ``--check`` decrypts and writes nothing (the program's pre-flight before a
 restart). ``--remove`` deletes the keyfile (ExecStop: the key is on the node
-only while MariaDB runs).
+only while MariaDB runs or is being restarted by systemd after a crash).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ import argparse
 import configparser
 import os
 import pwd
+import re
 import stat
 import sys
 import time
@@ -61,13 +76,28 @@ KEY_DISABLED = "key-disabled"
 KEY_NOT_FOUND = "key-not-found"
 INVALID_CIPHERTEXT = "invalid-ciphertext"
 CREDENTIALS_MISSING = "credentials-missing"
+CREDENTIALS_UNRECOGNIZED = "credentials-unrecognized"
 CREDENTIALS_INSECURE = "credentials-insecure"
 CONFIG = "config"
 LOCAL = "local-error"
 GCACHE_NOT_TMPFS = "gcache-not-tmpfs"
 UNKNOWN = "unknown"
 
+# Worth another try for as long as the caller waits: nothing on the node is wrong, KMS is away or busy.
 RETRYABLE = frozenset({UNREACHABLE, KMS_UNAVAILABLE})
+
+# IAM is eventually consistent: a brand-new access key can be refused as unknown for some seconds after
+# CreateAccessKey (KMS answers UnrecognizedClientException, STS InvalidClientTokenId; "Changes that I make are
+# not always immediately visible", https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html
+# #troubleshoot_general_eventual-consistency). Such a refusal is retried while the credentials are younger
+# than this many seconds (counted from the on-prem credentials file's mtime, or from this run's start where
+# there is no file), and believed after that: a deleted key whose file is older is refused at once. The one
+# definition, used by every caller: the unit at each start, the install path and the pre-flight (--check).
+NEW_CREDENTIALS_WINDOW = 60.0
+
+# --wait (the unit): the longest pause between two tries, so that MariaDB starts within
+# WAIT_MAX_DELAY + one try's timeouts (3 s connect + 5 s read, two calls) of KMS answering again.
+WAIT_MAX_DELAY = 15.0
 
 EXIT_CODES = {
     UNREACHABLE: 10,
@@ -82,13 +112,14 @@ EXIT_CODES = {
     LOCAL: 19,
     GCACHE_NOT_TMPFS: 20,
     UNKNOWN: 21,
+    CREDENTIALS_UNRECOGNIZED: 22,
 }
 
 _CODE_CAUSES = {
     "AccessDeniedException": ACCESS_DENIED,
     "AccessDenied": ACCESS_DENIED,
-    "UnrecognizedClientException": ACCESS_DENIED,
-    "InvalidClientTokenId": ACCESS_DENIED,
+    "UnrecognizedClientException": CREDENTIALS_UNRECOGNIZED,
+    "InvalidClientTokenId": CREDENTIALS_UNRECOGNIZED,
     "InvalidSignatureException": ACCESS_DENIED,
     "SignatureDoesNotMatch": ACCESS_DENIED,
     "IncompleteSignature": ACCESS_DENIED,
@@ -198,8 +229,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
         return UNREACHABLE
     if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code, _ = error_code_and_message(exc)
         if code in _CODE_CAUSES:
             return _CODE_CAUSES[code]
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -210,28 +240,58 @@ def classify(exc: BaseException) -> str:
     return UNKNOWN
 
 
+_XML_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:\s*<Message>([^<]*)</Message>)?")
+
+
+def error_code_and_message(exc: Any) -> tuple[str, str]:
+    """A ClientError's code and message.
+
+    An endpoint that answers a JSON-protocol call with an XML error body (moto 5.2.5 does, for its IAM
+    authentication errors: ``<ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code>…``) leaves
+    botocore with the HTTP status as the code and the XML as the message; the real code is read from it.
+    """
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if code.isdigit() and "<Code>" in message:
+        found = _XML_ERROR.search(message)
+        if found:
+            return found.group(1), found.group(2) or ""
+    return code, message
+
+
 def describe(exc: BaseException) -> str:
     """A short, secret-free description: botocore error codes and messages name no key material."""
     from botocore import exceptions as bce
 
     if isinstance(exc, bce.ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".strip()
+        code, message = error_code_and_message(exc)
+        return f"{code or 'ClientError'}: {message}".strip()
     return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
+    """Capped exponential backoff for transient causes; ``attempts=None`` retries them for as long as it takes."""
+
+    attempts: int | None = 5
     first_delay: float = 1.0
     factor: float = 2.0
     max_delay: float = 16.0
+    new_credentials_window: float = NEW_CREDENTIALS_WINDOW
+
+    def delay(self, attempt: int) -> float:
+        """The pause after failed try number ``attempt`` (1-based)."""
+        return float(min(self.first_delay * self.factor ** (attempt - 1), self.max_delay))
 
     def delays(self) -> Iterator[float]:
-        delay = self.first_delay
-        for _ in range(self.attempts - 1):
-            yield min(delay, self.max_delay)
-            delay *= self.factor
+        attempt = 1
+        while self.attempts is None or attempt < self.attempts:
+            yield self.delay(attempt)
+            attempt += 1
+
+
+# The unit's start (--wait): transient causes are retried until KMS answers, whatever the outage's length.
+WAIT_POLICY = RetryPolicy(attempts=None, first_delay=1.0, factor=2.0, max_delay=WAIT_MAX_DELAY)
 
 
 def call_with_retry(
@@ -240,9 +300,16 @@ def call_with_retry(
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = log,
+    clock: Callable[[], float] = time.monotonic,
+    credentials_deadline: float | None = None,
 ) -> Any:
-    """``call()``, retrying network trouble and KMS overload within ``policy``; other errors raise UnwrapError."""
+    """``call()``, retrying transient causes within ``policy`` and unrecognised credentials until
+    ``credentials_deadline`` (a ``clock()`` value; by default the window from now); other errors and
+    exhausted retries raise UnwrapError."""
+    if credentials_deadline is None:
+        credentials_deadline = clock() + policy.new_credentials_window
     delays = policy.delays()
+    of = f"/{policy.attempts}" if policy.attempts is not None else ""
     attempt = 0
     while True:
         attempt += 1
@@ -250,11 +317,24 @@ def call_with_retry(
             return call()
         except Exception as exc:
             cause = classify(exc)
-            if cause in RETRYABLE:
-                delay = next(delays, None)
-                if delay is not None:
-                    say(f"attempt {attempt}/{policy.attempts}: {cause} ({describe(exc)}); retrying in {delay:g}s")
+            if cause == CREDENTIALS_UNRECOGNIZED:
+                left = credentials_deadline - clock()
+                if left > 0:
+                    delay = min(policy.delay(attempt), left)
+                    say(f"attempt {attempt}: {cause} ({describe(exc)}); a new access key can take up to "
+                        f"{policy.new_credentials_window:g}s to be valid; retrying in {delay:g}s ({left:.0f}s left)")
                     sleep(delay)
+                    continue
+                raise UnwrapError(
+                    cause,
+                    f"{describe(exc)} (still refused after the {policy.new_credentials_window:g}s a new access key "
+                    "may take to become valid: the key is deleted, inactive or wrong)",
+                ) from None
+            if cause in RETRYABLE:
+                pause = next(delays, None)
+                if pause is not None:
+                    say(f"attempt {attempt}{of}: {cause} ({describe(exc)}); retrying in {pause:g}s")
+                    sleep(pause)
                     continue
                 raise UnwrapError(cause, f"{describe(exc)} (after {attempt} attempts)") from None
             raise UnwrapError(cause, describe(exc)) from None
@@ -270,13 +350,18 @@ def check_key_state(
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = log,
+    clock: Callable[[], float] = time.monotonic,
+    credentials_deadline: float | None = None,
 ) -> None:
     """DescribeKey (nodes may): a disabled or deleted key is named as such, not as a failed Decrypt.
 
     A node whose policy does not grant DescribeKey goes on: Decrypt decides.
     """
     try:
-        meta = call_with_retry(lambda: client.describe_key(KeyId=key_arn), policy=policy, sleep=sleep, say=say)
+        meta = call_with_retry(
+            lambda: client.describe_key(KeyId=key_arn),
+            policy=policy, sleep=sleep, say=say, clock=clock, credentials_deadline=credentials_deadline,
+        )
     except UnwrapError as e:
         if e.cause == ACCESS_DENIED:
             return
@@ -294,10 +379,13 @@ def decrypt_blob(
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = log,
+    clock: Callable[[], float] = time.monotonic,
+    credentials_deadline: float | None = None,
 ) -> bytes:
     """KMS Decrypt of ``blob`` under ``key_arn``, retrying network trouble; raises UnwrapError."""
     response = call_with_retry(
-        lambda: client.decrypt(CiphertextBlob=blob, KeyId=key_arn), policy=policy, sleep=sleep, say=say
+        lambda: client.decrypt(CiphertextBlob=blob, KeyId=key_arn),
+        policy=policy, sleep=sleep, say=say, clock=clock, credentials_deadline=credentials_deadline,
     )
     plaintext = bytes(response["Plaintext"])
     used = str(response.get("KeyId", ""))
@@ -459,25 +547,108 @@ def read_blob(path: Path) -> bytes:
     return blob
 
 
+def credentials_deadline(
+    settings: Settings,
+    window: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], float] = time.time,
+) -> float:
+    """The ``clock()`` value until which unrecognised credentials count as new (see NEW_CREDENTIALS_WINDOW)."""
+    age = 0.0
+    if settings.credentials_file is not None:
+        try:
+            age = max(0.0, now() - os.stat(settings.credentials_file).st_mtime)
+        except OSError:
+            age = 0.0  # make_client names a missing file
+    return clock() + max(0.0, window - age)
+
+
+# --------------------------------------------------------------------------
+# systemd's restart after a crash: the key the node holds is kept
+# --------------------------------------------------------------------------
+
+CRASH_MARK = "restart-after-crash"
+_KEYFILE_LINE = re.compile(rf"{KEY_ID};[0-9a-f]{{{2 * DATA_KEY_BYTES}}}\n")
+
+
+def crash_mark(settings: Settings) -> Path:
+    """Lives beside the keyfile, in the unit's RuntimeDirectory: tmpfs, so a reboot forgets it."""
+    return settings.keyfile.parent / CRASH_MARK
+
+
+def note_stop(settings: Settings, service_result: str) -> str:
+    """mariadb.service's ExecStopPost: remember whether systemd is about to restart mariadbd after a crash.
+
+    ``service_result`` is systemd's $SERVICE_RESULT: "success" for a requested stop, else how it ended.
+    """
+    mark = crash_mark(settings)
+    if service_result in ("", "success"):
+        mark.unlink(missing_ok=True)
+        return "MariaDB stopped cleanly: its next start unwraps the key with KMS"
+    if not mark.parent.is_dir():
+        return f"mariadbd ended ({service_result}) but this node holds no key: its next start unwraps with KMS"
+    _write_atomic(mark, f"{service_result}\n".encode("ascii", "replace"), os.geteuid(), os.getegid())
+    return f"mariadbd ended abnormally ({service_result}): the key stays for systemd's restart, which does not call KMS"
+
+
+def reuse_after_crash(settings: Settings, mounts_path: Path) -> str | None:
+    """The start that follows a crash: the key this node already holds, KMS not called; None if there is none."""
+    mark = crash_mark(settings)
+    try:
+        reason = mark.read_text(encoding="ascii", errors="replace").strip() or "crash"
+    except FileNotFoundError:
+        return None
+    mark.unlink(missing_ok=True)
+    uid, gid = owner_ids(settings.owner)
+    if settings.mode == "kms-envelope":
+        try:
+            held = settings.keyfile.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        if not _KEYFILE_LINE.fullmatch(held):
+            return None
+        # Written again, not just kept: systemd hands a preserved RuntimeDirectory back to the unit's user
+        # (root) at start, recursively, and mariadbd (mysql) could no longer read the key.
+        write_keyfile(settings.keyfile, bytes.fromhex(held.strip().split(";", 1)[1]), uid, gid)
+    else:
+        write_plugin_blobs(settings.datadir, read_blob(settings.blob), uid, gid)
+    if settings.gcache_dir is not None:
+        prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"))
+    return f"restart after mariadbd ended abnormally ({reason}): reusing the key this node holds; KMS not called"
+
+
 def unwrap(
     settings: Settings,
     *,
     check: bool,
-    client_factory: Callable[[Settings], Any] = make_client,
+    client_factory: Callable[[Settings], Any] | None = None,
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = log,
+    clock: Callable[[], float] = time.monotonic,
     mounts_path: Path = Path("/proc/mounts"),
 ) -> str:
     """Decrypt and (unless ``check``) write; returns the success message, raises UnwrapError."""
+    if not check:
+        try:
+            reused = reuse_after_crash(settings, mounts_path)
+        except OSError as e:
+            raise UnwrapError(LOCAL, f"{e.filename or ''}: {e.strerror}") from None
+        if reused is not None:
+            return reused
     blob = read_blob(settings.blob)
+    deadline = credentials_deadline(settings, policy.new_credentials_window, clock=clock)
     try:
-        client = client_factory(settings)
+        client = (client_factory or make_client)(settings)
     except UnwrapError:
         raise
     except Exception as exc:
         raise UnwrapError(classify(exc), describe(exc)) from None
-    check_key_state(client, settings.key_arn, policy=policy, sleep=sleep)
-    plaintext = decrypt_blob(client, blob, settings.key_arn, policy=policy, sleep=sleep)
+    retry: dict[str, Any] = {"policy": policy, "sleep": sleep, "say": say, "clock": clock,
+                             "credentials_deadline": deadline}
+    check_key_state(client, settings.key_arn, **retry)
+    plaintext = decrypt_blob(client, blob, settings.key_arn, **retry)
     if check:
         return "check passed: the data key blob decrypts with this node's credentials (nothing written)"
     uid, gid = owner_ids(settings.owner)
@@ -498,18 +669,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=Path, default=Path(DEFAULT_CONF), help=f"settings file ({DEFAULT_CONF})")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="decrypt only; write nothing")
+    action.add_argument(
+        "--wait", action="store_true",
+        help="retry an unreachable or busy KMS for as long as it takes (the unit's ExecStart)",
+    )
     action.add_argument("--remove", action="store_true", help="delete the keyfile (the unit's ExecStop)")
+    action.add_argument(
+        "--note-stop", action="store_true",
+        help="record how mariadbd ended, from $SERVICE_RESULT (mariadb.service's ExecStopPost)",
+    )
     args = parser.parse_args(argv)
     os.umask(0o077)
     key_arn = "(unknown key)"
     try:
         settings = load_settings(args.conf)
         key_arn = settings.key_arn
+        if args.note_stop:
+            try:
+                log(note_stop(settings, os.environ.get("SERVICE_RESULT", "")))
+            except OSError as e:
+                log(f"could not record how mariadbd ended ({e.strerror}): its next start unwraps with KMS")
+            return 0
         if args.remove:
-            if settings.mode == "kms-envelope" and remove_keyfile(settings.keyfile):
+            if crash_mark(settings).exists():
+                log("mariadbd ended abnormally: the key stays for systemd's restart")
+            elif settings.mode == "kms-envelope" and remove_keyfile(settings.keyfile):
                 log(f"removed {settings.keyfile}")
             return 0
-        log(unwrap(settings, check=args.check))
+        policy = WAIT_POLICY if args.wait else RetryPolicy()
+        log(unwrap(settings, check=args.check, policy=policy))
         return 0
     except UnwrapError as e:
         outcome = "pre-flight check failed" if args.check else "MariaDB will not start"

@@ -123,13 +123,13 @@ def test_unwrap_unit_runs_once_before_mariadb_and_with_it() -> None:
     unit = _unit(text)
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["RemainAfterExit"] == "yes"
-    assert unit["Service"]["ExecStart"] == "/usr/local/sbin/mariadb-kms-unwrap"
+    assert unit["Service"]["ExecStart"] == "/usr/local/sbin/mariadb-kms-unwrap --wait"
     assert unit["Service"]["ExecStop"] == "/usr/local/sbin/mariadb-kms-unwrap --remove"
     assert "mariadb.service" in unit["Unit"]["Before"]
     assert unit["Unit"]["PartOf"] == "mariadb.service"  # a MariaDB (re)start unwraps afresh
     assert "network-online.target" in unit["Unit"]["After"] and "network-online.target" in unit["Unit"]["Wants"]
     assert unit["Install"]["RequiredBy"] == "mariadb.service"
-    assert int(unit["Service"]["TimeoutStartSec"]) >= 5 * 15  # room for the bounded retries
+    assert unit["Service"]["TimeoutStartSec"] == "infinity"  # it waits for KMS for as long as it takes
 
 
 def test_unwrap_unit_is_hardened_but_can_write_where_it_must() -> None:

@@ -498,14 +498,16 @@ def test_roll_waits_until_the_cluster_is_back_to_its_size(fake_node: FakeNode) -
     assert fake_node.stamp() is None
 
 
-def test_preflight_retries_a_new_key_then_passes(fake_node: FakeNode) -> None:
-    fake_node.set(unwrap_rc="12 12 0")  # access denied twice: a minutes-old access key
+def test_preflight_retries_an_unreachable_kms_then_passes(fake_node: FakeNode) -> None:
+    # A new access key is waited out inside the unwrap (its one window), not here.
+    fake_node.set(unwrap_rc="10 11 0")  # unreachable, then throttled
     result = fake_node.run("mariadb-kms-roll", "--preflight")
     assert result.returncode == 0, result.stderr
     assert fake_node.log().count("unwrap --check") == 3
 
 
-@pytest.mark.parametrize("rc", ["15", "13", "18"])  # invalid ciphertext, disabled key, config
+# invalid ciphertext, disabled key, config, access denied, credentials still unrecognised after the window
+@pytest.mark.parametrize("rc", ["15", "13", "18", "12", "22"])
 def test_preflight_fails_at_once_on_causes_a_retry_cannot_fix(fake_node: FakeNode, rc: str) -> None:
     fake_node.set(active=True, status=status_lines(3), unwrap_rc=rc)
     fake_node.write_node_cnf([*MEMBERS, "127.0.0.5:4567"], "127.0.0.2")  # a change to apply

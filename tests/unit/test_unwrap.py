@@ -62,7 +62,6 @@ def _plaintext() -> bytes:
     ("code", "status", "cause"),
     [
         ("AccessDeniedException", 400, "access-denied"),
-        ("UnrecognizedClientException", 400, "access-denied"),
         ("DisabledException", 400, "key-disabled"),
         ("KMSInvalidStateException", 400, "key-disabled"),
         ("InvalidCiphertextException", 400, "invalid-ciphertext"),
@@ -147,6 +146,276 @@ def test_unreachable_endpoint_is_retried_then_reported_unreachable(tmp_path: Pat
     assert err.value.cause == "unreachable"
     assert sleeps.calls == [1.0, 2.0]
     assert "EndpointConnectionError" in err.value.detail or "Could not connect" in err.value.detail
+
+
+class FakeTime:
+    """A monotonic clock that only sleeping moves: retry windows tested without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _unrecognized_then_ok(stub: Stubber, refusals: int, code: str = "UnrecognizedClientException") -> None:
+    for _ in range(refusals):
+        stub.add_client_error("decrypt", service_error_code=code, http_status_code=400,
+                              service_message="The security token included in the request is invalid.")
+    stub.add_response("decrypt", {"KeyId": KEY_ARN, "Plaintext": _plaintext()})
+
+
+@pytest.mark.parametrize("code", ["UnrecognizedClientException", "InvalidClientTokenId"])
+def test_a_new_access_key_is_retried_within_the_window_then_works(code: str) -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    said: list[str] = []
+    with Stubber(client) as stub:
+        _unrecognized_then_ok(stub, 3, code)
+        got = unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=fake.sleep, say=said.append, clock=fake.clock,
+                                  credentials_deadline=fake.now + unwrap.NEW_CREDENTIALS_WINDOW)
+        stub.assert_no_pending_responses()
+    assert got == _plaintext()
+    assert fake.sleeps == [1.0, 2.0, 4.0]
+    assert len(said) == 3 and all("credentials-unrecognized" in m and code in m for m in said)
+
+
+def test_control_without_the_window_the_same_refusals_fail() -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    with Stubber(client) as stub:
+        _unrecognized_then_ok(stub, 3)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=fake.sleep, say=lambda _m: None, clock=fake.clock,
+                                credentials_deadline=fake.now)
+    assert err.value.cause == "credentials-unrecognized"
+    assert fake.sleeps == []
+
+
+def test_credentials_still_refused_after_the_window_are_believed() -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    with Stubber(client) as stub:
+        _unrecognized_then_ok(stub, 50)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=fake.sleep, say=lambda _m: None, clock=fake.clock)
+    assert err.value.cause == "credentials-unrecognized"
+    assert sum(fake.sleeps) == pytest.approx(unwrap.NEW_CREDENTIALS_WINDOW)
+    assert max(fake.sleeps) <= unwrap.RetryPolicy().max_delay
+    assert "deleted, inactive or wrong" in err.value.detail
+
+
+def _stub_factory(client: Any) -> Any:
+    return lambda _settings: client
+
+
+def test_the_window_counts_from_the_credentials_file_so_an_old_deleted_key_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, endpoint="http://127.0.0.1:9", blob=b"x" * 64)
+    assert settings.credentials_file is not None
+    # Written ten minutes ago: not a new key, so "unrecognised" means deleted.
+    old = time.time() - 600
+    os.utime(settings.credentials_file, (old, old))
+    fake = FakeTime()
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
+        _unrecognized_then_ok(stub, 1)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.unwrap(settings, check=True, client_factory=_stub_factory(client), sleep=fake.sleep,
+                          say=lambda _m: None, clock=fake.clock)
+    assert err.value.cause == "credentials-unrecognized" and fake.sleeps == []
+    # Control: the same refusal with a file written just now is waited out.
+    os.utime(settings.credentials_file, None)
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
+        _unrecognized_then_ok(stub, 1)
+        message = unwrap.unwrap(settings, check=True, client_factory=_stub_factory(client), sleep=fake.sleep,
+                                say=lambda _m: None, clock=fake.clock)
+    assert "check passed" in message and fake.sleeps == [1.0]
+
+
+def test_install_path_and_pre_flight_share_the_one_window() -> None:
+    # Both run without --wait: the default policy, whose window is the one constant.
+    assert unwrap.RetryPolicy().new_credentials_window == unwrap.NEW_CREDENTIALS_WINDOW
+    assert unwrap.WAIT_POLICY.new_credentials_window == unwrap.NEW_CREDENTIALS_WINDOW
+    # The pre-flight's wrapper retries only KMS trouble; a second window for credentials there would double it.
+    roll = (REPO / "node" / "mariadb-kms-roll").read_text()
+    retryable = re.search(r'^RETRYABLE="([^"]*)"', roll, re.M)
+    assert retryable is not None
+    codes = {int(c) for c in retryable.group(1).split()}
+    assert codes == {unwrap.EXIT_CODES["unreachable"], unwrap.EXIT_CODES["kms-unavailable"]}
+
+
+# --------------------------------------------------------------------------
+# Self-healing start (--wait)
+# --------------------------------------------------------------------------
+
+
+def test_wait_policy_retries_an_outage_of_any_length_with_a_capped_pause() -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    with Stubber(client) as stub:
+        for i in range(40):  # ten minutes and more of an unreachable endpoint, then throttling
+            code = "ServiceUnavailableException" if i % 2 else "ThrottlingException"
+            stub.add_client_error("decrypt", service_error_code=code, http_status_code=503)
+        stub.add_response("decrypt", {"KeyId": KEY_ARN, "Plaintext": _plaintext()})
+        got = unwrap.decrypt_blob(client, b"blob", KEY_ARN, policy=unwrap.WAIT_POLICY, sleep=fake.sleep,
+                                  say=lambda _m: None, clock=fake.clock)
+        stub.assert_no_pending_responses()
+    assert got == _plaintext()
+    assert sum(fake.sleeps) > 500
+    assert max(fake.sleeps) == unwrap.WAIT_MAX_DELAY
+    # Within a minute of KMS answering: the last pause plus one try's timeouts (3 s + 5 s, two calls).
+    assert unwrap.WAIT_MAX_DELAY + 2 * (3 + 5) < 60
+
+
+def test_control_the_bounded_policy_gives_up_on_the_same_outage() -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    with Stubber(client) as stub:
+        for _ in range(40):
+            stub.add_client_error("decrypt", service_error_code="ThrottlingException", http_status_code=400)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, sleep=fake.sleep, say=lambda _m: None, clock=fake.clock)
+    assert err.value.cause == "kms-unavailable" and len(fake.sleeps) == 4
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [("AccessDeniedException", "access-denied"), ("DisabledException", "key-disabled"),
+     ("InvalidCiphertextException", "invalid-ciphertext"), ("NotFoundException", "key-not-found")],
+)
+def test_wait_policy_refuses_a_permanent_cause_at_once(code: str, cause: str) -> None:
+    client = _stubbed_client()
+    fake = FakeTime()
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code=code, http_status_code=400)
+        with pytest.raises(unwrap.UnwrapError) as err:
+            unwrap.decrypt_blob(client, b"blob", KEY_ARN, policy=unwrap.WAIT_POLICY, sleep=fake.sleep,
+                                say=lambda _m: None, clock=fake.clock)
+    assert err.value.cause == cause and fake.sleeps == []
+
+
+def test_main_wait_prints_one_failed_line_for_a_permanent_cause(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, endpoint="http://127.0.0.1:9", blob=b"x" * 64)
+    client = _stubbed_client()
+    monkeypatch.setattr(unwrap, "make_client", lambda _s: client)
+    with Stubber(client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Disabled"}})
+        rc = _run(tmp_path / "unwrap.conf", "--wait")
+    assert rc == unwrap.EXIT_CODES["key-disabled"]
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
+    assert failed == [f"mariadb-kms-unwrap: FAILED cause=key-disabled key={settings.key_arn}: the key is Disabled; "
+                      "MariaDB will not start"]
+
+
+# --------------------------------------------------------------------------
+# systemd's restart after a crash reuses the key held; a requested stop removes it
+# --------------------------------------------------------------------------
+
+
+def _unwrapped_node(tmp_path: Path) -> tuple[Any, Path]:
+    """A node whose key was unwrapped (through a stubbed KMS): its settings and keyfile."""
+    settings = _settings(tmp_path, endpoint="http://127.0.0.1:9", blob=b"x" * 64)
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
+        stub.add_response("decrypt", {"KeyId": KEY_ARN, "Plaintext": _plaintext()})
+        unwrap.unwrap(settings, check=False, client_factory=_stub_factory(client), sleep=Sleeps(), say=lambda _m: None)
+    assert settings.keyfile.exists()
+    return settings, settings.keyfile
+
+
+class KmsCalled(BaseException):
+    """A BaseException: the unwrap must not catch it and classify it as a KMS error."""
+
+
+
+def _no_kms(_settings: Any) -> Any:
+    raise KmsCalled
+
+
+@pytest.mark.parametrize("result", ["signal", "exit-code", "core-dump", "oom-kill"])
+def test_a_crash_restart_keeps_and_reuses_the_key_without_kms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, result: str
+) -> None:
+    settings, keyfile = _unwrapped_node(tmp_path)
+    held = keyfile.read_text()
+    conf = str(tmp_path / "unwrap.conf")
+    monkeypatch.setenv("SERVICE_RESULT", result)
+    assert _run(Path(conf), "--note-stop") == 0  # mariadb.service's ExecStopPost
+    assert _run(Path(conf), "--remove") == 0  # the unwrap unit's ExecStop, carried by PartOf's restart
+    assert keyfile.read_text() == held
+    message = unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+    assert "KMS not called" in message and result in message
+    assert keyfile.read_text() == held
+    assert not unwrap.crash_mark(settings).exists()  # used once: the next start asks KMS again
+    with pytest.raises(KmsCalled):
+        unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+
+
+def test_control_a_requested_stop_removes_the_key_and_the_next_start_asks_kms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, keyfile = _unwrapped_node(tmp_path)
+    conf = tmp_path / "unwrap.conf"
+    monkeypatch.setenv("SERVICE_RESULT", "signal")
+    assert _run(conf, "--note-stop") == 0
+    monkeypatch.setenv("SERVICE_RESULT", "success")  # a later, requested stop clears the note
+    assert _run(conf, "--note-stop") == 0
+    assert _run(conf, "--remove") == 0
+    assert not keyfile.exists()
+    with pytest.raises(KmsCalled):
+        unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+
+
+def test_a_reused_key_is_handed_back_to_its_owner(tmp_path: Path) -> None:
+    # systemd gives a preserved RuntimeDirectory back to the unit's user (root) at start, recursively.
+    settings, keyfile = _unwrapped_node(tmp_path)
+    unwrap.note_stop(settings, "signal")
+    keyfile.chmod(0o644)
+    keyfile.parent.chmod(0o700)
+    assert "KMS not called" in unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keyfile.parent.stat().st_mode) == 0o750
+
+
+def test_a_crash_note_with_a_damaged_keyfile_falls_back_to_kms(tmp_path: Path) -> None:
+    settings, keyfile = _unwrapped_node(tmp_path)
+    unwrap.note_stop(settings, "signal")
+    keyfile.write_text("1;not-a-key\n")
+    with pytest.raises(KmsCalled):
+        unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+
+
+def test_check_never_reuses_a_held_key(tmp_path: Path) -> None:
+    settings, _ = _unwrapped_node(tmp_path)
+    unwrap.note_stop(settings, "signal")
+    with pytest.raises(KmsCalled):
+        unwrap.unwrap(settings, check=True, client_factory=_no_kms)
+
+
+def test_units_wait_for_kms_without_a_start_timeout_and_note_how_mariadbd_ended() -> None:
+    unit = (REPO / "node" / "mariadb-kms-unwrap.service").read_text()
+    active = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.lstrip().startswith("#")
+    )
+    assert active["ExecStart"] == "/usr/local/sbin/mariadb-kms-unwrap --wait"
+    assert active["TimeoutStartSec"] == "infinity"  # a start timeout would end the wait and fail MariaDB's start
+    assert active["RuntimeDirectoryPreserve"] == "restart"  # the held key survives PartOf's restart
+    assert "Restart" not in active  # healing is inside the one start, never by restarting units
+    dropin = (REPO / "node" / "mariadb.service.d" / "50-mariadb-kms.conf").read_text()
+    assert "ExecStopPost=-+/usr/local/sbin/mariadb-kms-unwrap --note-stop" in dropin.splitlines()
 
 
 def test_classify_credentials_and_unknown() -> None:
@@ -457,3 +726,66 @@ def test_describe_key_denied_leaves_the_decision_to_decrypt() -> None:
         stub.add_response("describe_key", {"KeyMetadata": {"KeyId": KEY_ARN, "KeyState": "Enabled"}})
         unwrap.check_key_state(client, KEY_ARN, sleep=Sleeps(), say=lambda _m: None)
         stub.assert_no_pending_responses()
+
+
+# --------------------------------------------------------------------------
+# moto with IAM authentication on: a deleted access key is refused
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def iam_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from rehearsal.kms_server import KmsServer
+
+    server = KmsServer("127.0.0.1", _free_port(), state_dir=tmp_path_factory.mktemp("iam-kms"), iam_auth=True)
+    with server:
+        yield server
+
+
+def test_iam_auth_refuses_a_deleted_access_key_and_the_unwrap_names_it(
+    iam_kms: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arn = str(iam_kms.client().create_key(Description="iam auth")["KeyMetadata"]["Arn"])  # the admin's key works
+    blob = bytes(iam_kms.client().generate_data_key_without_plaintext(KeyId=arn, KeySpec="AES_256")["CiphertextBlob"])
+    key_id, secret = iam_kms.node_access_key("onprem-node-1")
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[mariadb-kms]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")
+    creds.chmod(0o600)
+    old = time.time() - 600  # written long ago: not a new key
+    os.utime(creds, (old, old))
+    conf = _conf(tmp_path, key_arn=arn, blob=blob, endpoint=iam_kms.endpoint_url, credentials=creds)
+    conf.write_text(conf.read_text().replace(f"region = {REGION}", f"region = {iam_kms.region}"))
+    assert _run(conf, "--check") == 0  # the node's own key may Decrypt
+    iam_kms.delete_access_key("onprem-node-1", key_id)
+    assert _run(conf, "--check") == unwrap.EXIT_CODES["credentials-unrecognized"]
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "cause=credentials-unrecognized" in failed[0] and "InvalidClientTokenId" in failed[0]
+    assert secret not in failed[0]
+
+
+def test_iam_auth_refuses_a_key_it_never_issued_and_a_user_without_decrypt(iam_kms: Any) -> None:
+    from botocore.exceptions import ClientError
+
+    arn = str(iam_kms.client().create_key(Description="iam auth 2")["KeyMetadata"]["Arn"])
+    stranger = boto3.client("kms", region_name=iam_kms.region, endpoint_url=iam_kms.endpoint_url,
+                            aws_access_key_id="AKIANEVERISSUED00000", aws_secret_access_key=FAKE_SECRET)
+    with pytest.raises(ClientError) as err:
+        stranger.describe_key(KeyId=arn)
+    # moto answers with an XML error body, which botocore cannot parse for KMS's JSON protocol.
+    assert err.value.response["Error"]["Code"] == "403"
+    assert unwrap.error_code_and_message(err.value)[0] == "InvalidClientTokenId"
+    assert unwrap.classify(err.value) == "credentials-unrecognized"
+    key_id, secret = iam_kms.node_access_key("onprem-node-2")
+    node = boto3.client("kms", region_name=iam_kms.region, endpoint_url=iam_kms.endpoint_url,
+                        aws_access_key_id=key_id, aws_secret_access_key=secret)
+    assert node.describe_key(KeyId=arn)["KeyMetadata"]["Arn"] == arn
+    with pytest.raises(ClientError) as denied:
+        node.create_key(Description="a node may not mint keys")
+    assert unwrap.error_code_and_message(denied.value)[0] == "AccessDenied"
+    assert unwrap.classify(denied.value) == "access-denied"
+
+
+def test_control_without_iam_auth_any_credentials_are_accepted(moto_url: str) -> None:
+    stranger = boto3.client("kms", region_name=REGION, endpoint_url=moto_url,
+                            aws_access_key_id="AKIANEVERISSUED00000", aws_secret_access_key=FAKE_SECRET)
+    assert "KeyMetadata" in stranger.create_key(Description="anyone")
