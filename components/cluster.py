@@ -38,7 +38,13 @@ from components.node_path import (
 )
 from components.onprem_node import OnPremNode
 from components.plan import Role, cluster_plan
-from components.plan.files import config_files, credentials_files, galera_cluster_address, seed_files
+from components.plan.files import (
+    config_files,
+    credentials_files,
+    galera_cluster_address,
+    restart_digest,
+    seed_files,
+)
 from components.plan.steps import FileSpec, files_digest, put_payload
 from components.tls_material import tls_files
 from components.verification import Verification
@@ -64,10 +70,6 @@ def node_files_payload(mode: str) -> tuple[str, str]:
 def _tls_payload(pems: list[Any]) -> str:
     ca_cert_pem, cert_pem, key_pem = (str(p) for p in pems)
     return put_payload(tls_files(ca_cert_pem, cert_pem, key_pem))
-
-
-def _restart_digest(files: dict[str, FileSpec], node_files_digest: str) -> str:
-    return hashlib.sha256(f"{files_digest(files)}\0{node_files_digest}".encode()).hexdigest()
 
 
 class MariaDbCluster(pulumi.ComponentResource):
@@ -149,7 +151,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 node_files=node_files,
                 node_files_digest=node_files_digest,
                 config_files=rendered.apply(put_payload),
-                config_digest=rendered.apply(lambda f: _restart_digest(f, node_files_digest)),
+                config_digest=rendered.apply(lambda f: restart_digest(f, node_files_digest)),
                 members=members,
                 seed_files=self._seed_payload(on_premises=onprem),
                 credentials=credentials if onprem else None,
