@@ -110,7 +110,8 @@ class MariaDbCluster(pulumi.ComponentResource):
             machines[onprem_node.name] = OnPremNode(onprem_node.name, node=onprem_node, opts=child)
 
         addresses = {n.name: pulumi.Output.from_input(machines[n.name].address) for n in cluster.nodes}
-        members = pulumi.Output.all(*(addresses[n.name] for n in cluster.nodes)).apply(
+        # A node being decommissioned is no member: no config lists it, no verification counts it.
+        members = pulumi.Output.all(*(addresses[n.name] for n in cluster.members)).apply(
             lambda values: [str(v) for v in values]
         )
         self.ca: ClusterCa | None = None
@@ -129,6 +130,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 )
             )
         run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
+        version = cluster.mariadb.version
 
         connections: dict[str, command.remote.ConnectionArgs] = {}
         inputs: dict[str, StepInputs] = {}
@@ -144,14 +146,17 @@ class MariaDbCluster(pulumi.ComponentResource):
                 private_key=ssh_private_key,
                 jump_host=jump_host,
             )
-            rendered = self._config_files(n, addresses[n.name], members)
+            rendered = None if n.decommission else self._config_files(n, addresses[n.name], members)
             tls_payload, tls_digest = self._tls_inputs(n.name)
             inputs[n.name] = StepInputs(
                 identity=machine.identity,
                 node_files=node_files,
                 node_files_digest=node_files_digest,
-                config_files=rendered.apply(put_payload),
-                config_digest=rendered.apply(lambda f: restart_digest(f, node_files_digest)),
+                config_files=rendered.apply(put_payload) if rendered is not None else None,
+                config_digest=(
+                    rendered.apply(lambda f: restart_digest(f, node_files_digest, version=version))
+                    if rendered is not None else None
+                ),
                 members=members,
                 seed_files=self._seed_payload(on_premises=onprem),
                 credentials=credentials if onprem else None,
@@ -159,6 +164,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 tls_files=tls_payload,
                 tls_digest=tls_digest,
                 run_stamp=run_stamp,
+                version=version or None,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],
@@ -192,8 +198,8 @@ class MariaDbCluster(pulumi.ComponentResource):
         for path in paths.values():
             path.finish()
 
-        names = [n.name for n in cluster.nodes]
-        kinds = [n.kind for n in cluster.nodes]
+        names = [n.name for n in cluster.members]
+        kinds = [n.kind for n in cluster.members]
         self.nodes = members.apply(
             lambda addrs: [{"name": nm, "kind": k, "address": a} for nm, k, a in zip(names, kinds, addrs, strict=True)]
         )

@@ -9,7 +9,8 @@ Why it is shaped like this:
 - The data volume (``/var/lib/mysql``) is its own resource too, encrypted under
   the cluster key by ARN (an alias makes a perpetual diff that replaces the
   volume), protected and retained on delete: replacing or destroying the
-  instance never loses data.
+  instance never loses data. A node marked ``decommission`` drops the
+  protection (never the retention), so removing it from config later works.
 - User-data is first boot only, and the instance ignores later changes to it
   (``ignore_changes``): pulumi-aws would otherwise stop and start every
   instance whose user-data changed, and one change (say a new login key)
@@ -118,7 +119,9 @@ class Ec2Node(pulumi.ComponentResource):
             encrypted=True,
             kms_key_id=checked_key_arn,
             tags={**tags, "Name": f"{PROJECT}-{cluster.stack}-{node.name}-data"},
-            opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True),
+            # A decommissioned node's volume is no longer protected, so the later `pulumi up` that drops the
+            # node from config can remove it from the stack; retain_on_delete still leaves it in AWS.
+            opts=pulumi.ResourceOptions(parent=self, protect=not node.decommission, retain_on_delete=True),
         )
 
         def user_data(values: list[Any]) -> str:

@@ -51,6 +51,8 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
 )
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# A Debian package version: [epoch:]upstream[-revision] (deb-version(7)).
+_DEB_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 _PLUGIN_SOURCE = re.compile(r"^(/[^\0]+|https://\S+)$")
 # AWS tag keys and values: letters, digits, spaces and _ . : / = + - @
 # (https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html).
@@ -131,6 +133,15 @@ vpce_id = _matching(_VPCE, "a VPC endpoint id such as vpce-0123456789abcdef0")
 ami_id = _matching(_AMI, "an AMI id such as ami-0123456789abcdef0")
 availability_zone = _matching(_AZ, "an availability zone such as eu-west-1a")
 instance_type = _matching(_INSTANCE_TYPE, "an EC2 instance type such as t3.medium")
+deb_version = _matching(
+    _DEB_VERSION, "a Debian package version such as 1:10.11.14-0+deb12u2 (apt-cache policy mariadb-server)"
+)
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
 plugin_source = _matching(_PLUGIN_SOURCE, "an absolute path on the node or an https:// URL of aws_key_management.so")
 
 

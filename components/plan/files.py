@@ -76,19 +76,22 @@ def config_files(
     return files
 
 
-def restart_digest(files: Mapping[str, FileSpec], node_files_digest: str) -> str:
+def restart_digest(files: Mapping[str, FileSpec], node_files_digest: str, *, version: str = "") -> str:
     """What the restart triggers (preflight, roll) compare: the config files and node files a restart applies.
 
     The member list is left out (``restart_relevant``): adding or removing a
     member rewrites every node's config file (the config step updates it) but
-    re-runs no roll, so nobody restarts for it.
+    re-runs no roll, so nobody restarts for it. A pinned ``mariadbVersion`` is
+    in: a new version rolls every node after its upgrade step (unset, the digest
+    is what it always was).
     """
     seen: dict[str, FileSpec] = {}
     for path, (content, mode, owner) in files.items():
         if path == MYCNF_NODE_PATH and isinstance(content, str):
             content = restart_relevant(content)
         seen[path] = (content, mode, owner)
-    return hashlib.sha256(f"{files_digest(seen)}\0{node_files_digest}".encode()).hexdigest()
+    parts = [files_digest(seen), node_files_digest, *((f"version={version}",) if version else ())]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def credentials_files(cluster: ClusterConfig, *, access_key_id: str, secret_access_key: str) -> dict[str, FileSpec]:
