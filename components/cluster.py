@@ -17,6 +17,7 @@ order, waiting for exactly the entries the plan names.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ import pulumi
 import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
-from components.config import ClusterConfig, NodeConfig
+from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
@@ -70,6 +71,13 @@ def node_files_payload(mode: str) -> tuple[str, str]:
 def _tls_payload(pems: list[Any]) -> str:
     ca_cert_pem, cert_pem, key_pem = (str(p) for p in pems)
     return put_payload(tls_files(ca_cert_pem, cert_pem, key_pem))
+
+
+def _digest_of(node_files_digest: str, version: str, machine: str) -> Callable[[dict[str, FileSpec]], str]:
+    def digest(files: dict[str, FileSpec]) -> str:
+        return restart_digest(files, node_files_digest, version=version, machine=machine)
+
+    return digest
 
 
 class MariaDbCluster(pulumi.ComponentResource):
@@ -147,6 +155,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 jump_host=jump_host,
             )
             rendered = None if n.decommission else self._config_files(n, addresses[n.name], members)
+            # An EC2 node's type is applied by a stop and start, so its roll runs again after a change.
+            machine_settings = f"instanceType={n.instance_type}" if isinstance(n, Ec2NodeConfig) else ""
             tls_payload, tls_digest = self._tls_inputs(n.name)
             inputs[n.name] = StepInputs(
                 identity=machine.identity,
@@ -154,7 +164,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 node_files_digest=node_files_digest,
                 config_files=rendered.apply(put_payload) if rendered is not None else None,
                 config_digest=(
-                    rendered.apply(lambda f: restart_digest(f, node_files_digest, version=version))
+                    rendered.apply(_digest_of(node_files_digest, version, machine_settings))
                     if rendered is not None else None
                 ),
                 members=members,
@@ -172,7 +182,7 @@ class MariaDbCluster(pulumi.ComponentResource):
             )
 
         # The executor: one command per entry, in the plan's order, after what the entry names.
-        created: dict[str, command.remote.Command] = {}
+        created: dict[str, pulumi.Resource] = {}
         reports: dict[str, pulumi.Output[Any]] = {}
         self.bootstrap: command.remote.Command | None = None
         for entry in plan:
@@ -182,6 +192,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 depends_on += machine.prerequisites
             if entry.role is Role.NODE_STEP:
                 created[entry.key] = paths[entry.node].add(entry.step, depends_on=depends_on)
+            elif entry.role is Role.INSTANCE_TYPE:
+                created[entry.key] = self._instance_type(entry.node, machine, depends_on)
             elif entry.role is Role.BOOTSTRAP:
                 self.bootstrap = created[entry.key] = remote_command(
                     f"{name}-bootstrap", entry.step, connection=connections[entry.node],
@@ -213,6 +225,19 @@ class MariaDbCluster(pulumi.ComponentResource):
             "verification": self.verification,
             "caCertPem": self.ca_cert_pem,
         })
+
+    def _instance_type(
+        self, node: str, machine: Machine, depends_on: list[pulumi.Resource]
+    ) -> pulumi.Resource:
+        from components.ec2_node import Ec2Node
+        from components.instance_type_provider import InstanceTypeResource
+
+        [config] = [n for n in self._cfg.ec2_nodes if n.name == node]
+        assert isinstance(machine, Ec2Node)
+        return InstanceTypeResource(
+            f"{node}-instance-type", instance_id=machine.instance_id, instance_type=config.instance_type,
+            region=self._cfg.region, opts=pulumi.ResourceOptions(parent=machine, depends_on=depends_on),
+        )
 
     def _tls_inputs(self, node: str) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
         """The node's TLS put payload (secret: it holds the key) and a digest of its certificates only."""

@@ -172,7 +172,9 @@ class Ec2Node(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 delete_before_replace=True,
-                ignore_changes=["ami", "userDataBase64"],
+                # instanceType: pulumi-aws would stop and start every changed instance at once; the cluster's
+                # InstanceTypeResource applies it one node at a time (components/instance_type_provider.py).
+                ignore_changes=["ami", "userDataBase64", "instanceType"],
                 additional_secret_outputs=["userData", "userDataBase64"],
             ),
         )

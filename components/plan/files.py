@@ -76,14 +76,18 @@ def config_files(
     return files
 
 
-def restart_digest(files: Mapping[str, FileSpec], node_files_digest: str, *, version: str = "") -> str:
+def restart_digest(
+    files: Mapping[str, FileSpec], node_files_digest: str, *, version: str = "", machine: str = ""
+) -> str:
     """What the restart triggers (preflight, roll) compare: the config files and node files a restart applies.
 
     The member list is left out (``restart_relevant``): adding or removing a
     member rewrites every node's config file (the config step updates it) but
     re-runs no roll, so nobody restarts for it. A pinned ``mariadbVersion`` is
     in: a new version rolls every node after its upgrade step (unset, the digest
-    is what it always was).
+    is what it always was). So are the ``machine`` settings a stop and start
+    apply (an EC2 node's instance type): the roll runs again after the change
+    and waits until the node is Synced.
     """
     seen: dict[str, FileSpec] = {}
     for path, (content, mode, owner) in files.items():
@@ -91,6 +95,8 @@ def restart_digest(files: Mapping[str, FileSpec], node_files_digest: str, *, ver
             content = restart_relevant(content)
         seen[path] = (content, mode, owner)
     parts = [files_digest(seen), node_files_digest, *((f"version={version}",) if version else ())]
+    if machine:
+        parts.append(machine)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

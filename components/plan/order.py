@@ -74,6 +74,12 @@ the recorded ``depends_on`` carries them; a replayer must keep them):
    cluster cleanly, wipe key material, blob and credentials, keep or wipe the
    data), run after the last member's roll, one leaving node after the other;
    every verification runs after the last of them.
+8. An EC2 member's instance type (``instance-type``, no command: a stop, a
+   modify and a start when it differs) waits for the previous node's roll and
+   for its own install; its configure steps, and so its roll, wait for it. The
+   instance itself ignores ``instanceType`` after launch (pulumi-aws would stop
+   and start every changed instance at once), and the node's restart digest
+   holds the type, so its roll runs again afterwards and ends only Synced.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from components.config import ClusterConfig, NodeConfig
+from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig
 from components.plan.steps import (
     BOOTSTRAP,
     BOOTSTRAP_TIMEOUT_S,
@@ -214,6 +220,18 @@ def decommission_step(cluster: ClusterConfig) -> Step:
     )
 
 
+INSTANCE_TYPE_KEY = "instance-type"
+
+
+def instance_type_step(node: Ec2NodeConfig) -> Step:
+    """Not a command: the type an EC2 node's instance must have (``components/instance_type_provider.py``).
+
+    It is a plan entry so that it has its place in the order: after the previous
+    node's roll, before this node's configure steps, hence before its roll.
+    """
+    return Step(INSTANCE_TYPE_KEY, f"instance type {node.instance_type}", Phase.CONFIGURE)
+
+
 def bootstrap_step() -> Step:
     """``galera_new_cluster`` once, on the bootstrap node: create-only, and the same string forever.
 
@@ -260,11 +278,13 @@ def rolling_order(cluster: ClusterConfig) -> tuple[NodeConfig, ...]:
 
 
 class Role(Enum):
-    """What an entry is to an executor: a step of a node's SSH path, the bootstrap, a verification."""
+    """What an entry is to an executor: a step of a node's SSH path, the bootstrap, a verification, an
+    EC2 instance's type."""
 
     NODE_STEP = "node-step"
     BOOTSTRAP = "bootstrap"
     VERIFY = "verify"
+    INSTANCE_TYPE = "instance-type"  # no command: the EC2 instance's type, applied by stop/modify/start
 
 
 BOOTSTRAP_KEY = "bootstrap"
@@ -359,8 +379,17 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
     previous_roll: tuple[str, ...] = ()
     for i, n in enumerate(order):
         configure = plans[n.name].phase(Phase.CONFIGURE)
+        before_configure = previous_roll
+        if isinstance(n, Ec2NodeConfig):
+            # Rule 8: the instance's type, in the node's turn (it stops and starts the instance).
+            resize = PlanEntry(
+                entry_key(n.name, INSTANCE_TYPE_KEY), n.name, Role.INSTANCE_TYPE, instance_type_step(n),
+                (entry_key(n.name, "install"), *previous_roll),
+            )
+            entries.append(resize)
+            before_configure = (*previous_roll, resize.key)
         for step in configure:
-            add(n.name, step, previous_roll)
+            add(n.name, step, before_configure)
         roll_after: tuple[str, ...] = ()
         if i == 0:
             bootstrap = PlanEntry(
