@@ -19,6 +19,9 @@ Why it is shaped like this:
 - The AMI is pinned in config, and later changes to it are ignored for the
   same reason: a new ``amiId`` would replace every instance at once. It
   applies to nodes created afterwards.
+- ``instanceType`` is ignored after launch too: pulumi-aws applies it by a
+  stop and a start, to every changed instance at once. The cluster applies it
+  one node at a time instead (``components/instance_type_provider.py``).
 - Instance and attachment are ``delete_before_replace``: the network interface
   and the volume can each belong to one instance only, so a replacement must
   let go of them first (the attachment stops the old instance before
