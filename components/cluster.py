@@ -17,6 +17,7 @@ order, waiting for exactly the entries the plan names.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ import pulumi
 import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
-from components.config import ClusterConfig, JumpHost, NodeConfig
+from components.config import ClusterConfig, Ec2NodeConfig, JumpHost, NodeConfig
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
@@ -37,7 +38,13 @@ from components.node_path import (
 )
 from components.onprem_node import OnPremNode
 from components.plan import Role, cluster_plan
-from components.plan.files import config_files, credentials_files, galera_cluster_address, seed_files
+from components.plan.files import (
+    config_files,
+    credentials_files,
+    galera_cluster_address,
+    restart_digest,
+    seed_files,
+)
 from components.plan.steps import FileSpec, files_digest, put_payload
 from components.tls_material import tls_files
 from components.verification import Verification
@@ -65,8 +72,11 @@ def _tls_payload(pems: list[Any]) -> str:
     return put_payload(tls_files(ca_cert_pem, cert_pem, key_pem))
 
 
-def _restart_digest(files: dict[str, FileSpec], node_files_digest: str) -> str:
-    return hashlib.sha256(f"{files_digest(files)}\0{node_files_digest}".encode()).hexdigest()
+def _digest_of(node_files_digest: str, version: str, machine: str) -> Callable[[dict[str, FileSpec]], str]:
+    def digest(files: dict[str, FileSpec]) -> str:
+        return restart_digest(files, node_files_digest, version=version, machine=machine)
+
+    return digest
 
 
 class MariaDbCluster(pulumi.ComponentResource):
@@ -108,7 +118,8 @@ class MariaDbCluster(pulumi.ComponentResource):
             machines[onprem_node.name] = OnPremNode(onprem_node.name, node=onprem_node, opts=child)
 
         addresses = {n.name: pulumi.Output.from_input(machines[n.name].address) for n in cluster.nodes}
-        members = pulumi.Output.all(*(addresses[n.name] for n in cluster.nodes)).apply(
+        # A node being decommissioned is no member: no config lists it, no verification counts it.
+        members = pulumi.Output.all(*(addresses[n.name] for n in cluster.members)).apply(
             lambda values: [str(v) for v in values]
         )
         self.ca: ClusterCa | None = None
@@ -127,6 +138,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 )
             )
         run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
+        version = cluster.mariadb.version
 
         connections: dict[str, command.remote.ConnectionArgs] = {}
         inputs: dict[str, StepInputs] = {}
@@ -142,14 +154,19 @@ class MariaDbCluster(pulumi.ComponentResource):
                 private_key=ssh_private_key,
                 jump_host=jump_host,
             )
-            rendered = self._config_files(n, addresses[n.name], members)
+            rendered = None if n.decommission else self._config_files(n, addresses[n.name], members)
+            # An EC2 node's type is applied by a stop and start, so its roll runs again after a change.
+            machine_settings = f"instanceType={n.instance_type}" if isinstance(n, Ec2NodeConfig) else ""
             tls_payload, tls_digest = self._tls_inputs(n.name)
             inputs[n.name] = StepInputs(
                 identity=machine.identity,
                 node_files=node_files,
                 node_files_digest=node_files_digest,
-                config_files=rendered.apply(put_payload),
-                config_digest=rendered.apply(lambda f: _restart_digest(f, node_files_digest)),
+                config_files=rendered.apply(put_payload) if rendered is not None else None,
+                config_digest=(
+                    rendered.apply(_digest_of(node_files_digest, version, machine_settings))
+                    if rendered is not None else None
+                ),
                 members=members,
                 seed_files=self._seed_payload(on_premises=onprem),
                 credentials=credentials if onprem else None,
@@ -157,6 +174,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 tls_files=tls_payload,
                 tls_digest=tls_digest,
                 run_stamp=run_stamp,
+                version=version or None,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],
@@ -164,7 +182,7 @@ class MariaDbCluster(pulumi.ComponentResource):
             )
 
         # The executor: one command per entry, in the plan's order, after what the entry names.
-        created: dict[str, command.remote.Command] = {}
+        created: dict[str, pulumi.Resource] = {}
         reports: dict[str, pulumi.Output[Any]] = {}
         self.bootstrap: command.remote.Command | None = None
         for entry in plan:
@@ -174,6 +192,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 depends_on += machine.prerequisites
             if entry.role is Role.NODE_STEP:
                 created[entry.key] = paths[entry.node].add(entry.step, depends_on=depends_on)
+            elif entry.role is Role.INSTANCE_TYPE:
+                created[entry.key] = self._instance_type(entry.node, machine, depends_on)
             elif entry.role is Role.BOOTSTRAP:
                 self.bootstrap = created[entry.key] = remote_command(
                     f"{name}-bootstrap", entry.step, connection=connections[entry.node],
@@ -190,8 +210,8 @@ class MariaDbCluster(pulumi.ComponentResource):
         for path in paths.values():
             path.finish()
 
-        names = [n.name for n in cluster.nodes]
-        kinds = [n.kind for n in cluster.nodes]
+        names = [n.name for n in cluster.members]
+        kinds = [n.kind for n in cluster.members]
         self.nodes = members.apply(
             lambda addrs: [{"name": nm, "kind": k, "address": a} for nm, k, a in zip(names, kinds, addrs, strict=True)]
         )
@@ -205,6 +225,19 @@ class MariaDbCluster(pulumi.ComponentResource):
             "verification": self.verification,
             "caCertPem": self.ca_cert_pem,
         })
+
+    def _instance_type(
+        self, node: str, machine: Machine, depends_on: list[pulumi.Resource]
+    ) -> pulumi.Resource:
+        from components.ec2_node import Ec2Node
+        from components.instance_type_provider import InstanceTypeResource
+
+        [config] = [n for n in self._cfg.ec2_nodes if n.name == node]
+        assert isinstance(machine, Ec2Node)
+        return InstanceTypeResource(
+            f"{node}-instance-type", instance_id=machine.instance_id, instance_type=config.instance_type,
+            region=self._cfg.region, opts=pulumi.ResourceOptions(parent=machine, depends_on=depends_on),
+        )
 
     def _tls_inputs(self, node: str) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
         """The node's TLS put payload (secret: it holds the key) and a digest of its certificates only."""

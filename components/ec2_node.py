@@ -9,7 +9,8 @@ Why it is shaped like this:
 - The data volume (``/var/lib/mysql``) is its own resource too, encrypted under
   the cluster key by ARN (an alias makes a perpetual diff that replaces the
   volume), protected and retained on delete: replacing or destroying the
-  instance never loses data.
+  instance never loses data. A node marked ``decommission`` drops the
+  protection (never the retention), so removing it from config later works.
 - User-data is first boot only, and the instance ignores later changes to it
   (``ignore_changes``): pulumi-aws would otherwise stop and start every
   instance whose user-data changed, and one change (say a new login key)
@@ -18,6 +19,9 @@ Why it is shaped like this:
 - The AMI is pinned in config, and later changes to it are ignored for the
   same reason: a new ``amiId`` would replace every instance at once. It
   applies to nodes created afterwards.
+- ``instanceType`` is ignored after launch too: pulumi-aws applies it by a
+  stop and a start, to every changed instance at once. The cluster applies it
+  one node at a time instead (``components/instance_type_provider.py``).
 - Instance and attachment are ``delete_before_replace``: the network interface
   and the volume can each belong to one instance only, so a replacement must
   let go of them first (the attachment stops the old instance before
@@ -118,7 +122,9 @@ class Ec2Node(pulumi.ComponentResource):
             encrypted=True,
             kms_key_id=checked_key_arn,
             tags={**tags, "Name": f"{PROJECT}-{cluster.stack}-{node.name}-data"},
-            opts=pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True),
+            # A decommissioned node's volume is no longer protected, so the later `pulumi up` that drops the
+            # node from config can remove it from the stack; retain_on_delete still leaves it in AWS.
+            opts=pulumi.ResourceOptions(parent=self, protect=not node.decommission, retain_on_delete=True),
         )
 
         def user_data(values: list[Any]) -> str:
@@ -170,7 +176,9 @@ class Ec2Node(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 delete_before_replace=True,
-                ignore_changes=["ami", "userDataBase64"],
+                # instanceType: pulumi-aws would stop and start every changed instance at once; the cluster's
+                # InstanceTypeResource applies it one node at a time (components/instance_type_provider.py).
+                ignore_changes=["ami", "userDataBase64", "instanceType"],
                 additional_secret_outputs=["userData", "userDataBase64"],
             ),
         )

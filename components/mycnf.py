@@ -20,6 +20,7 @@ Output is deterministic: same inputs, same bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from components.config import ClusterConfig, NodeConfig, TlsConfig
@@ -54,6 +55,15 @@ GALERA_PORT = 4567
 LOG_DIR = "/var/log/mysql"
 BINLOG_BASENAME = "mariadb-bin"  # relative: in the datadir, so SST and the verify scan see it
 SST_USER = "mysql"  # unix_socket account mysql@localhost made by mariadb-install-db --user=mysql
+
+# Options a running member takes as they are without a restart, so a change of them alone restarts
+# nobody: a running member accepts a joiner whatever its own member list says, and reads the list again
+# only at its next start (a SET GLOBAL of it would reconnect the node, so nothing sets it live).
+# node/mariadb-kms-roll leaves the same lines out of its own "applied config" digest.
+RESTART_EXEMPT_OPTIONS = ("wsrep_cluster_address",)
+_RESTART_EXEMPT_LINE = re.compile(
+    r"^[ \t]*(?:" + "|".join(RESTART_EXEMPT_OPTIONS) + r")[ \t]*=[^\n]*(?:\n|$)", re.MULTILINE
+)
 
 _HEADER = """\
 # mariadb-kms: {what}. Rendered by the program; do not edit on the node.
@@ -321,3 +331,8 @@ def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
 def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
     """What mariadb-kms-verify is told about the datadir; ``none`` stays a gap (the config said so explicitly)."""
     return ["--datadir-encryption", datadir_encryption(node, cluster)]
+
+
+def restart_relevant(text: str) -> str:
+    """A config file as a restart decision sees it: without the lines a running member needs no restart for."""
+    return _RESTART_EXEMPT_LINE.sub("", text)

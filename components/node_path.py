@@ -128,8 +128,8 @@ class StepInputs:
     identity: pulumi.Input[str]  # EC2 instance id / on-prem host key
     node_files: str  # put payload of node/
     node_files_digest: str
-    config_files: pulumi.Input[str]  # put payload
-    config_digest: pulumi.Input[str]  # everything a restart applies (config and node files)
+    config_files: pulumi.Input[str] | None  # put payload; None on a node being decommissioned
+    config_digest: pulumi.Input[str] | None  # everything a restart applies (config and node files)
     members: pulumi.Input[list[str]]  # every member's address
     seed_files: pulumi.Input[str] | None = None
     credentials: pulumi.Input[str] | None = None  # on-prem; a secret Output
@@ -137,6 +137,7 @@ class StepInputs:
     tls_files: pulumi.Input[str] | None = None  # put payload with the node's private key; a secret Output
     tls_digest: pulumi.Input[str] | None = None  # of the CA and node certificates only
     run_stamp: str | None = None  # differs on every run (verifyOnEveryUp)
+    version: str | None = None  # mariadbVersion, when set
 
     def stdin(self, which: Stdin) -> pulumi.Input[str] | None:
         values: Mapping[Stdin, pulumi.Input[str] | None] = {
@@ -158,6 +159,7 @@ class StepInputs:
             Trigger.MEMBERS: self.members,
             Trigger.TLS: self.tls_digest,
             Trigger.EVERY_UP: self.run_stamp,
+            Trigger.VERSION: self.version,
         }
         return values[which]
 

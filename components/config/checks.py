@@ -52,6 +52,8 @@ _HOSTNAME = re.compile(
 )
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _DEBIAN_MIRROR = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$")
+# A Debian package version: [epoch:]upstream[-revision] (deb-version(7)).
+_DEB_VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 _PLUGIN_SOURCE = re.compile(r"^(/[^\0]+|https://\S+)$")
 # AWS tag keys and values: letters, digits, spaces and _ . : / = + - @
 # (https://docs.aws.amazon.com/tag-editor/latest/userguide/tagging.html).
@@ -135,6 +137,16 @@ instance_type = _matching(_INSTANCE_TYPE, "an EC2 instance type such as t3.mediu
 debian_mirror = _matching(
     _DEBIAN_MIRROR, "an http:// or https:// URL of a Debian archive mirror, such as http://mirror.example.net/debian"
 )
+
+deb_version = _matching(
+    _DEB_VERSION, "a Debian package version such as 1:10.11.14-0+deb12u2 (apt-cache policy mariadb-server)"
+)
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
 plugin_source = _matching(_PLUGIN_SOURCE, "an absolute path on the node or an https:// URL of aws_key_management.so")
 
 

@@ -21,6 +21,7 @@ class Ec2NodeConfig:
     instance_type: str = field_default(EC2_NODE_FIELDS, "instanceType")
     data_volume_gib: int = field_default(EC2_NODE_FIELDS, "dataVolumeGiB")
     private_ip: str | None = None
+    decommission: bool = False
     kind: str = "ec2"
 
 
@@ -32,6 +33,7 @@ class OnPremNodeConfig:
     host_key: str
     ssh_port: int = DEFAULT_SSH_PORT
     egress_cidr: str | None = None
+    decommission: bool = False
     kind: str = "onprem"
 
 
@@ -77,6 +79,7 @@ class MariaDbSettings:
     slow_query_log: bool
     cluster_name: str
     onprem_datadir_encryption: str = default_of("onPremDatadirEncryption")
+    version: str = ""  # mariadbVersion: empty = the distribution's current at install, never upgraded
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,21 @@ class ClusterConfig:
     warnings: tuple[str, ...] = ()
     jump_host: JumpHost | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
+    decommission_data: str = "keep"  # keep | wipe
 
     @property
     def nodes(self) -> tuple[NodeConfig, ...]:
         return (*self.ec2_nodes, *self.onprem_nodes)
+
+    @property
+    def members(self) -> tuple[NodeConfig, ...]:
+        """The nodes that stay in the cluster: every node not being decommissioned."""
+        return tuple(n for n in self.nodes if not n.decommission)
+
+    @property
+    def leaving(self) -> tuple[NodeConfig, ...]:
+        """The nodes being decommissioned in this run."""
+        return tuple(n for n in self.nodes if n.decommission)
 
 
 class ConfigError(ValueError):

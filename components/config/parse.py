@@ -261,6 +261,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
                 instance_type=str(d["instanceType"]),
                 data_volume_gib=int(d["dataVolumeGiB"]),
                 private_ip=d["privateIp"],
+                decommission=d["decommission"] is True,
             ),
         )
         for path, d in _objects(c, "ec2Nodes", v["ec2Nodes"])
@@ -275,6 +276,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
                 host_key=str(d["hostKey"]).strip(),
                 ssh_port=int(d["sshPort"]),
                 egress_cidr=d["egressCidr"],
+                decommission=d["decommission"] is True,
             ),
         )
         for path, d in _objects(c, "onPremNodes", v["onPremNodes"])
@@ -322,9 +324,17 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     if ec2 and authorized is None:
         c.missing("sshAuthorizedKey", "the public half of the login key (ec2Nodes is not empty)")
 
-    bootstrap = v["bootstrapNode"] or (names[0] if names else "")
+    leaving = [(p, n.name) for p, n in ec2 if n.decommission] + [(p, n.name) for p, n in onprem if n.decommission]
+    staying = [n for n in names if n not in {name for _, name in leaving}]
+    if names and not staying:
+        c.bad(leaving[-1][0] + ".decommission", True, "false on at least one node: a cluster keeps one member")
+    # The bootstrap runs once; a later bootstrapNode only names who would, so a leaving node hands it on.
+    bootstrap = v["bootstrapNode"] or (staying[0] if staying else names[0] if names else "")
     if names and bootstrap not in names:
         c.bad("bootstrapNode", bootstrap, "one of the node names: " + ", ".join(names))
+    elif bootstrap in {name for _, name in leaving}:
+        c.bad("bootstrapNode", bootstrap, "a node that stays (this one is being decommissioned): "
+              + ", ".join(staying))
 
     tls = _tls(c, v)
     jump_host = _jump_host(c, v["sshJumpHost"])
@@ -358,6 +368,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             slow_query_log=bool(v["slowQueryLog"]),
             cluster_name=str(v["clusterName"]),
             onprem_datadir_encryption=str(v["onPremDatadirEncryption"]),
+            version=str(v["mariadbVersion"] or ""),
         ),
         network=NetworkConfig(
             vpc_id=vpc_id,
@@ -379,4 +390,5 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         warnings=tuple(c.warnings),
         tls=tls,
         jump_host=jump_host,
+        decommission_data=str(v["decommissionData"]),
     )

@@ -20,6 +20,7 @@ PROJECT = "mariadb-kms"
 KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 ENCRYPT_TABLES_VALUES = ("OFF", "ON", "FORCE")
 DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")  # onPremDatadirEncryption: docs/at-rest.md
+DECOMMISSION_DATA_VALUES = ("keep", "wipe")
 
 # AWS allows 50 user tags per resource, keys up to 128 and values up to 256
 # characters, and reserves the aws: prefix in any case
@@ -83,6 +84,13 @@ EC2_NODE_FIELDS = (
     Field("instanceType", "an EC2 instance type", checks.instance_type, default="t3.medium"),
     Field("dataVolumeGiB", "the data volume's size in GiB", default=50, bounds=Bounds(8, 16384)),
     Field("privateIp", "the node's private IPv4 address inside its subnet", checks.ipv4_address),
+    Field(
+        "decommission",
+        "true to take the node out of the cluster (it leaves, its key material is wiped); remove the entry in a "
+        "later `pulumi up`",
+        checks.boolean,
+        default=False,
+    ),
 )
 ONPREM_NODE_FIELDS = (
     Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True),
@@ -93,6 +101,13 @@ ONPREM_NODE_FIELDS = (
     ),
     Field("sshPort", "the node's SSH port", default=DEFAULT_SSH_PORT, bounds=SSH_PORT),
     Field("egressCidr", "the public CIDR this node reaches KMS from", checks.cidr("203.0.113.7/32")),
+    Field(
+        "decommission",
+        "true to take the node out of the cluster (it leaves, its key material is wiped); remove the entry in a "
+        "later `pulumi up`",
+        checks.boolean,
+        default=False,
+    ),
 )
 JUMP_HOST_FIELDS = (
     Field("host", "the bastion's IP address or DNS name", checks.host, required=True),
@@ -261,6 +276,23 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "gap).",
         default="fscrypt",
         choices=DATADIR_ENCRYPTION_MODES,
+    ),
+    ConfigKey(
+        "mariadbVersion",
+        "string",
+        "The MariaDB package version every node runs (Debian's version string, as `apt-cache policy mariadb-server` "
+        "shows it). Empty: the distribution's current version at install, never upgraded. A higher version is "
+        "installed one node at a time, each Synced and verified before the next; a lower one is refused on the node.",
+        default="",
+        check=checks.deb_version,
+    ),
+    ConfigKey(
+        "decommissionData",
+        "string",
+        "What the decommission step does with a leaving node's datadir: {choices}. Its key material, blob and "
+        "credentials are wiped either way (kept data stays encrypted under a key the host no longer holds).",
+        default="keep",
+        choices=DECOMMISSION_DATA_VALUES,
     ),
     ConfigKey("ec2Nodes", None, "EC2 nodes: list of {fields}.", default=[], fields=EC2_NODE_FIELDS),
     ConfigKey("onPremNodes", None, "On-prem nodes: list of {fields}.", default=[], fields=ONPREM_NODE_FIELDS),

@@ -15,14 +15,17 @@ from components.plan.order import (
     Role,
     bootstrap_step,
     cluster_plan,
+    decommission_step,
     entry_key,
     node_plan,
     rolling_order,
+    upgrade_step,
     verify_step,
 )
 from components.plan.steps import Phase, Stdin, Step, Trigger
 
 __all__ = [
     "BOOTSTRAP_KEY", "NodePlan", "Phase", "Plan", "PlanEntry", "Role", "Stdin", "Step", "Trigger",
-    "bootstrap_step", "cluster_plan", "entry_key", "node_plan", "rolling_order", "verify_step",
+    "bootstrap_step", "cluster_plan", "decommission_step", "entry_key", "node_plan", "rolling_order",
+    "upgrade_step", "verify_step",
 ]

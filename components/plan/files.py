@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 
 from components.config import ClusterConfig, NodeConfig
-from components.mycnf import render_encryption_cnf, render_mycnf
+from components.mycnf import render_encryption_cnf, render_mycnf, restart_relevant
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
     MYCNF_ENCRYPTION_PATH,
+    MYCNF_NODE_PATH,
     UNWRAP_CONF_PATH,
     render_credentials_file,
     render_unwrap_conf,
 )
-from components.plan.steps import BLOB_MODE, MYCNF_MODE, ROOT, SECRET_MODE, UNWRAP_CONF_MODE, FileSpec
+from components.plan.steps import (
+    BLOB_MODE,
+    MYCNF_MODE,
+    ROOT,
+    SECRET_MODE,
+    UNWRAP_CONF_MODE,
+    FileSpec,
+    files_digest,
+)
 
 
 def seed_files(
@@ -62,6 +72,30 @@ def config_files(
     )
     files.update({path: (text, MYCNF_MODE, ROOT) for path, text in mycnf.items()})
     return files
+
+
+def restart_digest(
+    files: Mapping[str, FileSpec], node_files_digest: str, *, version: str = "", machine: str = ""
+) -> str:
+    """What the restart triggers (preflight, roll) compare: the config files and node files a restart applies.
+
+    The member list is left out (``restart_relevant``): adding or removing a
+    member rewrites every node's config file (the config step updates it) but
+    re-runs no roll, so nobody restarts for it. A pinned ``mariadbVersion`` is
+    in: a new version rolls every node after its upgrade step (unset, the digest
+    is what it always was). So are the ``machine`` settings a stop and start
+    apply (an EC2 node's instance type): the roll runs again after the change
+    and waits until the node is Synced.
+    """
+    seen: dict[str, FileSpec] = {}
+    for path, (content, mode, owner) in files.items():
+        if path == MYCNF_NODE_PATH and isinstance(content, str):
+            content = restart_relevant(content)
+        seen[path] = (content, mode, owner)
+    parts = [files_digest(seen), node_files_digest, *((f"version={version}",) if version else ())]
+    if machine:
+        parts.append(machine)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def credentials_files(cluster: ClusterConfig, *, access_key_id: str, secret_access_key: str) -> dict[str, FileSpec]:

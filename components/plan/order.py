@@ -41,6 +41,9 @@ step                  kinds     what
                                 with the node's own credentials, retried for a while (a new
                                 access key takes seconds to become valid). Fails the deploy
                                 while the node still runs on its old config.
+``upgrade``           both      only with ``mariadbVersion``: ``mariadb-kms-upgrade`` unholds the
+                                packages, installs that version with the package's own restart
+                                blocked (policy-rc.d) and holds them again; the roll restarts.
 ``roll``              both      ``mariadb-kms-roll``: restart if the applied config is stale
                                 (or start and join if MariaDB is not running), then wait until
                                 this node is Synced and the cluster is back to its size.
@@ -67,7 +70,20 @@ the recorded ``depends_on`` carries them; a replayer must keep them):
 5. ``verify`` of every node runs after its own ``roll`` and the last node's ``roll``.
 6. ``tls`` and ``tls-reload`` are configure steps: node N+1 takes new certificates
    after node N is Synced again, so a renewal reloads one node at a time; and a
-   node's config, which names the certificate files, arrives after them.
+   node's config, which names the certificate files, arrives after them. So is
+   ``upgrade``: node N+1 upgrades only once node N runs the new version, Synced.
+7. A node with ``decommission: true`` is no member (no other node lists it, and
+   verification expects the members only). Its path is ``first-boot`` (EC2),
+   ``node-files`` and ``decommission`` (``mariadb-kms-decommission``: leave the
+   cluster cleanly, wipe key material, blob and credentials, keep or wipe the
+   data), run after the last member's roll, one leaving node after the other;
+   every verification runs after the last of them.
+8. An EC2 member's instance type (``instance-type``, no command: a stop, a
+   modify and a start when it differs) waits for the previous node's roll and
+   for its own install; its configure steps, and so its roll, wait for it. The
+   instance itself ignores ``instanceType`` after launch (pulumi-aws would stop
+   and start every changed instance at once), and the node's restart digest
+   holds the type, so its roll runs again afterwards and ends only Synced.
 """
 
 from __future__ import annotations
@@ -77,17 +93,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from components.config import ClusterConfig, NodeConfig
+from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig
 from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
 from components.plan.steps import (
     BOOTSTRAP,
     BOOTSTRAP_TIMEOUT_S,
+    DECOMMISSION,
     FIRST_BOOT,
     FIRST_BOOT_STEP,
     INSTALL,
     ROLL,
     ROLL_TIMEOUT_S,
     TLS_TOOL,
+    UPGRADE,
     VERIFY,
     VERIFY_WAIT_S,
     Phase,
@@ -129,6 +147,11 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         "node-files", put_command(), Phase.INSTALL, stdin=Stdin.NODE_FILES, triggers=(Trigger.IDENTITY,),
         after=before_files,
     ))
+    if node.decommission:
+        # The node's other steps leave the program: the engine deletes them from state after everything
+        # else ran, and none has a delete command, so nothing runs on the host for them.
+        steps.append(decommission_step(cluster))
+        return NodePlan(node.name, node.kind, tuple(steps))
     steps.append(Step(
         "seed", put_command(if_missing=True), Phase.INSTALL, stdin=Stdin.SEED_FILES,
         triggers=(Trigger.IDENTITY,), after=before_files,
@@ -167,10 +190,14 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
     steps.append(Step(
         "escrow", escrow_command(), Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.CONFIG), after=("config",),
     ))
+    before_preflight = "config"
+    if cluster.mariadb.version:
+        steps.append(upgrade_step(cluster.mariadb.version))
+        before_preflight = "upgrade"
     checks = (Trigger.IDENTITY, Trigger.CONFIG, *((Trigger.CREDENTIALS,) if onprem else ()))
     steps.append(Step(
         "preflight", f"sudo -n {ROLL} --preflight", Phase.CONFIGURE, triggers=checks,
-        after=("config", *(("credentials",) if onprem else ())), touches_secret=True,
+        after=(before_preflight, *(("credentials",) if onprem else ())), touches_secret=True,
     ))
     steps.append(Step(
         "roll", f"sudo -n {ROLL} --timeout {ROLL_TIMEOUT_S}", Phase.ROLL, triggers=checks,
@@ -209,6 +236,42 @@ def escrow_command() -> str:
     return f"sudo -n /bin/bash -c {shlex.quote(script)} mariadb-kms-escrow"
 
 
+def upgrade_step(version: str) -> Step:
+    """``mariadb-kms-upgrade``: the held packages to ``version``, the running server left alone (the roll restarts).
+
+    In the configure phase, so node N+1 upgrades only after node N's roll has it
+    Synced on the new version. Its trigger is the version: a new one runs it again.
+    """
+    return Step(
+        "upgrade", f"sudo -n {UPGRADE} --version {shlex.quote(version)}", Phase.CONFIGURE,
+        triggers=(Trigger.IDENTITY, Trigger.VERSION), after=("config",),
+    )
+
+
+def decommission_step(cluster: ClusterConfig) -> Step:
+    """``mariadb-kms-decommission``: the node leaves the cluster and forgets its key (run once, as a create).
+
+    Its only trigger is the machine, so it never runs again on the same host.
+    """
+    data = "--wipe-data" if cluster.decommission_data == "wipe" else "--keep-data"
+    return Step(
+        "decommission", f"sudo -n {DECOMMISSION} {data}", Phase.ROLL, triggers=(Trigger.IDENTITY,),
+        after=("node-files",), touches_secret=True,
+    )
+
+
+INSTANCE_TYPE_KEY = "instance-type"
+
+
+def instance_type_step(node: Ec2NodeConfig) -> Step:
+    """Not a command: the type an EC2 node's instance must have (``components/instance_type_provider.py``).
+
+    It is a plan entry so that it has its place in the order: after the previous
+    node's roll, before this node's configure steps, hence before its roll.
+    """
+    return Step(INSTANCE_TYPE_KEY, f"instance type {node.instance_type}", Phase.CONFIGURE)
+
+
 def bootstrap_step() -> Step:
     """``galera_new_cluster`` once, on the bootstrap node: create-only, and the same string forever.
 
@@ -240,9 +303,13 @@ def verify_step(node: NodeConfig, cluster: ClusterConfig, *, expect_size: int) -
 
 
 def rolling_order(cluster: ClusterConfig) -> tuple[NodeConfig, ...]:
-    """Bootstrap node first (it must be running before anyone can join), then configuration order."""
-    first = [n for n in cluster.nodes if n.name == cluster.bootstrap_node]
-    return (*first, *(n for n in cluster.nodes if n.name != cluster.bootstrap_node))
+    """The members: bootstrap node first (it must be running before anyone can join), then configuration order.
+
+    A node being decommissioned is no member: it leaves after every member rolled (``cluster_plan``).
+    """
+    members = cluster.members
+    first = [n for n in members if n.name == cluster.bootstrap_node]
+    return (*first, *(n for n in members if n.name != cluster.bootstrap_node))
 
 
 # --------------------------------------------------------------------------
@@ -251,11 +318,13 @@ def rolling_order(cluster: ClusterConfig) -> tuple[NodeConfig, ...]:
 
 
 class Role(Enum):
-    """What an entry is to an executor: a step of a node's SSH path, the bootstrap, a verification."""
+    """What an entry is to an executor: a step of a node's SSH path, the bootstrap, a verification, an
+    EC2 instance's type."""
 
     NODE_STEP = "node-step"
     BOOTSTRAP = "bootstrap"
     VERIFY = "verify"
+    INSTANCE_TYPE = "instance-type"  # no command: the EC2 instance's type, applied by stop/modify/start
 
 
 BOOTSTRAP_KEY = "bootstrap"
@@ -328,7 +397,7 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
     order = rolling_order(cluster)
     if not order:
         raise ValueError("a cluster needs at least one node")
-    plans = {n.name: node_plan(n, cluster) for n in order}
+    plans = {n.name: node_plan(n, cluster) for n in (*order, *cluster.leaving)}
     entries: list[PlanEntry] = []
 
     def add(node: str, step: Step, external: tuple[str, ...] = ()) -> PlanEntry:
@@ -341,7 +410,7 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
         return entry
 
     # Rule 2: the install phase of every node, with no edge between nodes.
-    for n in order:
+    for n in (*order, *cluster.leaving):
         for step in plans[n.name].phase(Phase.INSTALL):
             add(n.name, step)
     installs = tuple(entry_key(n.name, "install") for n in order)
@@ -350,8 +419,17 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
     previous_roll: tuple[str, ...] = ()
     for i, n in enumerate(order):
         configure = plans[n.name].phase(Phase.CONFIGURE)
+        before_configure = previous_roll
+        if isinstance(n, Ec2NodeConfig):
+            # Rule 8: the instance's type, in the node's turn (it stops and starts the instance).
+            resize = PlanEntry(
+                entry_key(n.name, INSTANCE_TYPE_KEY), n.name, Role.INSTANCE_TYPE, instance_type_step(n),
+                (entry_key(n.name, "install"), *previous_roll),
+            )
+            entries.append(resize)
+            before_configure = (*previous_roll, resize.key)
         for step in configure:
-            add(n.name, step, previous_roll)
+            add(n.name, step, before_configure)
         roll_after: tuple[str, ...] = ()
         if i == 0:
             bootstrap = PlanEntry(
@@ -363,12 +441,17 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
         (roll,) = plans[n.name].phase(Phase.ROLL)
         previous_roll = (add(n.name, roll, roll_after).key,)
 
-    # Rule 5: every verification after its own node's roll and the last roll.
-    for n in cluster.nodes:
+    # Rule 7: leaving nodes leave one at a time, after every member rolled.
+    for n in cluster.leaving:
+        (leave,) = plans[n.name].phase(Phase.ROLL)
+        previous_roll = (add(n.name, leave, previous_roll).key,)
+
+    # Rule 5: every verification after its own node's roll and the last roll (or leave).
+    for n in cluster.members:
         own_roll = entry_key(n.name, "roll")
         entries.append(PlanEntry(
             entry_key(n.name, "verify"), n.name, Role.VERIFY,
-            verify_step(n, cluster, expect_size=len(cluster.nodes)),
+            verify_step(n, cluster, expect_size=len(cluster.members)),
             tuple(dict.fromkeys((own_roll, *previous_roll))),
         ))
     return Plan(tuple(n.name for n in order), tuple(entries))

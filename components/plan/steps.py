@@ -49,6 +49,8 @@ FIRST_BOOT_STEP = (
     f"sudo -n /bin/sh -c 'if [ -x {FIRST_BOOT} ]; then exec {FIRST_BOOT}; fi; exec cloud-init status --wait'"
 )
 TLS_TOOL = f"{SBIN}/mariadb-kms-tls"
+DECOMMISSION = f"{SBIN}/mariadb-kms-decommission"
+UPGRADE = f"{SBIN}/mariadb-kms-upgrade"
 
 ROLL_TIMEOUT_S = 1800  # an SST of a large datadir over a WAN takes a while
 VERIFY_WAIT_S = 600  # InnoDB encryption threads still rotating after a settings change
@@ -86,13 +88,14 @@ class Trigger(Enum):
     MEMBERS = "members"  # the member list
     TLS = "tls"  # digest of the CA and node certificates (public): a renewal reloads, and verifies again
     EVERY_UP = "every-up"  # a value that changes on each run (verifyOnEveryUp)
+    VERSION = "version"  # mariadbVersion: a new version upgrades the node again
 
 
 class Phase(Enum):
     """When the cluster creates a step: the install phase runs in parallel, the rest rolls."""
 
     INSTALL = "install"
-    CONFIGURE = "configure"  # config, preflight: after the previous node's roll
+    CONFIGURE = "configure"  # config, upgrade, preflight: after the previous node's roll
     ROLL = "roll"  # after preflight (and, on the bootstrap node, after the bootstrap)
 
 

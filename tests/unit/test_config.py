@@ -464,6 +464,8 @@ EVERY_ERROR: list[tuple[str, dict[str, Any]]] = [
     ("dev", with_(tags="team=db")),
     ("dev", with_(tags={**tags(60), "aws:x": None, "owner": True})),
     ("dev", with_(sshAuthorizedKey="ssh-rsa AAAA")),
+    ("dev", with_(ec2Nodes=..., onPremNodes=onprem(decommission=True))),
+    ("dev", with_(ec2Nodes=ec2(decommission=True), onPremNodes=onprem(), bootstrapNode="aws-a")),
 ]
 
 

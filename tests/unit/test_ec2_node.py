@@ -210,7 +210,7 @@ def test_instance_settings() -> None:
     assert tags["Name"] == "mariadb-kms-dev-aws-b" and tags["owner"] == "dba-team"
     assert instance.options is not None
     assert instance.options.delete_before_replace is True
-    assert set(instance.options.ignore_changes) == {"ami", "userDataBase64"}
+    assert set(instance.options.ignore_changes) == {"ami", "userDataBase64", "instanceType"}
 
 
 def test_volume_attachment() -> None:

@@ -22,7 +22,7 @@ from components.plan import BOOTSTRAP_KEY, Plan, PlanEntry, Role, cluster_plan, 
 
 REPO = Path(__file__).resolve().parents[2]
 # Steps after which MariaDB on that node runs with something new: a restart or a reload.
-DISRUPTIVE = ("tls-reload", "roll")
+DISRUPTIVE = ("instance-type", "tls-reload", "roll")  # instance-type stops and starts the instance
 
 
 def cluster(**changes: Any) -> ClusterConfig:
@@ -76,7 +76,7 @@ def bootstrap_problems(plan: Plan, bootstrap_node: str) -> list[str]:
 
 def concurrent_disruptions(plan: Plan) -> list[tuple[str, str]]:
     """Pairs of disruptive steps on two different nodes that no edge orders: they could run at once."""
-    steps = [e for e in plan if e.role is Role.NODE_STEP and e.step.key in DISRUPTIVE]
+    steps = [e for e in plan if e.role in (Role.NODE_STEP, Role.INSTANCE_TYPE) and e.step.key in DISRUPTIVE]
     pairs = []
     for i, a in enumerate(steps):
         for b in steps[i + 1:]:
@@ -146,9 +146,12 @@ def test_controls_each_checker_finds_a_broken_plan() -> None:
     plan = cluster_plan(cluster())
     # Node 2's configure steps no longer wait for node 1's roll: two nodes may restart at once.
     loose = plan
-    for step in ("tls", "tls-reload", "config", "preflight"):
+    for step in ("instance-type", "tls", "tls-reload", "config", "preflight"):
         loose = _without_edge(loose, entry_key("aws-b", step), entry_key("aws-a", "roll"))
     assert concurrent_disruptions(loose)
+    # aws-b's instance stop no longer waits for aws-a's roll (its configure steps still do).
+    stop = _without_edge(plan, entry_key("aws-b", "instance-type"), entry_key("aws-a", "roll"))
+    assert (entry_key("aws-a", "roll"), entry_key("aws-b", "instance-type")) in concurrent_disruptions(stop)
     # A second bootstrap, and a roll that no longer waits for the bootstrap.
     second = PlanEntry("bootstrap-2", "aws-b", Role.BOOTSTRAP, plan.entry(BOOTSTRAP_KEY).step, ())
     assert bootstrap_problems(Plan(plan.nodes, (second, *plan.entries)), "aws-a") == ["2 bootstraps"]
