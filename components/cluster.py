@@ -139,6 +139,11 @@ class MariaDbCluster(pulumi.ComponentResource):
             )
         run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
         version = cluster.mariadb.version
+        # What the escrow copy holds: the blob (ciphertext) and unwrap.conf (key ARN, region, mode).
+        escrowed = f"{cluster.region}\0{cluster.mariadb.key_management}"
+        key_digest = pulumi.Output.all(self._key_arn, self._blob).apply(
+            lambda v: hashlib.sha256(f"{v[0]}\0{v[1]}\0{escrowed}".encode()).hexdigest()
+        )
 
         connections: dict[str, command.remote.ConnectionArgs] = {}
         inputs: dict[str, StepInputs] = {}
@@ -175,6 +180,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 tls_digest=tls_digest,
                 run_stamp=run_stamp,
                 version=version or None,
+                key_digest=key_digest,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],

@@ -138,6 +138,7 @@ class StepInputs:
     tls_digest: pulumi.Input[str] | None = None  # of the CA and node certificates only
     run_stamp: str | None = None  # differs on every run (verifyOnEveryUp)
     version: str | None = None  # mariadbVersion, when set
+    key_digest: pulumi.Input[str] | None = None  # of the key ARN and the blob (ciphertext)
 
     def stdin(self, which: Stdin) -> pulumi.Input[str] | None:
         values: Mapping[Stdin, pulumi.Input[str] | None] = {
@@ -160,6 +161,7 @@ class StepInputs:
             Trigger.TLS: self.tls_digest,
             Trigger.EVERY_UP: self.run_stamp,
             Trigger.VERSION: self.version,
+            Trigger.KEY: self.key_digest,
         }
         return values[which]
 

@@ -188,7 +188,7 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         after=config_after,
     ))
     steps.append(Step(
-        "escrow", escrow_command(), Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.CONFIG), after=("config",),
+        "escrow", escrow_command(), Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.KEY), after=("config",),
     ))
     before_preflight = "config"
     if cluster.mariadb.version:

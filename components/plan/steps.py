@@ -89,6 +89,7 @@ class Trigger(Enum):
     TLS = "tls"  # digest of the CA and node certificates (public): a renewal reloads, and verifies again
     EVERY_UP = "every-up"  # a value that changes on each run (verifyOnEveryUp)
     VERSION = "version"  # mariadbVersion: a new version upgrades the node again
+    KEY = "key"  # digest of what the escrow copy holds: the blob, the key ARN, the region and the mode
 
 
 class Phase(Enum):

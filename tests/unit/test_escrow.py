@@ -70,8 +70,10 @@ def test_every_node_runs_the_escrow_step_after_its_config_and_again_when_the_blo
     assert step.after == ("config",)
     assert step.phase is Phase.CONFIGURE
     assert step.stdin is Stdin.NONE
-    # The config digest covers the blob (it is one of the config files): a re-wrapped blob is escrowed again.
-    assert Trigger.CONFIG in step.triggers and Trigger.IDENTITY in step.triggers
+    # The key digest covers what the copy holds (blob, key ARN, region, mode): a re-wrapped blob is escrowed
+    # again, a tunable change is not (tests/unit/test_plan_triggers.py holds both sides).
+    assert Trigger.KEY in step.triggers and Trigger.IDENTITY in step.triggers
+    assert Trigger.CONFIG not in step.triggers
     assert step.create == escrow_command() and step.create.startswith("sudo -n ")
     plan = cluster_plan(cfg)
     assert f"{node.name}/config" in plan.waits_for(f"{node.name}/escrow")

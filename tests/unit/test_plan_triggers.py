@@ -62,7 +62,7 @@ def _with_new_member(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "ec2Nodes": [*config["ec2Nodes"], extra]}
 
 
-RESTART = ("escrow", "preflight", "roll", "verify")
+RESTART = ("preflight", "roll", "verify")
 DC1_PATH = ("node-files", "seed", "credentials", "install", "config", "escrow", "preflight", "roll", "verify")
 
 # key changed -> the entries it re-runs by a trigger (all others keep their trigger values)
@@ -80,7 +80,7 @@ TABLE: dict[str, tuple[Any, set[str]]] = {
     "ec2Nodes (a new member)": (_with_new_member, every("verify")),
     "keyManagement": (
         lambda c: {**c, "keyManagement": "aws-plugin", "awsPluginSource": "/opt/aws_key_management.so"},
-        every("install", *RESTART),
+        every("install", "escrow", *RESTART),
     ),
 }
 
