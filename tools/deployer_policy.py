@@ -149,6 +149,11 @@ ACTIONS: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         )),
     ),
     "aws:ec2/getSubnet:getSubnet": (("Ec2Describe", ("ec2:DescribeSubnets",)),),
+    # Applies a new instance type in the node's turn: stop, wait, modify, start (components/instance_type_provider.py).
+    "pulumi-python:dynamic/mariadb-kms:InstanceType": (
+        ("Ec2Describe", ("ec2:DescribeInstances",)),
+        ("Ec2Change", ("ec2:ModifyInstanceAttribute", "ec2:StartInstances", "ec2:StopInstances")),
+    ),
     "aws:ec2/vpcEndpoint:VpcEndpoint": (
         ("Ec2Describe", ("ec2:DescribePrefixLists", "ec2:DescribeVpcEndpointServices", "ec2:DescribeVpcEndpoints")),
         ("Ec2Change", ("ec2:CreateTags", "ec2:CreateVpcEndpoint", "ec2:DeleteVpcEndpoints", "ec2:ModifyVpcEndpoint")),
@@ -190,6 +195,8 @@ def resource_types(cfg: ClusterConfig) -> set[str]:
             "aws:ebs/volume:Volume", "aws:ec2/volumeAttachment:VolumeAttachment", "aws:ec2/instance:Instance",
             # EC2 host keys are made by the program (tls) whatever the TLS channels say.
             "tls:index/privateKey:PrivateKey",
+            # The data volume takes its subnet's zone; an instance type changes in the node's turn.
+            "aws:ec2/getSubnet:getSubnet", "pulumi-python:dynamic/mariadb-kms:InstanceType",
         }
         if cfg.attach_ssm_policy:
             types.add("aws:iam/rolePolicyAttachment:RolePolicyAttachment")

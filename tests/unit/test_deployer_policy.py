@@ -101,7 +101,8 @@ def test_the_policy_grants_only_what_the_config_needs() -> None:
     onprem, ec2, full, everything = (_actions(n) for n in ("onprem-only", "ec2-only", "full", "everything-on"))
     assert not {a for a in onprem if a.startswith("ec2:")} and "iam:PassRole" not in onprem
     assert "iam:CreateUser" not in ec2 and "iam:CreateAccessKey" not in ec2
-    assert not {a for a in full if a.startswith(("ssm:", "route53:"))} and "iam:AttachRolePolicy" not in full
+    assert not {a for a in full if a.startswith("route53:")} and "iam:AttachRolePolicy" not in full
+    assert "ssm:PutParameter" in full  # the escrow in SSM is on by default
     assert {"ssm:PutParameter", "ec2:CreateVpcEndpoint", "iam:AttachRolePolicy"} <= everything
     assert "kms:ScheduleKeyDeletion" not in everything  # the key is retained, never deleted by the program
     assert {"kms:CreateKey", "kms:CreateAlias", "kms:PutKeyPolicy", "kms:TagResource", "iam:GetRole"} <= onprem
