@@ -138,8 +138,9 @@ def test_after_a_power_loss_pc_recovery_re_forms_the_cluster(node: Node) -> None
     # seqno -1: the position comes from the redo log, with the key unwrapped for it and removed after.
     assert f"position={UUID}:4242" in out
     log = node.log()
-    assert "systemctl start mariadb-kms-unwrap.service" in log and "galera_recovery" in log
-    assert log[-1] == "systemctl stop mariadb-kms-unwrap.service"
+    # The datadir key unit requires the unwrap: starting it unwraps the key (and, with fscrypt, opens the datadir).
+    assert "systemctl start mariadb-kms-datadir-key.service" in log and "galera_recovery" in log
+    assert log[-1] == "systemctl stop mariadb-kms-datadir-key.service mariadb-kms-unwrap.service"
 
 
 def test_pc_recovery_turned_off_in_config_means_bootstrap(node: Node) -> None:
