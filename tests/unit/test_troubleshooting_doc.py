@@ -16,7 +16,10 @@ from node_scripts import NODE, load_node_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "troubleshooting.md"
-SECTIONS = ("galera", "flags", "key", "innodb", "tables", "aria", "gcache", "swap", "tls", "canary", "cannot verify")
+SECTIONS = (
+    "galera", "flags", "key", "innodb", "tables", "aria", "gcache", "swap", "tls", "canary", "cannot verify", "datadir",
+    "sql paths",
+)
 
 
 def template(node: ast.expr) -> str | None:
