@@ -51,7 +51,7 @@ from rehearsal.rootfs import ensure_bare_rootfs, remove_tree
 
 PREFIX_ENV = "MARIADB_KMS_TESTBED_PREFIX"
 SUBNET_ENV = "MARIADB_KMS_TESTBED_SUBNET"
-_PREFIX = re.compile(r"^[a-z]{1,6}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 # Commands run in a host get this environment, never ours (which may hold AWS variables or a venv PATH).
 HOST_ENV = {
@@ -74,7 +74,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
-            raise TestbedError(f"testbed prefix {self.prefix!r}: 1 to 6 lowercase letters")
+            raise TestbedError(f"testbed prefix {self.prefix!r}: 1 to 6 lowercase letters or digits, a letter first")
         if self.subnet.num_addresses < 16:
             raise TestbedError(f"testbed subnet {self.subnet}: needs at least a /28")
 
