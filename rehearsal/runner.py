@@ -131,9 +131,10 @@ class LastingMocks(EmulatedMocks):
     a node's datadir, encrypted under the first, would be unreadable.
     """
 
-    def __init__(self, *, emulator: KmsEmulator, stack: str, region: str) -> None:
+    def __init__(self, *, emulator: KmsEmulator, stack: str, region: str,
+                 kept: dict[tuple[str, str], Computed]) -> None:
         super().__init__(emulator=emulator, addresses={}, stack=stack, region=region, account_id=ACCOUNT_ID)
-        self.kept: dict[tuple[str, str], Computed] = {}
+        self.kept = kept  # shared by the stack's recordings; a mocks object records one run only
 
     def _keep(self, kind: str, name: str, make: Callable[[], Computed]) -> Computed:
         if (kind, name) not in self.kept:
@@ -159,6 +160,7 @@ class Program:
 
     config: dict[str, Any] = field(repr=False)  # the stack config, the secret key included
     region: str
+    stack: str
     recording: Recording = field(repr=False)
     commands: list[RecordedCommand] = field(repr=False)  # in replay order
     sent: list[Sent] = field(repr=False)  # the overlay applied, node = testbed host name
@@ -212,11 +214,21 @@ class Program:
 class ProgramStack:
     """One stack: records the program for a config, keeping its key resources across recordings."""
 
-    def __init__(self, kms: KmsServer, *, stack: str = STACK) -> None:
+    def __init__(self, kms: KmsServer, *, stack: str | None = None) -> None:
         self.kms = kms
-        self.stack = stack
         self.emulator = KmsEmulator(kms.endpoint_url, kms.region)
-        self.mocks = LastingMocks(emulator=self.emulator, stack=stack, region=kms.region)
+        self.stack = stack or self._free_name()
+        self.kept: dict[tuple[str, str], Computed] = {}
+
+    def _free_name(self) -> str:
+        """``nodetest``, or ``nodetest2``... when another stack on this KMS server has the name already:
+        the key alias is named after the stack, and a second one of the same name would fail to register."""
+        with emulator_credentials():
+            taken = {a["AliasName"] for a in self.emulator.client().list_aliases()["Aliases"]}
+        n = 1
+        while any(alias.endswith(f"-{STACK}{n if n > 1 else ''}") for alias in taken):
+            n += 1
+        return f"{STACK}{n if n > 1 else ''}"
 
     def record(self, config: Mapping[str, Any], testbed: Testbed) -> Program:
         config = dict(config)
@@ -225,7 +237,8 @@ class ProgramStack:
                              "which `make demo` seeds before their first boot")
         flat, secret_keys = config_for_pulumi(config, self.kms.region, SECRET_KEYS)
         with emulator_credentials():
-            rec = record(self.mocks, flat, secret_keys, stack=self.stack)
+            mocks = LastingMocks(emulator=self.emulator, stack=self.stack, region=self.kms.region, kept=self.kept)
+            rec = record(mocks, flat, secret_keys, stack=self.stack)
         if rec.exception is not None or rec.errors:
             raise DeployFailed(f"the program failed under mocks: {rec.exception!r}; errors: {rec.errors}")
         commands = recorded_commands(rec)
@@ -248,7 +261,7 @@ class ProgramStack:
         if undeclared:
             raise DeployFailed("the overlay changed what it does not declare: " +
                                ", ".join(f"{c.target} {c.path}" for c in undeclared))
-        return Program(config, self.kms.region, rec, commands, sent, changes)
+        return Program(config, self.kms.region, self.stack, rec, commands, sent, changes)
 
 
 def changed_commands(old: Program, new: Program) -> list[str]:

@@ -53,7 +53,7 @@ from rehearsal.mariadb_on_host import check, epoch, sql, status, stop
 from rehearsal.packet_capture import SERVICE_PORTS, capture, read_streams
 from rehearsal.plan import decode_put
 from rehearsal.recorder import Types
-from rehearsal.runner import STACK, TLS_OFF, Deployment, ProgramStack, deploy, onprem_config
+from rehearsal.runner import TLS_OFF, Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import ExecResult, Settings, Testbed
 from rehearsal.tls_certs import Issued, LocalCa
 
@@ -338,7 +338,7 @@ def program_ca(run: Run) -> LocalCa:
     recorded = program.recording.one(Types.TLS_SELF_SIGNED_CERT)
     key = load_pem_private_key(str(rpc.unwrap_rpc_secret(recorded.input("privateKeyPem"))).encode(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    ca = LocalCa(str(program.config["clusterName"]), stack=STACK)
+    ca = LocalCa(str(program.config["clusterName"]), stack=program.stack)
     ca.key = key
     ca.cert = x509.load_pem_x509_certificate(node_tls(run, "node1")[CA_CERT_PATH].encode())
     ca.subject = ca.cert.subject
@@ -356,7 +356,8 @@ def test_a_node_with_a_certificate_from_another_ca_cannot_join(hosts: Hosts, enc
     tb = hosts.testbed
     stop(tb, "node3")
     # Same names as the program's CA, another key: only the signature tells them apart.
-    foreign = LocalCa(str(encrypted.deployed.program.config["clusterName"]), stack=STACK)
+    program = encrypted.deployed.program
+    foreign = LocalCa(str(program.config["clusterName"]), stack=program.stack)
     put_tls(hosts, "node3", foreign.cert_pem, foreign.issue("node3", hosts.address("node3")))
     since = epoch(tb, "node1")
     check(tb, "node3", ["systemctl", "reset-failed", "mariadb"])
