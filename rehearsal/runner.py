@@ -57,9 +57,9 @@ from components.data_key_provider import P_BLOB
 from rehearsal import TestbedError, say
 from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID
-from rehearsal.emulator import DEPLOYER_ROLE_NAME, EmulatedMocks, KmsEmulator, deployer_role_arn, emulator_credentials
+from rehearsal.emulator import EmulatedMocks, KmsEmulator, deployer_role_arn, emulator_credentials
 from rehearsal.kms_server import KmsServer
-from rehearsal.plan import RecordedCommand, decode_put, is_put_payload, recorded_commands
+from rehearsal.plan import RecordedCommand, recorded_commands
 from rehearsal.recorder import Computed, Recording, Types, config_for_pulumi, record
 from rehearsal.replay import Outcome, Progress, Replay, Sent, replay
 from rehearsal.stack import SECRET_KEYS, new_ed25519
@@ -95,8 +95,7 @@ def onprem_config(testbed: Testbed, names: Sequence[str] | None = None, **change
     chosen = list(names or testbed.hosts)
     login = new_ed25519("mariadb-kms-node-tests")
     config: dict[str, Any] = {
-        "keyAdmins": [deployer_role_arn(ACCOUNT_ID), deployer_role_arn(ACCOUNT_ID).replace(DEPLOYER_ROLE_NAME,
-                                                                                           "kms-breakglass")],
+        "keyAdmins": [deployer_role_arn(ACCOUNT_ID), f"arn:aws:iam::{ACCOUNT_ID}:role/kms-breakglass"],
         "clusterName": "mariadb-kms-test",
         "onPremNodes": [
             {"name": n, "address": testbed.hosts[n].address, "sshUser": "root", "hostKey": host_key(testbed, n)}
@@ -249,13 +248,8 @@ class ProgramStack:
         for cmd in commands:
             if cmd.host not in by_address:
                 raise DeployFailed(f"{cmd.name}: connects to {cmd.host}, which is no testbed host")
-            stdin = cmd.stdin
-            if stdin is not None and is_put_payload(stdin):
-                new = ov.put_stdin(stdin, settings, ec2=False)
-                if new is not stdin:
-                    changes += ov.file_changes(f"stdin {cmd.name}", decode_put(stdin), decode_put(new), ec2=False,
-                                               secret=cmd.stdin_secret)
-                stdin = new
+            stdin, changed = ov.command_stdin(cmd, settings, ec2=False)
+            changes += changed
             sent.append(Sent(command=cmd, node=by_address[cmd.host], stdin=stdin))
         undeclared = [c for c in changes if c.item == "UNDECLARED"]
         if undeclared:
