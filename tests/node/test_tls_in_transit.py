@@ -362,14 +362,25 @@ def test_a_node_with_a_certificate_from_another_ca_cannot_join(hosts: Hosts, enc
     since = epoch(tb, "node1")
     check(tb, "node3", ["systemctl", "reset-failed", "mariadb"])
     check(tb, "node3", ["systemctl", "start", "--no-block", "mariadb"])
+    refusals: list[str] = []  # node1's own files (the program's CA) dialling node3's Galera port
     try:
         deadline = time.monotonic() + 45  # a failed join gives up after ~30 s; the unit then retries
         while time.monotonic() < deadline:
             if _running(tb, "node3"):
                 assert status(tb, "node3", "wsrep_local_state_comment") != "Synced"
             assert status(tb, "node1", "wsrep_cluster_size") == "2"
+            shake = _handshake(hosts, "node1", "node3")
+            if "CONNECTED" in shake.stdout:  # node3's Galera port answered (it listens while it tries to join)
+                assert shake.rc != 0, f"node1 accepted the foreign certificate: {shake.stdout[-1000:]}"
+                refusals.append(shake.stdout + shake.stderr)
             time.sleep(3)
-        assert "certificate verify failed" in _journal_since(hosts, "node1", since)
+        # Whichever side dials first refuses first: node1 logs its own "certificate verify failed", or node3's
+        # "unknown ca" alert when node3 refused node1's certificate. The handshakes prove node1's side as well
+        # (the renewal test's handshakes between the program's certificates are their control).
+        assert refusals, "node3's Galera port never answered while it tried to join"
+        assert all("certificate verify failed" in r for r in refusals), refusals[-1][-1000:]
+        journal = _journal_since(hosts, "node1", since)
+        assert "certificate verify failed" in journal or "tlsv1 alert unknown ca" in journal, journal[-2000:]
     finally:
         stop(tb, "node3")
     # The program's own steps put it right: its TLS material again, then its roll.
