@@ -1,4 +1,4 @@
-"""Figures for issue 3: the testbed's cold build, a warm 3-node start, and what the KMS unwrap adds to a start.
+"""Figures for a node start: the testbed's cold build, a warm 3-node start, and what the KMS unwrap adds to a start.
 
 Prints figures, asserts nothing (it is not a test). Needs root, like the node tests.
 
