@@ -1,11 +1,12 @@
 """What TLS costs Galera replication: the same workloads with every TLS channel off and on, side by side in one run.
 
-A 3-node all-on-premises cluster on a testbed of its own (prefix ``mkbnch``, subnet 10.231.7.0/24),
-deployed by the program's own plan (``rehearsal/runner``), the program's certificates. Two recordings of
-one stack, every TLS channel off by config and the default config (TLS on), share the KMS key and the
-data key. For each repetition the cluster is stopped and the TLS-off plan run, then stopped again and
-the TLS-on plan run (Galera cannot switch a running cluster), and each workload runs on node1 through
-its unix socket, so only replication crosses the network:
+A 3-node all-on-premises cluster on a testbed of its own (prefix ``mkbnch``, subnet 10.231.7.0/24;
+MARIADB_KMS_BENCH_PREFIX/_SUBNET override them), deployed by the program's own plan
+(``rehearsal/runner``), with the program's certificates. Two recordings of one stack, every TLS channel
+off by config and the default config (TLS on), share the KMS key and the data key. For each repetition
+the cluster is stopped and the TLS-off plan run, then stopped again and the TLS-on plan run (Galera
+cannot switch a running cluster), and each workload runs on node1 through its unix socket, so only
+replication crosses the network:
 
 - ``small``: N single-row INSERT transactions of a short row (latency-bound: each commit waits for the
   write-set to reach every node);
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,7 +34,10 @@ from rehearsal.runner import TLS_OFF, Deployment, Program, ProgramStack, deploy,
 from rehearsal.testbed import Settings, Testbed
 
 NAMES = ("node1", "node2", "node3")
-SETTINGS = Settings(prefix="mkbnch", subnet=ipaddress.IPv4Network("10.231.7.0/24"))
+SETTINGS = Settings(
+    prefix=os.environ.get("MARIADB_KMS_BENCH_PREFIX", "mkbnch"),
+    subnet=ipaddress.IPv4Network(os.environ.get("MARIADB_KMS_BENCH_SUBNET", "10.231.7.0/24")),
+)
 
 
 @dataclass(frozen=True)
