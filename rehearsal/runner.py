@@ -320,10 +320,19 @@ class Deployment:
 
     def run_command(self, name: str, timeout: float = 1800.0) -> Outcome:
         """One recorded command again, as the program would send it (e.g. a node's roll step)."""
-        s = next(s for s in self.program.sent if s.command.name == self.program.command(name).name)
-        outcome = self._run_one(s, threading.Event(), timeout, None)
-        self._take(Replay([outcome]))
-        return outcome
+        return self.rerun([name], timeout=timeout)[0]
+
+    def rerun(self, names: Sequence[str], timeout: float = 1800.0) -> list[Outcome]:
+        """Recorded commands again, all at once, whatever they waited for (every node's verification, say);
+        their outcomes in the order of ``names``. Raises when one fails, as ``run`` does."""
+        for name in names:
+            self.program.command(name)
+        chosen = [dataclasses.replace(s, command=dataclasses.replace(s.command, after=()))
+                  for s in self.program.sent if s.command.name in names]
+        result = replay(chosen, progress=self._progress(), timeout=timeout, run=self._run_one)
+        self._take(result)
+        by_name = {o.name: o for o in result.outcomes}
+        return [by_name[name] for name in names]
 
     def report(self, name: str) -> str:
         """The stdout of a command that succeeded (a verification's JSON report, say)."""

@@ -180,8 +180,9 @@ def test_every_node_is_synced_and_verify_passes_with_aria_tables_encrypted(clust
         wait_synced(cluster.testbed, host, 3)
         at_deploy = json.loads(deployed.report(by_host[host]))  # the program's verification, as the plan ran it
         assert (at_deploy["ok"], at_deploy["gaps"]) == (True, []), f"{host}: {at_deploy['gaps']}"
-        # The same recorded command again, now that the workload, node3's SST and the spill are behind us.
-        outcome = deployed.run_command(by_host[host])
+    # The same recorded commands again, now that the workload, node3's SST and the spill are behind us.
+    again = deployed.rerun([by_host[host] for host in HOSTS])
+    for host, outcome in zip(HOSTS, again, strict=True):
         report = json.loads(outcome.stdout)
         assert (outcome.rc, report["gaps"]) == (0, []), f"{host}: {report['gaps']}"
         assert report["ok"] is True

@@ -100,6 +100,11 @@ def test_the_plan_runs_in_recorded_order_with_its_stdin_and_holds_before_a_step(
     assert f"endpoint_url = {kms.endpoint_url}" in seed[UNWRAP_CONF_PATH][0].decode()
     assert "endpoint_url" not in recorded_seed[UNWRAP_CONF_PATH][0].decode()
     assert {c.path for c in program.changes} == {UNWRAP_CONF_PATH}
+    # Recorded commands again, as sent, whatever they waited for; outcomes in the order asked.
+    names = list(reversed(program.verification_commands))
+    before = len(tb.ran)
+    assert [o.name for o in deployed.rerun(names)] == names
+    assert len(tb.ran) == before + len(names) and len(deployed.history) == len(program.sent) + len(names)
 
 
 def test_a_failed_step_stops_the_plan_and_names_node_and_step(kms: KmsServer) -> None:
