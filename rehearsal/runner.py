@@ -2,7 +2,7 @@
 
 The same steps as ``make demo``, minus the EC2 side:
 
-1. ``ProgramStack.record(config)`` runs ``__main__.py`` under the rehearsal's
+1. ``ProgramStack.record(config, testbed)`` runs ``__main__.py`` under the rehearsal's
    mocks with a stack config (``onprem_config`` makes one whose on-prem nodes
    are testbed hosts); the KMS key, its alias and the cluster data key are
    made in the KMS emulator as they register (``rehearsal/emulator``). The
@@ -15,7 +15,9 @@ The same steps as ``make demo``, minus the EC2 side:
    failure (the replay's own scheduler, ``rehearsal/replay``). ``stop_before``
    leaves a command, and everything that waits for it, for a later ``run()``,
    so a test can act between two of the program's steps (write rows before a
-   node joins by SST, start a packet capture after the install).
+   node joins by SST, start a packet capture after the install). ``rerun``
+   sends recorded commands again as they are (a node's roll, every
+   verification). Every outcome is kept (``outcomes`` by name, ``history``).
 
 A stack keeps what it made across recordings, as a Pulumi stack's state keeps
 its resources across updates: record again with a changed config and the KMS
@@ -24,10 +26,12 @@ nodes' datadirs stay readable. ``changed_commands`` names what a new
 recording would run differently.
 
 Transport: ``Testbed.exec`` (nsenter into the host), not SSH. The node tests'
-hosts are booted once per session, before any stack config exists, from the
-bare rootfs: no login user, no authorized key and no host key made for a
-pin (``make demo`` seeds those through cloud-init before the first boot and
-replays over real SSH; tests/rehearsal covers that transport). What SSH
+hosts are booted once per session from the bare rootfs, before any stack
+config and its login key exist, so nothing authorises that key on them; the
+config pins each host's real host key all the same, so the recorded
+connections are true ones (``make demo`` has an administrator's seed put the
+key in place through cloud-init before the first boot and replays over real
+SSH; tests/rehearsal covers that transport). What SSH
 would add here is the transport, not the steps: each command still runs
 through the connection user's login shell (``SHELL -c create``, as sshd runs
 an exec request), with only the recorded environment added to the host's
