@@ -318,7 +318,9 @@ def test_restarted_node_unwraps_the_key_again_and_rejoins(cluster: Cluster) -> N
     assert not keyfile_present(tb, host), (
         "the keyfile outlived MariaDB:\n" + journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")[-3000:]
     )
-    assert tb.exec(host, ["systemctl", "is-active", UNWRAP_UNIT]).stdout.strip() == "inactive"
+    assert tb.exec(host, ["systemctl", "is-active", UNWRAP_UNIT]).stdout.strip() == "inactive", (
+        journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")[-3000:]
+    )
     wait_synced(tb, "node2", 2)
     join(tb, host, 3)
     assert keyfile_present(tb, host)
