@@ -1,4 +1,4 @@
-"""Figures for issue 3: the testbed's cold build, a warm 3-node start, and what the KMS unwrap adds to a start.
+"""Figures for a node start: the testbed's cold build, a warm 3-node start, and what the KMS unwrap adds to a start.
 
 Prints figures, asserts nothing (it is not a test). Needs root, like the node tests.
 
@@ -6,15 +6,17 @@ Prints figures, asserts nothing (it is not a test). Needs root, like the node te
   from nothing into an empty temporary cache (downloads from the Debian mirrors; the real cache is not
   touched), then removed.
 - warm start: with the cached rootfs and repository, the testbed up (network, repository server, 3 hosts
-  booted), the KMS emulator up, then the cluster as the node tests install it (mariadb-kms-install on the
-  3 hosts at once, galera_new_cluster, two joins by SST) until all 3 are Synced.
+  booted), the KMS emulator up, then the program's own plan for an all-on-premises stack of those hosts,
+  recorded under the rehearsal's mocks and run on them as the node tests run it (``rehearsal/runner``):
+  each step's share (from the first start to the last finish of that step on any node), until the
+  program's verification has passed on all 3.
 - the unwrap's share of a MariaDB start, side by side on one node in one run, ``--reps`` times:
   ``systemctl start mariadb`` from stopped (unwrap unit, then MariaDB and its rejoin), the unwrap unit
   started alone, MariaDB started while the unwrap unit is already active (MariaDB and rejoin only), and
   ``mariadb-kms-unwrap --check`` (the program's pre-flight: the same KMS calls, nothing written). Each is
   timed inside the host (``date +%s%N`` around the command), so nsenter's own cost is not counted.
 
-    sudo python bench/node_start.py [--cold] [--reps 5]
+    sudo python -m bench.node_start [--cold] [--reps 5]
 """
 
 from __future__ import annotations
@@ -28,28 +30,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "tests" / "node"):
-    sys.path.insert(0, str(path))
-
-from cluster_setup import (  # noqa: E402
-    FakeCredentials,
-    bootstrap,
-    cluster_config,
-    in_parallel,
-    install_node,
-    join,
-    make_cluster_key,
-    stop,
-    unit_state,
-    wait_synced,
-)
-
-from components.node_files import UNWRAP_UNIT  # noqa: E402
-from rehearsal.kms_server import KmsServer  # noqa: E402
-from rehearsal.pkgrepo import ensure_repo  # noqa: E402
-from rehearsal.rootfs import ensure_bare_rootfs, remove_tree  # noqa: E402
-from rehearsal.testbed import Testbed  # noqa: E402
+from components.node_files import UNWRAP_UNIT
+from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import stop, unit_state, wait_synced
+from rehearsal.pkgrepo import ensure_repo
+from rehearsal.replay import Outcome
+from rehearsal.rootfs import ensure_bare_rootfs, remove_tree
+from rehearsal.runner import ProgramStack, deploy, onprem_config
+from rehearsal.testbed import Testbed
 
 HOSTS = ("node1", "node2", "node3")
 SUBJECT = "node3"  # the node restarted for the unwrap figures (a joiner, never the bootstrap node)
@@ -107,6 +95,17 @@ def unwrap_figures(testbed: Testbed, reps: int) -> dict[str, list[float]]:
     return runs
 
 
+def step_spans(outcomes: list[Outcome]) -> dict[str, float]:
+    """Per step (the command name without its node: ``install``, ``roll``...), first start to last finish."""
+    spans: dict[str, tuple[float, float]] = {}
+    for o in outcomes:
+        step = o.name.split("-ssh-", 1)[-1] if "-ssh-" in o.name else o.name.split("-", 1)[-1]
+        begin, end = spans.get(step, (o.started, o.started + o.seconds))
+        spans[step] = (min(begin, o.started), max(end, o.started + o.seconds))
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    return {step: end - begin for step, (begin, end) in ordered}
+
+
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
     width = max(len(name) for name, _ in rows)
@@ -139,21 +138,12 @@ def main() -> int:
         with timed(warm, "3 hosts booted (systemd running, sshd up)"):
             bed.boot()
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
-            key = make_cluster_key(kms)
-            config = cluster_config(bed, HOSTS)
-            credentials = FakeCredentials.generate()
-
-            def install(host: str) -> object:
-                return install_node(bed, host, cluster=config, key=key, kms=kms, credentials=credentials)
-
-            with timed(warm, "mariadb-kms-install on 3 hosts at once"):
-                in_parallel(HOSTS, install)
-            with timed(warm, "galera_new_cluster on node1"):
-                bootstrap(bed, "node1")
-            with timed(warm, "node2 joins (SST)"):
-                join(bed, "node2", 2)
-            with timed(warm, "node3 joins (SST)"):
-                join(bed, "node3", 3)
+            plan_started = time.monotonic()
+            deployed = deploy(bed, ProgramStack(kms), onprem_config(bed, HOSTS), quiet=True)
+            plan_total = time.monotonic() - plan_started
+            for step, seconds in step_spans(list(deployed.outcomes.values())).items():
+                warm[f"  {step}"] = seconds
+            warm["the program's plan, recorded and run (the steps above, some at once)"] = plan_total
             warm_total = time.monotonic() - started
             print_table(
                 "Warm start: cached rootfs and repository to a Synced 3-node encrypted cluster",

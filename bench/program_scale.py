@@ -1,4 +1,4 @@
-"""How the program scales with the node count: run it under the unit-test mocks for 3, 9 and 27 nodes.
+"""How the program scales with the node count: run it under the rehearsal's mocks for 3, 9 and 27 nodes.
 
 Prints figures, asserts nothing (it is not a test). Per size: wall time and
 peak Python memory (tracemalloc, modules already imported) of one ``up`` and one ``preview`` run, resources
@@ -7,7 +7,10 @@ limit), and what the SSH path carries per node and in total. User-data holds
 no member list, so it stays flat; each node's Galera config lists every
 member, so the config payloads, and so the state, grow with n^2.
 
-    python bench/program_scale.py [--sizes 3,9,27] [--ec2-share 0.67]
+The config is the rehearsal stack's (``Pulumi.rehearsal.yaml``) with the nodes replaced, and real
+ed25519 keys for the login and each on-prem host; the mocks are ``rehearsal.aws_values.AwsMocks``.
+
+    python -m bench.program_scale [--sizes 3,9,27] [--ec2-share 0.67]
 """
 
 from __future__ import annotations
@@ -20,23 +23,37 @@ import statistics
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "tests" / "unit"):
-    sys.path.insert(0, str(path))
+from pulumi.runtime import rpc
 
-from mocks import FULL_CONFIG, Recording, Types, _ed25519_line, run_program  # noqa: E402
-from pulumi.runtime import rpc  # noqa: E402
-from remote_plan import decode_put  # noqa: E402
+from components.node_files import MYCNF_NODE_PATH
+from rehearsal.aws_values import ACCOUNT_ID, AwsMocks
+from rehearsal.emulator import DEPLOYER_ROLE_NAME, deployer_role_arn
+from rehearsal.plan import decode_put
+from rehearsal.recorder import Recording, Types, config_for_pulumi, record
+from rehearsal.stack import SECRET_KEYS, load_file, new_ed25519
 
-from components.node_files import MYCNF_NODE_PATH  # noqa: E402
+STACK = "scale"
+BASE, REGION = load_file()
+
+
+def run_program(config: dict[str, Any], *, preview: bool) -> Recording:
+    mocks = AwsMocks(preview=preview, stack=STACK, region=REGION, deployer_role_name=DEPLOYER_ROLE_NAME,
+                     deployer_role_arn=deployer_role_arn(ACCOUNT_ID), caller_session="bench")
+    flat, secret_keys = config_for_pulumi(config, REGION, SECRET_KEYS)
+    rec = record(mocks, flat, secret_keys, stack=STACK)
+    if rec.exception is not None or rec.errors:
+        raise RuntimeError(f"the program failed under mocks: {rec.exception!r}; errors: {rec.errors}")
+    return rec
 
 
 def config_with(nodes: int, ec2_share: float) -> dict[str, Any]:
     ec2_count = round(nodes * ec2_share)
-    config = copy.deepcopy(dict(FULL_CONFIG))
+    config = copy.deepcopy(dict(BASE))
+    login = new_ed25519("mariadb-kms-bench")
+    config["sshPrivateKey"] = login.private_openssh
+    config["sshAuthorizedKey"] = login.public_line
     zones = ("a", "b", "c")
     config["ec2Nodes"] = [
         {
@@ -51,7 +68,7 @@ def config_with(nodes: int, ec2_share: float) -> dict[str, Any]:
             "name": f"dc-{i:02d}",
             "address": f"192.0.2.{10 + i}",
             "sshUser": "deploy",
-            "hostKey": _ed25519_line(f"dc-{i} host key"),
+            "hostKey": new_ed25519(f"root@dc-{i:02d}").public_line,
             "egressCidr": f"203.0.113.{10 + i}/32",
         }
         for i in range(nodes - ec2_count)
@@ -117,7 +134,7 @@ def main() -> None:
     parser.add_argument("--ec2-share", type=float, default=2 / 3, help="fraction of nodes on EC2")
     args = parser.parse_args()
 
-    print(f"python {sys.version.split()[0]}; mocks harness; EC2 share {args.ec2_share:.2f}")
+    print(f"python {sys.version.split()[0]}; rehearsal mocks; EC2 share {args.ec2_share:.2f}")
     run_program(config_with(3, args.ec2_share), preview=False)  # warm-up: imports and caches, not measured
     header = (
         f"{'nodes':>5} {'up s':>6} {'preview s':>9} {'peak MiB':>8} {'resources':>9} "

@@ -1,10 +1,12 @@
 """What TLS costs Galera replication: the same workloads with every TLS channel off and on, side by side in one run.
 
-A 3-node cluster on a testbed of its own (prefix ``mkbnch``, subnet 10.231.7.0/24), installed as the
-program installs on-prem nodes (tests/node/tls_cluster.py), certificates of ClusterCa's shape. For each
-repetition the cluster is restarted with TLS off, then with TLS on (the default config; Galera cannot
-switch a running cluster), and each workload runs on node1 through its unix socket, so only replication
-crosses the network:
+A 3-node all-on-premises cluster on a testbed of its own (prefix ``mkbnch``, subnet 10.231.7.0/24;
+MARIADB_KMS_BENCH_PREFIX/_SUBNET override them), deployed by the program's own plan
+(``rehearsal/runner``), with the program's certificates. Two recordings of one stack, every TLS channel
+off by config and the default config (TLS on), share the KMS key and the data key. For each repetition
+the cluster is stopped and the TLS-off plan run, then stopped again and the TLS-on plan run (Galera
+cannot switch a running cluster), and each workload runs on node1 through its unix socket, so only
+replication crosses the network:
 
 - ``small``: N single-row INSERT transactions of a short row (latency-bound: each commit waits for the
   write-set to reach every node);
@@ -14,30 +16,28 @@ Per run: time from the first statement until node3 has applied the last write-se
 wsrep_last_committed reaches node1's), as transactions and MB of row data per second. Prints a table with
 the median of each and the TLS/plaintext ratio. Asserts nothing (it is not a test); needs root.
 
-    python bench/tls_replication.py [--repeats 3] [--small 2000] [--large 300]
+    python -m bench.tls_replication [--repeats 3] [--small 2000] [--large 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "tests" / "node"):
-    sys.path.insert(0, str(path))
-
-from tls_cluster import TLS_OFF, TlsCluster  # noqa: E402
-
-from rehearsal.kms_server import KmsServer  # noqa: E402
-from rehearsal.testbed import Settings, Testbed  # noqa: E402
+from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import check, sql, status, stop
+from rehearsal.runner import TLS_OFF, Deployment, Program, ProgramStack, deploy, onprem_config
+from rehearsal.testbed import Settings, Testbed
 
 NAMES = ("node1", "node2", "node3")
-SETTINGS = Settings(prefix="mkbnch", subnet=ipaddress.IPv4Network("10.231.7.0/24"))
+SETTINGS = Settings(
+    prefix=os.environ.get("MARIADB_KMS_BENCH_PREFIX", "mkbnch"),
+    subnet=ipaddress.IPv4Network(os.environ.get("MARIADB_KMS_BENCH_SUBNET", "10.231.7.0/24")),
+)
 
 
 @dataclass(frozen=True)
@@ -64,29 +64,28 @@ class Result:
         return self.transactions * self.row_bytes / self.seconds / 1e6
 
 
-def last_committed(cl: TlsCluster, name: str) -> int:
-    return int(cl.status(name, "wsrep_last_committed") or 0)
+def last_committed(bed: Testbed, name: str) -> int:
+    return int(status(bed, name, "wsrep_last_committed") or 0)
 
 
-def restart(cl: TlsCluster, *, tls: bool) -> None:
-    cl.stop_all()
-    cl.configure(cl.config() if tls else cl.config(**TLS_OFF))
-    cl.bootstrap("node1")
-    for name in NAMES[1:]:
-        cl.roll(name)
+def restart(bed: Testbed, program: Program) -> None:
+    """Every node stopped (node1 last, so it may bootstrap), then the program's whole plan for ``program``."""
+    for name in reversed(NAMES):
+        stop(bed, name)
+    Deployment(bed, program, quiet=True).run()
 
 
-def run_workload(cl: TlsCluster, workload: Workload, *, tls: bool) -> Result:
+def run_workload(bed: Testbed, workload: Workload, *, tls: bool) -> Result:
     table = f"bench.{workload.name}"
-    cl.sql("node1", f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, "
-                    "v LONGBLOB NOT NULL);")
+    sql(bed, "node1", f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, "
+                      "v LONGBLOB NOT NULL);")
     statement = f"INSERT INTO {table} (v) VALUES (REPEAT('x', {workload.row_bytes}));\n"  # noqa: S608 - constants
     script = statement * workload.transactions  # autocommit: one transaction per statement
-    cl.testbed.put_file("node1", "/root/bench.sql", script)
+    bed.put_file("node1", "/root/bench.sql", script)
     start = time.monotonic()
-    cl.check("node1", "mariadb < /root/bench.sql", timeout=1800)
-    target = last_committed(cl, "node1")
-    while last_committed(cl, "node3") < target:
+    check(bed, "node1", "mariadb < /root/bench.sql", timeout=1800)
+    target = last_committed(bed, "node1")
+    while last_committed(bed, "node3") < target:
         time.sleep(0.05)
     seconds = time.monotonic() - start
     return Result(workload.name, tls, seconds, workload.transactions, workload.row_bytes)
@@ -120,19 +119,15 @@ def main() -> int:
     with Testbed(NAMES, settings=SETTINGS) as bed:
         bed.boot()
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
-            cl = TlsCluster(bed, kms, NAMES)
-            cl.install()
-            cl.issue_all()
-            cl.configure(cl.config(**TLS_OFF))
-            cl.bootstrap("node1")
-            for name in NAMES[1:]:
-                cl.roll(name)
-            cl.sql("node1", "CREATE DATABASE IF NOT EXISTS bench;")
+            stack = ProgramStack(kms)
+            plain = deploy(bed, stack, onprem_config(bed, NAMES, **TLS_OFF), quiet=True).program
+            programs = {False: plain, True: stack.record(onprem_config(bed, NAMES), bed)}
+            sql(bed, "node1", "CREATE DATABASE IF NOT EXISTS bench;")
             for repeat in range(args.repeats):
                 for tls in (False, True):
-                    restart(cl, tls=tls)
+                    restart(bed, programs[tls])
                     for w in workloads:
-                        result = run_workload(cl, w, tls=tls)
+                        result = run_workload(bed, w, tls=tls)
                         results.append(result)
                         print(f"repeat {repeat + 1} TLS {'on ' if tls else 'off'} {w.name:<6} {result.seconds:7.2f} s "
                               f"{result.tx_per_s:8.1f} tx/s {result.mb_per_s:7.2f} MB/s", flush=True)

@@ -49,7 +49,7 @@ from rehearsal.emulator import EmulatedMocks, KmsEmulator, emulator_credentials,
 from rehearsal.kms_server import DEFAULT_PORT as KMS_PORT
 from rehearsal.kms_server import KmsServer
 from rehearsal.pkgrepo import APT_SOURCE_PATH
-from rehearsal.plan import RecordedCommand, decode_put, is_put_payload, recorded_commands
+from rehearsal.plan import RecordedCommand, recorded_commands
 from rehearsal.recorder import Recording, Types, config_for_pulumi, record
 from rehearsal.replay import Outcome, Progress, Sent, replay
 from rehearsal.stack import SECRET_KEYS, STACK, RehearsalStack, StackError, load_file, prepare
@@ -209,13 +209,8 @@ def apply_overlay(run: Run, rec: Recording, plan: Sequence[RecordedCommand], tb:
         node = nodes.get(cmd.host)
         if node is None:
             raise DemoFailed(f"{cmd.name}: connects to {cmd.host}, which is no node of the stack")
-        stdin = cmd.stdin
-        if stdin is not None and is_put_payload(stdin):
-            new = ov.put_stdin(stdin, settings, ec2=node.kind == "ec2")
-            if new is not stdin:
-                changes += ov.file_changes(f"stdin {cmd.name}", decode_put(stdin), decode_put(new),
-                                           ec2=node.kind == "ec2", secret=cmd.stdin_secret)
-            stdin = new
+        stdin, changed = ov.command_stdin(cmd, settings, ec2=node.kind == "ec2")
+        changes += changed
         sent.append(Sent(command=cmd, node=node.name, stdin=stdin))
     recorded = ec2_user_data(rec)
     seeded = {name: ov.user_data(text, settings) for name, text in recorded.items()}

@@ -47,7 +47,7 @@ import yaml
 from components.cloud_config import DATA_VOLUME_CONF_PATH, cloud_config_text
 from components.node_files import CREDENTIALS_PATH, CREDENTIALS_PROFILE, UNWRAP_CONF_PATH, render_credentials_file
 from components.remote_steps import put_payload
-from rehearsal.plan import PutFiles, decode_put
+from rehearsal.plan import PutFiles, RecordedCommand, decode_put, is_put_payload
 
 DATA_VOLUME_OVERRIDE_PATH = f"{DATA_VOLUME_CONF_PATH}.d/rehearsal.conf"
 DPKG_UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/mariadb-kms-rehearsal"
@@ -124,6 +124,18 @@ def put_stdin(stdin: str, settings: Settings, *, ec2: bool) -> str:
     changed: dict[str, tuple[bytes | str, int, str]] = dict(files)
     changed[UNWRAP_CONF_PATH] = (unwrap_conf(content.decode(), settings, ec2=ec2).encode(), mode, owner)
     return put_payload(changed)
+
+
+def command_stdin(cmd: RecordedCommand, settings: Settings, *, ec2: bool) -> tuple[str | None, list[Change]]:
+    """What a recorded command gets on stdin (the overlay applied to a put payload), and the diff of it."""
+    stdin = cmd.stdin
+    if stdin is None or not is_put_payload(stdin):
+        return stdin, []
+    new = put_stdin(stdin, settings, ec2=ec2)
+    if new is stdin:
+        return stdin, []
+    return new, file_changes(f"stdin {cmd.name}", decode_put(stdin), decode_put(new), ec2=ec2,
+                             secret=cmd.stdin_secret)
 
 
 def user_data(cloud_config: str, settings: Settings) -> str:

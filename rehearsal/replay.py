@@ -212,6 +212,10 @@ def _feed(channel: paramiko.Channel, data: bytes) -> None:
         pass  # the command exited without reading all of it; its exit status tells
 
 
+RunOne = Callable[[Sent, threading.Event, float, threading.Event | None], Outcome]
+"""Carries out one command: (command, stop dialling, timeout, abort) -> its outcome."""
+
+
 @dataclass
 class Progress:
     """Callbacks for the caller's display; all optional."""
@@ -241,21 +245,29 @@ def replay(
     progress: Progress | None = None,
     timeout: float = 1800.0,
     heartbeat: float = 15.0,
+    run: RunOne = run_one,
 ) -> Replay:
-    """Run ``commands`` (in recorded order, each with its ``after`` list) and return every outcome."""
+    """Run ``commands`` (in recorded order, each with its ``after`` list) and return every outcome.
+
+    ``run`` carries out one command: over SSH by default; the runner for the
+    node tests (``rehearsal/runner``) passes its own, with the same ordering.
+    """
     by_name: Mapping[str, Sent] = {s.command.name: s for s in commands}
     for s in commands:
         missing = [d for d in s.command.after if d not in by_name]
         if missing:
             raise ReplayError(f"{s.command.name} waits for commands that are not in the plan: {missing}")
-    return _Scheduler(commands, progress or Progress(), timeout, heartbeat).run()
+    return _Scheduler(commands, progress or Progress(), timeout, heartbeat, run).run()
 
 
 class _Scheduler:
     """Starts each command once all it waits for succeeded; after a failure starts nothing new."""
 
-    def __init__(self, commands: Sequence[Sent], progress: Progress, timeout: float, heartbeat: float) -> None:
+    def __init__(
+        self, commands: Sequence[Sent], progress: Progress, timeout: float, heartbeat: float, run: RunOne
+    ) -> None:
         self.commands = commands
+        self.run_one = run
         self.progress = progress
         self.timeout = timeout
         self.heartbeat = heartbeat
@@ -292,7 +304,7 @@ class _Scheduler:
             if all(d in self.done and self.done[d].ok for d in s.command.after):
                 self.progress.started(s)
                 self.started_at[name] = time.monotonic()
-                self.running[pool.submit(run_one, s, self.stop, self.timeout, self.abort)] = s
+                self.running[pool.submit(self.run_one, s, self.stop, self.timeout, self.abort)] = s
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
         last_beat = time.monotonic()

@@ -52,7 +52,7 @@ from rehearsal.volumes import VOLUME_MOUNT, VOLUMES_DIR, cleanup_volumes
 
 PREFIX_ENV = "MARIADB_KMS_TESTBED_PREFIX"
 SUBNET_ENV = "MARIADB_KMS_TESTBED_SUBNET"
-_PREFIX = re.compile(r"^[a-z]{1,6}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 # Commands run in a host get this environment, never ours (which may hold AWS variables or a venv PATH).
 HOST_ENV = {
@@ -75,7 +75,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
-            raise TestbedError(f"testbed prefix {self.prefix!r}: 1 to 6 lowercase letters")
+            raise TestbedError(f"testbed prefix {self.prefix!r}: 1 to 6 lowercase letters or digits, a letter first")
         if self.subnet.num_addresses < 16:
             raise TestbedError(f"testbed subnet {self.subnet}: needs at least a /28")
 
@@ -401,11 +401,15 @@ class Testbed:
             "--console=read-only",  # boot messages go to console.log, for when a boot fails
             *self._volume_args(host),
         ]
+        cgroups = host_cgroups(host.machine)
+        for path in cgroups:
+            path.mkdir(parents=True, exist_ok=True)
         with host.console_log.open("ab") as out:
             out.write(f"\n===== boot {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
             out.flush()
             host.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: _enter_cgroups(cgroups),
             )
         host.nspawn_pid = host.proc.pid
         host.leader_pid = None
@@ -589,6 +593,54 @@ class Testbed:
 # ---------------------------------------------------------------------- module-level helpers
 
 
+CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+CGROUP_PURE_V2 = Path("/sys/fs/cgroup")
+CGROUP_GROUP = "mariadb-kms-testbed"
+
+
+def _own_cgroup(hierarchy: Path) -> str:
+    """This process's cgroup path in a mounted hierarchy (from /proc/self/cgroup)."""
+    wanted = "name=systemd" if hierarchy.name == "systemd" else ""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == wanted:
+            return path
+    return "/"
+
+
+def host_cgroups(machine: str) -> list[Path]:
+    """A cgroup of the host's own, in each hierarchy its systemd uses.
+
+    With no systemd on this machine to make a scope, ``systemd-nspawn
+    --keep-unit`` puts the container's payload in the cgroup it was started
+    in, and every host started from one process would share it: the systemd
+    of each host would see the other hosts' processes in "its"
+    ``system.slice/mariadb.service``, fail to kill that cgroup on a stop
+    (EIO: they are in other PID namespaces) and race the others' systemd
+    creating and removing unit cgroups (a stop's control process then fails
+    with 219/CGROUP). Seen here with three hosts' mariadbd in one cgroup.
+    """
+    found = [h for h in CGROUP_HIERARCHIES if (h / "cgroup.procs").exists()]
+    if not found and (CGROUP_PURE_V2 / "cgroup.controllers").exists():
+        found = [CGROUP_PURE_V2]
+    return [h / _own_cgroup(h).lstrip("/") / CGROUP_GROUP / machine for h in found]
+
+
+def _enter_cgroups(paths: Sequence[Path]) -> None:
+    """Run in the child between fork and exec: move it into the host's own cgroups."""
+    for path in paths:
+        (path / "cgroup.procs").write_text("0\n")
+
+
+def _remove_cgroups(settings: Settings) -> None:
+    """The testbed's host cgroups, deepest first; a cgroup that still holds a process stays."""
+    for base in {p.parent for p in host_cgroups(f"{settings.prefix}-x")}:
+        for top in base.glob(f"{settings.prefix}-*"):
+            for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -680,6 +732,7 @@ def cleanup(settings: Settings) -> None:
         run(["ip", "netns", "delete", netns], check=False)
     for link in [name for name in _link_names() if settings.owns_link(name)]:
         run(["ip", "link", "delete", link], check=False)
+    _remove_cgroups(settings)
     remove_tree(settings.run_dir() / "hosts")
     cleanup_volumes(settings.run_dir())
     (settings.run_dir() / "state.json").unlink(missing_ok=True)

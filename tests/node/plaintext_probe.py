@@ -28,8 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster_setup import ClusterSetupError
-
+from rehearsal.mariadb_on_host import HostCommandFailed
 from rehearsal.testbed import Testbed
 
 PROBE_DIR = "/run/mariadb-kms-test"  # tmpfs on the host: the probes' own files are never at rest
@@ -80,7 +79,7 @@ def _mariadb(testbed: Testbed, host: str, client_args: Sequence[str], statements
         host, ["mariadb", *client_args, "--batch", "--skip-column-names"], input=statements, timeout=300
     )
     if result.rc != 0:
-        raise ClusterSetupError(f"{host}: mariadb {' '.join(client_args)}: {result.stderr.strip()[-2000:]}")
+        raise HostCommandFailed(f"{host}: mariadb {' '.join(client_args)}: {result.stderr.strip()[-2000:]}")
     return result.stdout
 
 
@@ -126,7 +125,7 @@ def flush_to_disk(testbed: Testbed, host: str, client_args: Sequence[str] = (), 
             if dirty == "0":
                 return
             if time.monotonic() > deadline:
-                raise ClusterSetupError(f"{host}: {dirty} dirty InnoDB pages still unwritten after {timeout:.0f}s")
+                raise HostCommandFailed(f"{host}: {dirty} dirty InnoDB pages still unwritten after {timeout:.0f}s")
             time.sleep(0.5)
     finally:
         _mariadb(testbed, host, client_args, f"SET GLOBAL innodb_max_dirty_pages_pct = {float(old)};")
@@ -187,7 +186,7 @@ def held_spill_scan(
     fstype = testbed.exec(host, ["findmnt", "-n", "-o", "FSTYPE", "--target", tmpdir]).stdout.strip()
     pid = testbed.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", server_unit]).stdout.strip()
     if pid in ("", "0"):
-        raise ClusterSetupError(f"{host}: {server_unit} has no main process")
+        raise HostCommandFailed(f"{host}: {server_unit} has no main process")
     ready, hold = f"{PROBE_DIR}/held.ready", f"{PROBE_DIR}/held.hold"
     testbed.exec(host, ["install", "-d", "-m", "0700", PROBE_DIR], check=True)
     testbed.put_file(host, f"{PROBE_DIR}/held_query.sh", HELD_QUERY_SH, 0o700)
@@ -203,7 +202,7 @@ def held_spill_scan(
             while testbed.exec(host, ["test", "-e", ready]).rc != 0:
                 if held.done() or time.monotonic() > deadline:
                     rc, _out, err = held.result() if held.done() else (None, "", "")
-                    raise ClusterSetupError(f"{host}: the held query never sent a row (rc {rc}): {err[-2000:]}")
+                    raise HostCommandFailed(f"{host}: the held query never sent a row (rc {rc}): {err[-2000:]}")
                 time.sleep(0.2)
             scan = testbed.exec(
                 host,
@@ -212,12 +211,12 @@ def held_spill_scan(
                 timeout=120,
             )
             if scan.rc != 0:
-                raise ClusterSetupError(f"{host}: open-file scan failed: {scan.stderr[-2000:]}")
+                raise HostCommandFailed(f"{host}: open-file scan failed: {scan.stderr[-2000:]}")
         finally:
             testbed.exec(host, ["rm", "-f", hold])
         finished = held.result()
     if finished.rc != 0 or finished.stderr.strip():
-        raise ClusterSetupError(f"{host}: the held query failed (rc {finished.rc}): {finished.stderr[-2000:]}")
+        raise HostCommandFailed(f"{host}: the held query failed (rc {finished.rc}): {finished.stderr[-2000:]}")
     after = _counters(testbed, host, client_args)
     observation = SpillObservation(tmpdir=tmpdir, tmpdir_fstype=fstype)
     observation.counters = {name: after[name] - before[name] for name in SPILL_COUNTERS}
@@ -307,7 +306,7 @@ def backing_dir(testbed: Testbed, host: str, path: str) -> Path:
     if len(found) == 2 and found[1] == "overlay":
         return testbed.hosts[host].upper / found[0].lstrip("/")
     if found:
-        raise ClusterSetupError(f"{host}: {path} is on {found[1]}, not in the host's upper dir")
+        raise HostCommandFailed(f"{host}: {path} is on {found[1]}, not in the host's upper dir")
     return testbed.hosts[host].upper / path.lstrip("/")
 
 

@@ -1,10 +1,13 @@
-"""Issue 3 on real hosts: a 3-node kms-envelope Galera cluster, installed as the program installs it.
+"""A 3-node kms-envelope Galera cluster on real hosts, deployed by the program's own plan.
 
-The module's fixture builds the cluster once: a KMS key and the cluster data key in the emulator (the
-program's own provider), node/ and the seed files on every host, ``mariadb-kms-install --from``, then
-``galera_new_cluster`` on node1 and ``systemctl start mariadb`` on node2. A workload writes a marker
-through SQL (INSERT, UPDATE, InnoDB and Aria), node3 joins afterwards by SST (mariabackup copies the
-encrypted pages), and a held-open query spills a sort and temporary tables to files while they are read.
+The module's fixture records the program (``__main__.py`` under the rehearsal's mocks, the KMS key and
+the cluster data key made in the emulator) for an all-on-premises stack whose nodes are the testbed's
+hosts, and runs its remote commands on them in the recorded order (``rehearsal/runner``): the puts, the
+install, the one-time bootstrap on node1, then each node's TLS material, config, pre-flight and roll.
+It holds the plan before node3's roll: a workload writes a marker through SQL (INSERT, UPDATE, InnoDB
+and Aria), then node3's roll makes it join by SST (mariabackup copies the encrypted pages) and the
+program's verification runs on every node. A held-open query then spills a sort and temporary tables
+to files while they are read.
 
 Tests that only look come first; tests that stop nodes or break the key restore what they broke, and
 come last. The hosts' upper directories are scanned from this machine's side, so the proof that nothing
@@ -22,24 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cluster_setup import (
-    ClusterKey,
-    FakeCredentials,
-    bootstrap,
-    cluster_config,
-    in_parallel,
-    install_node,
-    join,
-    journal_cursor,
-    journal_since,
-    keyfile_present,
-    make_cluster_key,
-    sql,
-    start,
-    stop,
-    verify_args,
-    wait_synced,
-)
 from error_log import error_log_since
 from plaintext_probe import (
     PROBE_DIR,
@@ -52,56 +37,84 @@ from plaintext_probe import (
     scan_upper_dirs,
 )
 
-from components.config import ClusterConfig
 from components.node_files import BLOB_PATH, CREDENTIALS_PATH, KEYFILE_PATH, UNWRAP_UNIT
 from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import (
+    check,
+    join,
+    journal_cursor,
+    journal_since,
+    keyfile_present,
+    sql,
+    start,
+    stop,
+    wait_synced,
+)
+from rehearsal.runner import Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import Testbed
 
 HOSTS = ("node1", "node2", "node3")
 # Debian's own mariadb.service names `man mariadbd(8)` in Documentation=; minbase hosts have no man.
 KNOWN_ANALYZE_NOISE = "Command 'man mariadbd(8)' failed"
+# The step the fixture holds the plan before, so the workload is on the donor when node3 joins by SST.
+LAST_JOIN = "node3-ssh-roll"
 
 
 @dataclass
 class Cluster:
     testbed: Testbed
     kms: KmsServer
-    key: ClusterKey
-    config: ClusterConfig
-    credentials: FakeCredentials = field(repr=False)
+    deployed: Deployment
     data_key: bytes = field(repr=False)  # the plaintext, from the emulator: what must never be at rest
     marker: str = field(repr=False)
     sst_journal: str = field(repr=False)  # node3's journal of its join
     spill: SpillObservation | None = None
 
+    @property
+    def key_arn(self) -> str:
+        return self.deployed.program.key_arn
+
+    @property
+    def blob(self) -> bytes:
+        return self.deployed.program.data_key_blob
+
     def secrets_to_find(self) -> dict[str, bytes]:
+        access_key_id, secret_access_key = self.deployed.program.onprem_access_key
         return {
-            "access key id": self.credentials.access_key_id.encode(),
-            "secret access key": self.credentials.secret_access_key.encode(),
+            "access key id": access_key_id.encode(),
+            "secret access key": secret_access_key.encode(),
             "data key (hex)": self.data_key.hex().encode(),
             "data key (raw)": self.data_key,
         }
 
 
+def tmp_on_disk(testbed: Testbed, host: str) -> None:
+    """Put /tmp back on the root disk, as on a Debian 12 cloud image: a testbed difference, undone here.
+
+    systemd-nspawn mounts a tmpfs on a container's /tmp, where MariaDB's tmpdir (/tmp) would not be at
+    rest and a spilled sort would prove nothing about encrypt_tmp_files. Done before MariaDB first starts
+    (mariadb.service has PrivateTmp=false, so mariadbd uses this /tmp).
+    """
+    if testbed.exec(host, ["findmnt", "-n", "-o", "FSTYPE", "/tmp"]).stdout.strip() == "tmpfs":
+        check(testbed, host, ["umount", "/tmp"])
+
+
 @pytest.fixture(scope="module")
 def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
-    key = make_cluster_key(kms)
-    config = cluster_config(testbed, HOSTS)
-    credentials = FakeCredentials.generate()
-    data_key = kms.client().decrypt(CiphertextBlob=key.blob)["Plaintext"]
     marker = f"mkcanary-{secrets.token_hex(12)}"
     try:
-        in_parallel(
-            HOSTS,
-            lambda h: install_node(testbed, h, cluster=config, key=key, kms=kms, credentials=credentials),
-        )
-        bootstrap(testbed, "node1")
-        join(testbed, "node2", 2)
+        for host in HOSTS:
+            tmp_on_disk(testbed, host)
+        config = onprem_config(testbed, HOSTS, gcacheSize="64M")
+        # node1 bootstrapped and node2 joined by the program's steps; node3 installed, not yet started.
+        deployed = deploy(testbed, ProgramStack(kms), config, stop_before=LAST_JOIN)
+        assert LAST_JOIN in deployed.pending and "cluster-bootstrap" in deployed.done
         run_workload(testbed, "node1", marker)
         cursor = journal_cursor(testbed, "node3")
-        join(testbed, "node3", 3)
+        deployed.run()  # node3's roll (a join by SST), then the program's verification on every node
+        data_key = kms.client().decrypt(CiphertextBlob=deployed.program.data_key_blob)["Plaintext"]
         built = Cluster(
-            testbed, kms, key, config, credentials, data_key, marker,
+            testbed, kms, deployed, data_key, marker,
             sst_journal=journal_since(testbed, "node3", cursor, "mariadb.service") + error_log_since(testbed, "node3"),
         )  # fmt: skip
         built.spill = held_spill_scan(testbed, "node1", marker)
@@ -162,12 +175,18 @@ def test_units_pass_systemd_analyze_verify(cluster: Cluster) -> None:
 
 
 def test_every_node_is_synced_and_verify_passes_with_aria_tables_encrypted(cluster: Cluster) -> None:
+    deployed = cluster.deployed
+    by_host = {deployed.outcomes[name].node: name for name in deployed.program.verification_commands}
+    assert sorted(by_host) == list(HOSTS)
     for host in HOSTS:
         wait_synced(cluster.testbed, host, 3)
-        rc, report = verify_report(
-            cluster.testbed, host, "--expect-size", "3", "--canary", "--wait", "60", *verify_args(cluster.config)
-        )
-        assert (rc, report["gaps"]) == (0, []), f"{host}: {report['gaps']}"
+        at_deploy = json.loads(deployed.report(by_host[host]))  # the program's verification, as the plan ran it
+        assert (at_deploy["ok"], at_deploy["gaps"]) == (True, []), f"{host}: {at_deploy['gaps']}"
+    # The same recorded commands again, now that the workload, node3's SST and the spill are behind us.
+    again = deployed.rerun([by_host[host] for host in HOSTS])
+    for host, outcome in zip(HOSTS, again, strict=True):
+        report = json.loads(outcome.stdout)
+        assert (outcome.rc, report["gaps"]) == (0, []), f"{host}: {report['gaps']}"
         assert report["ok"] is True
         assert report["galera"]["cluster_size"] == 3 and report["galera"]["local_state"] == "Synced"
         aria = report["aria"]
@@ -266,10 +285,10 @@ def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Clus
 
 def test_no_aws_credentials_reach_mariadbd_systemctl_show_or_the_journal(cluster: Cluster) -> None:
     tb = cluster.testbed
-    planted = cluster.credentials
+    access_key_id, secret_access_key = cluster.deployed.program.onprem_access_key
     for host in HOSTS:
         creds_file = tb.read_file(host, CREDENTIALS_PATH)  # control: the needles are what the node holds
-        assert planted.access_key_id.encode() in creds_file and planted.secret_access_key.encode() in creds_file
+        assert access_key_id.encode() in creds_file and secret_access_key.encode() in creds_file
         assert tb.exec(host, ["stat", "-c", "%a %U:%G", CREDENTIALS_PATH]).stdout.split() == ["600", "root:root"]
 
         pid = tb.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb"]).stdout.strip()
@@ -301,7 +320,9 @@ def test_restarted_node_unwraps_the_key_again_and_rejoins(cluster: Cluster) -> N
     assert not keyfile_present(tb, host), (
         "the keyfile outlived MariaDB:\n" + journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")[-3000:]
     )
-    assert tb.exec(host, ["systemctl", "is-active", UNWRAP_UNIT]).stdout.strip() == "inactive"
+    assert tb.exec(host, ["systemctl", "is-active", UNWRAP_UNIT]).stdout.strip() == "inactive", (
+        journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")[-3000:]
+    )
     wait_synced(tb, "node2", 2)
     join(tb, host, 3)
     assert keyfile_present(tb, host)
@@ -330,7 +351,7 @@ def assert_refuses_to_start(cluster: Cluster, host: str, cause: str) -> None:
     assert not keyfile_present(tb, host)
     failures = [line for line in journal_since(tb, host, cursor, UNWRAP_UNIT).splitlines() if "FAILED" in line]
     assert len(failures) == 1, failures
-    assert f"FAILED cause={cause} key={cluster.key.key_arn}:" in failures[0]
+    assert f"FAILED cause={cause} key={cluster.key_arn}:" in failures[0]
     assert "MariaDB will not start" in failures[0]
     assert datadir_digests(tb, host) == digests, f"{host}: the datadir changed although MariaDB never started"
 
@@ -359,14 +380,14 @@ def test_kms_unreachable_node_waits_unencrypted_never_then_rejoins_with_every_ro
 def test_corrupt_blob_refuses_to_start_and_is_left_as_it_was(cluster: Cluster) -> None:
     tb, host = cluster.testbed, "node3"
     stop(tb, host)
-    corrupt = cluster.key.blob[:-1] + bytes([cluster.key.blob[-1] ^ 0xFF])  # the AES-GCM ciphertext's last byte
+    corrupt = cluster.blob[:-1] + bytes([cluster.blob[-1] ^ 0xFF])  # the AES-GCM ciphertext's last byte
     tb.put_file(host, BLOB_PATH, corrupt, 0o600)
     try:
         assert_refuses_to_start(cluster, host, "invalid-ciphertext")
         assert tb.read_file(host, BLOB_PATH) == corrupt
         assert tb.exec(host, ["stat", "-c", "%a %U", BLOB_PATH]).stdout.split() == ["600", "root"]
     finally:
-        tb.put_file(host, BLOB_PATH, cluster.key.blob, 0o600)
+        tb.put_file(host, BLOB_PATH, cluster.blob, 0o600)
     join(tb, host, 3)
     assert table_state(tb, host) == table_state(tb, "node1")
 
@@ -375,13 +396,13 @@ def test_disabled_key_refuses_to_start_and_the_node_returns_once_enabled(cluster
     tb, host = cluster.testbed, "node3"
     kms = cluster.kms.client()
     stop(tb, host)
-    kms.disable_key(KeyId=cluster.key.key_id)  # moto wants the bare key id here, not the ARN
+    kms.disable_key(KeyId=cluster.deployed.program.key_id)  # moto wants the bare key id here, not the ARN
     try:
-        assert kms.describe_key(KeyId=cluster.key.key_arn)["KeyMetadata"]["KeyState"] == "Disabled"
+        assert kms.describe_key(KeyId=cluster.key_arn)["KeyMetadata"]["KeyState"] == "Disabled"
         assert_refuses_to_start(cluster, host, "key-disabled")
-        assert tb.read_file(host, BLOB_PATH) == cluster.key.blob
+        assert tb.read_file(host, BLOB_PATH) == cluster.blob
     finally:
-        kms.enable_key(KeyId=cluster.key.key_id)
+        kms.enable_key(KeyId=cluster.deployed.program.key_id)
     join(tb, host, 3)
     for other in HOSTS:
         wait_synced(tb, other, 3)

@@ -1,24 +1,31 @@
 """Encryption in transit on real hosts, proved by a packet capture on the testbed bridge.
 
-One 3-node cluster, installed as the program installs on-prem nodes (tests/node/tls_cluster.py), on a
-testbed of its own (prefix ``mktls``, subnet 10.231.6.0/24; MARIADB_KMS_TLS_TESTBED_PREFIX/_SUBNET
-override them), so it runs beside the default testbed. Certificates have ClusterCa's shape, made with
-``cryptography`` (rehearsal/tls_certs.py): pulumi-tls cannot run here.
+One 3-node all-on-premises cluster, deployed by the program's own plan (``rehearsal/runner``: the
+program recorded under the rehearsal's mocks, its remote commands run on the hosts in the recorded
+order), on a testbed of its own (prefix ``mktls``, subnet 10.231.6.0/24; MARIADB_KMS_TLS_TESTBED_PREFIX
+/_SUBNET override them), so it runs beside the default testbed. The certificates are the program's
+(ClusterCa, whose pulumi-tls resources the rehearsal's mocks answer with real ones: rehearsal/tls_values).
 
 The same scenario runs twice, under one capture each (tcpdump on the bridge, ports 3306, 4444, 4567,
-4568): a canary in a table comment (the .frm, which SST copies) and in rows written by a client over TCP
-from another host; replication of those rows to a second node; a third node joining by SST; the second
-node stopped, more canary rows written, and that node rejoining by IST.
+4568), around the program's plan: the install runs before the capture; under it node1 bootstraps and
+node2 joins by SST (the program's steps); a canary goes into a table comment (the .frm, which SST
+copies) and into rows written by a client over TCP from another host and replicated to node2; the plan
+goes on: node3 joins by SST with the canary on its donor, and the program's verification runs; then
+node2 is stopped, more canary rows written, and node2's recorded roll step rejoins it by IST.
 
-- CONTROL, every TLS channel turned off by config: the canary is found on each of the four ports, so the
-  capture and its search can fail; the verify tool reports each channel as a gap unless told (by the
-  flags the program passes) that config turned it off; a client without TLS gets in.
-- TLS (the default config): the canary is in no captured payload although every port carried traffic;
-  every node verifies encrypted on every channel; a client without TLS is refused.
+- CONTROL, every TLS channel turned off by stack config: the canary is found on each of the four ports,
+  so the capture and its search can fail; the program's verification passes (it passes the flags for
+  what config turned off), the verify tool without those flags reports each channel as a gap; a client
+  without TLS gets in.
+- TLS (the default config), re-recorded for the same stack (same KMS key and data key) on the same hosts,
+  every datadir removed first so the cluster is new and both joiners take an SST: the canary is in no
+  captured payload although every port carried traffic; every node verifies encrypted on every channel;
+  a client without TLS is refused.
 
-Then, on the TLS cluster: a node whose certificate comes from another CA cannot join; and a renewal (the
-CA certificate renewed with its key, every node certificate re-issued) rolled one node at a time with
-``mariadb-kms-tls reload`` keeps a client loop succeeding on every node throughout.
+Then, on the TLS cluster: a node whose certificate comes from another CA cannot join (the program's TLS
+step puts its own back); and a renewal (the program's CA certificate renewed with its key, every node
+certificate re-issued with its key) rolled one node at a time with ``mariadb-kms-tls reload`` keeps a
+client loop succeeding on every node throughout.
 """
 
 from __future__ import annotations
@@ -29,19 +36,27 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from error_log import error_log_since
-from tls_cluster import TLS_OFF, TlsCluster
+from pulumi.runtime import rpc
 
+from components.tls_material import CA_CERT_PATH, KEY_PATH, tls_files
 from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import check, epoch, sql, status, stop
 from rehearsal.packet_capture import SERVICE_PORTS, capture, read_streams
+from rehearsal.plan import decode_put
+from rehearsal.recorder import Types
+from rehearsal.runner import TLS_OFF, Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import ExecResult, Settings, Testbed
-from rehearsal.tls_certs import LocalCa
+from rehearsal.tls_certs import Issued, LocalCa
 
 NAMES = ("node1", "node2", "node3")
 CLIENT_HOST = "node3"  # the client program runs there and talks TCP across the bridge
@@ -56,6 +71,9 @@ TLS_CHANNELS = ("clients", "secure-transport", "replication", "sst")
 # so they are read by their syslog identifier.
 SST_DATA = "Preparing the backup at"
 SST_JOINER_LOG = "--identifier=-wsrep-sst-joiner"
+# The program's steps the scenario holds the plan before.
+BOOTSTRAP = "cluster-bootstrap"
+LAST_JOIN = "node3-ssh-roll"
 
 
 def _settings() -> Settings:
@@ -66,9 +84,20 @@ def _settings() -> Settings:
 
 
 @dataclass
+class Hosts:
+    testbed: Testbed
+    kms: KmsServer
+    stack: ProgramStack
+
+    def address(self, name: str) -> str:
+        return self.testbed.hosts[name].address
+
+
+@dataclass
 class Run:
     """What one scenario run saw."""
 
+    deployed: Deployment
     marker: str
     bytes_per_service: dict[int, int]
     found_on: set[int]
@@ -93,40 +122,56 @@ def _require_testbed(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[TlsCluster]:
+def hosts(request: pytest.FixtureRequest) -> Iterator[Hosts]:
     _require_testbed(request.config)
     with Testbed(NAMES, settings=_settings()) as bed:
         bed.boot()
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
-            cl = TlsCluster(bed, kms, NAMES)
-            cl.install()
-            yield cl
+            yield Hosts(bed, kms, ProgramStack(kms))
 
 
-def _epoch(cl: TlsCluster, name: str) -> int:
-    return int(cl.check(name, ["date", "+%s"]).stdout.strip())
+def client(hosts: Hosts, host: str, target: str, statements: str, *, tls: bool = True, user: str = "app",
+           password: str = "") -> ExecResult:
+    """A TCP client on ``host`` talking to ``target``: over TLS verifying the server against the cluster CA,
+    or (tls=False) insisting on no TLS. The password goes in a 0600 option file, never in argv."""
+    option_file = f"/root/.{user}-client.cnf"
+    hosts.testbed.put_file(host, option_file, f"[client]\npassword={password}\n", 0o600)
+    argv = ["mariadb", f"--defaults-extra-file={option_file}", "--batch", "--skip-column-names",
+            "-h", hosts.address(target), "-P", "3306", "-u", user, "--connect-timeout=10"]
+    if tls:
+        argv += ["--ssl", f"--ssl-ca={CA_CERT_PATH}", "--ssl-verify-server-cert"]
+    else:
+        argv += ["--skip-ssl"]
+    return hosts.testbed.exec(host, argv, input=statements, timeout=300)
 
 
-def _journal_since(cl: TlsCluster, name: str, since: int, source: str = "--unit=mariadb") -> str:
-    journal = cl.check(name, ["journalctl", source, "--no-pager", "-o", "cat", "--since", f"@{since}"]).stdout
+def put_tls(hosts: Hosts, name: str, ca_cert_pem: str, issued: Issued) -> None:
+    """TLS material placed by hand, with the program's paths, modes and owners (components.tls_material)."""
+    for path, (content, mode, owner) in tls_files(ca_cert_pem, issued.cert_pem, issued.key_pem).items():
+        hosts.testbed.put_file(name, path, content, mode, owner)
+
+
+def _journal_since(hosts: Hosts, name: str, since: int, source: str = "--unit=mariadb") -> str:
+    argv = ["journalctl", source, "--no-pager", "-o", "cat", "--since", f"@{since}"]
+    journal = check(hosts.testbed, name, argv).stdout
     # mariadbd's own messages are in its error log on the data volume, not in the journal.
-    return journal + (error_log_since(cl.testbed, name, since) if source == "--unit=mariadb" else "")
+    return journal + (error_log_since(hosts.testbed, name, since) if source == "--unit=mariadb" else "")
 
 
-def _count(cl: TlsCluster, name: str, table: str, expected: int, timeout: float = 120) -> int:
+def _count(hosts: Hosts, name: str, table: str, expected: int, timeout: float = 120) -> int:
     """The table's row count on ``name`` once it reaches ``expected`` (a node applies write-sets a little after
     the commit returns on another), or what it is when ``timeout`` runs out."""
     deadline = time.monotonic() + timeout
     while True:
-        out = cl.sql(name, f"SELECT COUNT(*) FROM canary.{table};")  # noqa: S608 - a generated table name
+        out = sql(hosts.testbed, name, f"SELECT COUNT(*) FROM canary.{table};")  # noqa: S608 - a generated name
         count = int(out.split()[-1])
         if count == expected or time.monotonic() > deadline:
             return count
         time.sleep(0.5)
 
 
-def _verify(cl: TlsCluster, name: str, *flags: str) -> dict[str, Any]:
-    result = cl.testbed.exec(name, [VERIFY, "--expect-size", "3", *flags], timeout=300)
+def _verify(hosts: Hosts, name: str, *flags: str) -> dict[str, Any]:
+    result = hosts.testbed.exec(name, [VERIFY, "--expect-size", "3", *flags], timeout=300)
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
@@ -139,16 +184,18 @@ def _client_ok(result: ExecResult, what: str) -> None:
     assert result.rc == 0, f"{what}: {result.stderr}"
 
 
-def run_scenario(cl: TlsCluster, *, tls: bool, pcap: Path) -> Run:
+def run_scenario(hosts: Hosts, config: Mapping[str, Any], *, tls: bool, pcap: Path) -> Run:
+    tb = hosts.testbed
     marker = f"tlscanary{secrets.token_hex(12)}"
     table = f"t{secrets.token_hex(4)}"
     values = ", ".join(f"('{marker}')" for _ in range(ROWS))
-    with capture(cl.testbed.settings.bridge, pcap):
-        start = _epoch(cl, "node1")
-        cl.bootstrap("node1")
-        cl.roll("node2")  # a fresh joiner: SST
-        cl.sql("node1", f"CREATE USER IF NOT EXISTS app@'%' IDENTIFIED BY '{APP_PASSWORD}';"
-                        "CREATE DATABASE IF NOT EXISTS canary; GRANT ALL ON canary.* TO app@'%';")
+    # The puts and the install (package downloads) before the capture; every later step under it.
+    deployed = deploy(tb, hosts.stack, config, stop_before=BOOTSTRAP)
+    with capture(tb.settings.bridge, pcap):
+        start = epoch(tb, "node1")
+        deployed.run(stop_before=LAST_JOIN)  # node1 bootstraps, node2 joins: an SST
+        sql(tb, "node1", f"CREATE USER IF NOT EXISTS app@'%' IDENTIFIED BY '{APP_PASSWORD}';"
+                         "CREATE DATABASE IF NOT EXISTS canary; GRANT ALL ON canary.* TO app@'%';")
         # The canary through a client connection: in the table definition (the .frm SST copies) and in rows.
         workload = (
             f"CREATE TABLE canary.{table} (id INT AUTO_INCREMENT PRIMARY KEY, "  # noqa: S608 - generated values only
@@ -156,55 +203,58 @@ def run_scenario(cl: TlsCluster, *, tls: bool, pcap: Path) -> Run:
             f"INSERT INTO canary.{table} (v) VALUES {values};"
             "SHOW SESSION STATUS LIKE 'Ssl_version';"
         )
-        tls_client = cl.client(CLIENT_HOST, "node1", workload, tls=tls, password=APP_PASSWORD)
+        tls_client = client(hosts, CLIENT_HOST, "node1", workload, tls=tls, password=APP_PASSWORD)
         _client_ok(tls_client, "the canary workload")
-        assert _count(cl, "node2", table, ROWS) == ROWS, "replicated to the second node"
-        cl.roll("node3")  # a fresh joiner: SST, with the canary table on the donor
-        assert _count(cl, "node3", table, ROWS) == ROWS, "the third node has the rows after its SST"
+        assert _count(hosts, "node2", table, ROWS) == ROWS, "replicated to the second node"
+        deployed.run()  # node3 joins by SST with the canary table on its donor; the program's verification
+        assert _count(hosts, "node3", table, ROWS) == ROWS, "the third node has the rows after its SST"
         # IST: the second node misses writes while it is down and gets them back from a donor's gcache.
-        cl.stop("node2")
+        stop(tb, "node2")
         more = f"INSERT INTO canary.{table} (v) VALUES {values};"  # noqa: S608 - generated names and markers only
-        _client_ok(cl.client(CLIENT_HOST, "node1", more, tls=tls, password=APP_PASSWORD), "writes while node2 is down")
-        rejoin = _epoch(cl, "node2")
-        cl.roll("node2")
-        assert _count(cl, "node2", table, 2 * ROWS) == 2 * ROWS, "node2 caught up"
-        assert _count(cl, "node3", table, 2 * ROWS) == 2 * ROWS, "replicated to every node"
+        _client_ok(client(hosts, CLIENT_HOST, "node1", more, tls=tls, password=APP_PASSWORD),
+                   "writes while node2 is down")
+        rejoin = epoch(tb, "node2")
+        deployed.run_command("node2-ssh-roll")  # the program's roll step: starts the node and waits for Synced
+        assert _count(hosts, "node2", table, 2 * ROWS) == 2 * ROWS, "node2 caught up"
+        assert _count(hosts, "node3", table, 2 * ROWS) == 2 * ROWS, "replicated to every node"
     streams = read_streams(pcap)
-    ist_log = _journal_since(cl, "node2", rejoin)
+    ist_log = _journal_since(hosts, "node2", rejoin)
     run = Run(
+        deployed=deployed,
         marker=marker,
         bytes_per_service=streams.bytes_per_service(),
         found_on=streams.services_containing(marker.encode()),
-        sst_joiners=[n for n in ("node2", "node3") if SST_DATA in _journal_since(cl, n, start, SST_JOINER_LOG)],
-        ist_rejoined="IST received" in ist_log and SST_DATA not in _journal_since(cl, "node2", rejoin, SST_JOINER_LOG),
+        sst_joiners=[n for n in ("node2", "node3") if SST_DATA in _journal_since(hosts, n, start, SST_JOINER_LOG)],
+        ist_rejoined="IST received" in ist_log and SST_DATA not in _journal_since(hosts, "node2", rejoin,
+                                                                                   SST_JOINER_LOG),
         ist_log=ist_log[-3000:],
-        plain_client=cl.client(CLIENT_HOST, "node1", "SELECT 'plain'", tls=False, password=APP_PASSWORD),
+        plain_client=client(hosts, CLIENT_HOST, "node1", "SELECT 'plain'", tls=False, password=APP_PASSWORD),
         tls_client=tls_client,
     )
     for name in NAMES:
-        run.verify[name] = _verify(cl, name)
-        run.verify_flags_off[name] = _verify(cl, name, *ALL_OFF)
+        run.verify[name] = _verify(hosts, name)
+        run.verify_flags_off[name] = _verify(hosts, name, *ALL_OFF)
     return run
 
 
 @pytest.fixture(scope="module")
-def control(cluster: TlsCluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    cluster.configure(cluster.config(**TLS_OFF))
-    return run_scenario(cluster, tls=False, pcap=tmp_path_factory.mktemp("control") / "bridge.pcap")
+def control(hosts: Hosts, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run_scenario(hosts, onprem_config(hosts.testbed, NAMES, **TLS_OFF), tls=False,
+                        pcap=tmp_path_factory.mktemp("control") / "bridge.pcap")
 
 
 @pytest.fixture(scope="module")
-def encrypted(cluster: TlsCluster, control: Run, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def encrypted(hosts: Hosts, control: Run, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The same scenario with the default config (every channel on), after the control run."""
-    cluster.stop_all()  # node1 stops last: it is the one safe to bootstrap
-    cluster.issue_all()
-    cluster.configure(cluster.config())
-    for name in ("node2", "node3"):
-        # New members again, so they join by SST: InnoDB keeps the Galera position (wsrep-recover finds
-        # it even without grastate.dat) and a donor's gcache could serve it by IST.
-        cluster.check(name, ["find", "/var/lib/mysql", "-mindepth", "1", "-delete"])
-        cluster.check(name, ["/usr/local/sbin/mariadb-kms-install"], timeout=600)
-    return run_scenario(cluster, tls=True, pcap=tmp_path_factory.mktemp("tls") / "bridge.pcap")
+    tb = hosts.testbed
+    # Not the program's doing: the control's cluster goes, so this run starts a new one on the same hosts
+    # and both joiners take an SST (InnoDB keeps the Galera position, so a kept datadir could rejoin by IST).
+    # The stack is the same, so the key and the data key are too; the program's install makes new datadirs.
+    for name in reversed(NAMES):
+        stop(tb, name)
+    for name in NAMES:
+        check(tb, name, ["find", "/var/lib/mysql", "-mindepth", "1", "-delete"])
+    return run_scenario(hosts, onprem_config(tb, NAMES), tls=True, pcap=tmp_path_factory.mktemp("tls") / "bridge.pcap")
 
 
 # --------------------------------------------------------------------------
@@ -231,6 +281,17 @@ def test_control_verify_fails_each_plaintext_channel_unless_config_turned_it_off
         off = control.verify_flags_off[name]
         assert _tls_gaps(off) == [], f"{name}: {_tls_gaps(off)}"
         assert {off["tls"][ch]["state"] for ch in TLS_CHANNELS} == {"off by config"}
+
+
+def test_control_the_programs_verification_passes_with_the_channels_config_turned_off(control: Run) -> None:
+    deployed = control.deployed
+    names = deployed.program.verification_commands
+    assert sorted(deployed.outcomes[n].node for n in names) == list(NAMES)
+    for name in names:
+        assert all(f"--tls-off {ch}" in deployed.program.command(name).create for ch in TLS_CHANNELS), name
+        report = json.loads(deployed.report(name))
+        assert (report["ok"], _tls_gaps(report)) == (True, []), f"{name}: {report['gaps']}"
+        assert {report["tls"][ch]["state"] for ch in TLS_CHANNELS} == {"off by config"}
 
 
 def test_control_a_client_without_tls_gets_in(control: Run) -> None:
@@ -265,47 +326,83 @@ def test_every_node_verifies_encrypted_on_every_channel(encrypted: Run) -> None:
         assert tls["sst"]["ssl_mode"] == "VERIFY_IDENTITY" and tls["sst"]["verifies_peer"] is True
 
 
-def test_a_client_without_tls_is_refused(cluster: TlsCluster, encrypted: Run) -> None:
+def test_a_client_without_tls_is_refused(hosts: Hosts, encrypted: Run) -> None:
     refused = encrypted.plain_client
     # MariaDB 10.11 answers a refused plaintext login as "Access denied" (1045); the same account and password
     # over TLS get in, and the control run let the same plaintext login in: the transport is what is refused.
     assert refused.rc != 0 and "ERROR 1045" in refused.stderr, refused
-    again = cluster.client(CLIENT_HOST, "node1", "SELECT @@require_secure_transport", tls=True, password=APP_PASSWORD)
+    again = client(hosts, CLIENT_HOST, "node1", "SELECT @@require_secure_transport", tls=True, password=APP_PASSWORD)
     assert again.rc == 0 and again.stdout.strip() == "1", again
 
 
-def test_a_node_with_a_certificate_from_another_ca_cannot_join(cluster: TlsCluster, encrypted: Run) -> None:
-    cluster.stop("node3")
-    foreign = LocalCa("mariadb-kms")  # same names, another key: only the signature tells them apart
-    cluster.put_tls("node3", foreign.issue("node3", cluster.address("node3")))
-    since = _epoch(cluster, "node1")
-    cluster.check("node3", ["systemctl", "reset-failed", "mariadb"])
-    cluster.check("node3", ["systemctl", "start", "--no-block", "mariadb"])
+def program_ca(run: Run) -> LocalCa:
+    """The program's cluster CA (its key from the recorded SelfSignedCert, its certificate as nodes got it),
+    so a renewal here is what the program's renews: a new CA certificate with the same key."""
+    program = run.deployed.program
+    recorded = program.recording.one(Types.TLS_SELF_SIGNED_CERT)
+    key = load_pem_private_key(str(rpc.unwrap_rpc_secret(recorded.input("privateKeyPem"))).encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ca = LocalCa(str(program.config["clusterName"]), stack=program.stack)
+    ca.key = key
+    ca.cert = x509.load_pem_x509_certificate(node_tls(run, "node1")[CA_CERT_PATH].encode())
+    ca.subject = ca.cert.subject
+    return ca
+
+
+def node_tls(run: Run, name: str) -> dict[str, str]:
+    """What the program's TLS step puts on a node: {path: content} (the CA certificate, its own, its key)."""
+    stdin = next(s.stdin for s in run.deployed.program.sent if s.command.name == f"{name}-ssh-tls")
+    assert stdin is not None
+    return {path: content.decode() for path, (content, _mode, _owner) in decode_put(stdin).items()}
+
+
+def test_a_node_with_a_certificate_from_another_ca_cannot_join(hosts: Hosts, encrypted: Run) -> None:
+    tb = hosts.testbed
+    stop(tb, "node3")
+    # Same names as the program's CA, another key: only the signature tells them apart.
+    program = encrypted.deployed.program
+    foreign = LocalCa(str(program.config["clusterName"]), stack=program.stack)
+    put_tls(hosts, "node3", foreign.cert_pem, foreign.issue("node3", hosts.address("node3")))
+    since = epoch(tb, "node1")
+    check(tb, "node3", ["systemctl", "reset-failed", "mariadb"])
+    check(tb, "node3", ["systemctl", "start", "--no-block", "mariadb"])
+    refusals: list[str] = []  # node1's own files (the program's CA) dialling node3's Galera port
     try:
         deadline = time.monotonic() + 45  # a failed join gives up after ~30 s; the unit then retries
         while time.monotonic() < deadline:
-            if _running(cluster, "node3"):
-                assert cluster.status("node3", "wsrep_local_state_comment") != "Synced"
-            assert cluster.status("node1", "wsrep_cluster_size") == "2"
+            if _running(tb, "node3"):
+                assert status(tb, "node3", "wsrep_local_state_comment") != "Synced"
+            assert status(tb, "node1", "wsrep_cluster_size") == "2"
+            shake = _handshake(hosts, "node1", "node3")
+            if "CONNECTED" in shake.stdout:  # node3's Galera port answered (it listens while it tries to join)
+                assert shake.rc != 0, f"node1 accepted the foreign certificate: {shake.stdout[-1000:]}"
+                refusals.append(shake.stdout + shake.stderr)
             time.sleep(3)
-        assert "certificate verify failed" in _journal_since(cluster, "node1", since)
+        # Whichever side dials first refuses first: node1 logs its own "certificate verify failed", or node3's
+        # "unknown ca" alert when node3 refused node1's certificate. The handshakes prove node1's side as well
+        # (the renewal test's handshakes between the program's certificates are their control).
+        assert refusals, "node3's Galera port never answered while it tried to join"
+        assert all("certificate verify failed" in r for r in refusals), refusals[-1][-1000:]
+        journal = _journal_since(hosts, "node1", since)
+        assert "certificate verify failed" in journal or "tlsv1 alert unknown ca" in journal, journal[-2000:]
     finally:
-        cluster.stop("node3")
-    cluster.put_tls("node3", cluster.issued["node3"])
-    cluster.roll("node3")
-    assert cluster.status("node1", "wsrep_cluster_size") == "3"
+        stop(tb, "node3")
+    # The program's own steps put it right: its TLS material again, then its roll.
+    encrypted.deployed.run_command("node3-ssh-tls")
+    encrypted.deployed.run_command("node3-ssh-roll")
+    assert status(tb, "node1", "wsrep_cluster_size") == "3"
 
 
-def _running(cluster: TlsCluster, name: str) -> bool:
-    return cluster.testbed.exec(name, ["mariadb", "-e", "SELECT 1"]).rc == 0
+def _running(tb: Testbed, name: str) -> bool:
+    return tb.exec(name, ["mariadb", "-e", "SELECT 1"]).rc == 0
 
 
 class ClientLoop(threading.Thread):
     """A client that keeps writing and reading on every node in turn, over TLS, until stopped."""
 
-    def __init__(self, cluster: TlsCluster) -> None:
+    def __init__(self, hosts: Hosts) -> None:
         super().__init__(daemon=True)
-        self.cluster = cluster
+        self.hosts = hosts
         self.stopping = threading.Event()
         self.ok: dict[str, int] = dict.fromkeys(NAMES, 0)
         self.failures: list[str] = []
@@ -314,8 +411,8 @@ class ClientLoop(threading.Thread):
         i = 0
         while not self.stopping.is_set():
             target = NAMES[i % len(NAMES)]
-            result = self.cluster.client(
-                CLIENT_HOST, target,
+            result = client(
+                self.hosts, CLIENT_HOST, target,
                 f"INSERT INTO canary.renewal (node, n) VALUES ('{target}', {i}); "  # noqa: S608 - constants only
                 "SELECT COUNT(*) FROM canary.renewal;",
                 password=APP_PASSWORD,
@@ -327,31 +424,33 @@ class ClientLoop(threading.Thread):
             i += 1
 
 
-def _handshake(cluster: TlsCluster, client: str, server: str) -> ExecResult:
-    """``client`` opens a TLS connection to ``server``'s Galera port with its own files, as Galera does."""
-    return cluster.testbed.exec(client, (
-        f"openssl s_client -connect {cluster.address(server)}:4567 -CAfile /etc/mysql/tls/ca.pem "
+def _handshake(hosts: Hosts, client_host: str, server: str) -> ExecResult:
+    """``client_host`` opens a TLS connection to ``server``'s Galera port with its own files, as Galera does."""
+    return hosts.testbed.exec(client_host, (
+        f"openssl s_client -connect {hosts.address(server)}:4567 -CAfile /etc/mysql/tls/ca.pem "
         "-cert /etc/mysql/tls/node-cert.pem -key /etc/mysql/tls/node-key.pem -verify_return_error </dev/null"
     ), timeout=30)
 
 
-def test_renewal_rolled_one_node_at_a_time_keeps_the_cluster_serving(cluster: TlsCluster, encrypted: Run) -> None:
-    cluster.sql("node1", "CREATE TABLE IF NOT EXISTS canary.renewal (id INT AUTO_INCREMENT PRIMARY KEY, "
-                         "node VARCHAR(20), n INT); GRANT ALL ON canary.* TO app@'%';")
-    old_sha = {n: json.loads(cluster.check(n, [TLS_TOOL, "inspect"]).stdout)["served"]["replication"]["sha256"]
+def test_renewal_rolled_one_node_at_a_time_keeps_the_cluster_serving(hosts: Hosts, encrypted: Run) -> None:
+    tb = hosts.testbed
+    sql(tb, "node1", "CREATE TABLE IF NOT EXISTS canary.renewal (id INT AUTO_INCREMENT PRIMARY KEY, "
+                     "node VARCHAR(20), n INT); GRANT ALL ON canary.* TO app@'%';")
+    old_sha = {n: json.loads(check(tb, n, [TLS_TOOL, "inspect"]).stdout)["served"]["replication"]["sha256"]
                for n in NAMES}
-    loop = ClientLoop(cluster)
+    ca = program_ca(encrypted)
+    loop = ClientLoop(hosts)
     loop.start()
     try:
         time.sleep(3)
         # The worst case of an early renewal: the CA certificate is renewed (same key), so every node
         # certificate is re-issued under it (same node keys), and nodes take them one after another.
-        cluster.ca.renew()
+        ca.renew()
         renewed: list[str] = []
         for name in NAMES:
-            cluster.issued[name] = cluster.ca.issue(name, cluster.address(name), key_pem=cluster.issued[name].key_pem)
-            cluster.put_tls(name, cluster.issued[name])
-            reload = cluster.check(name, [TLS_TOOL, "reload"])
+            issued = ca.issue(name, hosts.address(name), key_pem=node_tls(encrypted, name)[KEY_PATH])
+            put_tls(hosts, name, ca.cert_pem, issued)
+            reload = check(tb, name, [TLS_TOOL, "reload"])
             assert "replication: serves the installed certificate" in reload.stdout, reload.stdout
             assert "clients: serves the installed certificate" in reload.stdout, reload.stdout
             renewed.append(name)
@@ -359,9 +458,9 @@ def test_renewal_rolled_one_node_at_a_time_keeps_the_cluster_serving(cluster: Tl
             for other in NAMES:
                 if other != name:
                     for a, b in ((name, other), (other, name)):
-                        shake = _handshake(cluster, a, b)
+                        shake = _handshake(hosts, a, b)
                         assert shake.rc == 0, f"{a} -> {b} after renewing {renewed}: {shake.stderr[-500:]}"
-            assert cluster.status("node1", "wsrep_cluster_size") == "3"
+            assert status(tb, "node1", "wsrep_cluster_size") == "3"
             time.sleep(2)
     finally:
         loop.stopping.set()
@@ -369,7 +468,7 @@ def test_renewal_rolled_one_node_at_a_time_keeps_the_cluster_serving(cluster: Tl
     assert loop.failures == [], loop.failures[:5]
     assert min(loop.ok.values()) >= 3, loop.ok
     for name in NAMES:
-        served = json.loads(cluster.check(name, [TLS_TOOL, "inspect"]).stdout)["served"]
+        served = json.loads(check(tb, name, [TLS_TOOL, "inspect"]).stdout)["served"]
         assert served["replication"]["sha256"] != old_sha[name]
         assert served["clients"]["matches_file"] is True
-        assert _tls_gaps(_verify(cluster, name)) == []
+        assert _tls_gaps(_verify(hosts, name)) == []

@@ -1,0 +1,410 @@
+"""The program's own plan, carried out on testbed hosts: how the node tests and benchmarks get a cluster.
+
+The same steps as ``make demo``, minus the EC2 side:
+
+1. ``ProgramStack.record(config, testbed)`` runs ``__main__.py`` under the rehearsal's
+   mocks with a stack config (``onprem_config`` makes one whose on-prem nodes
+   are testbed hosts); the KMS key, its alias and the cluster data key are
+   made in the KMS emulator as they register (``rehearsal/emulator``). The
+   result, a ``Program``, keeps the whole ``Recording``, the remote commands in
+   replay order (``rehearsal/plan``) and what the declared overlay changed
+   (``rehearsal/overlay``: on premises only the KMS endpoint in unwrap.conf).
+2. ``Deployment.run()`` carries out those commands on the hosts in the
+   recorded dependency order, independent ones at once, each with its recorded
+   ``create`` string, ``environment`` and stdin, stopping at the first
+   failure (the replay's own scheduler, ``rehearsal/replay``). ``stop_before``
+   leaves a command, and everything that waits for it, for a later ``run()``,
+   so a test can act between two of the program's steps (write rows before a
+   node joins by SST, start a packet capture after the install). ``rerun``
+   sends recorded commands again as they are (a node's roll, every
+   verification). Every outcome is kept (``outcomes`` by name, ``history``).
+
+A stack keeps what it made across recordings, as a Pulumi stack's state keeps
+its resources across updates: record again with a changed config and the KMS
+key, its alias, the data key and the on-prem access key stay the same, so the
+nodes' datadirs stay readable. ``changed_commands`` names what a new
+recording would run differently.
+
+Transport: ``Testbed.exec`` (nsenter into the host), not SSH. The node tests'
+hosts are booted once per session from the bare rootfs, before any stack
+config and its login key exist, so nothing authorises that key on them; the
+config pins each host's real host key all the same, so the recorded
+connections are true ones (``make demo`` has an administrator's seed put the
+key in place through cloud-init before the first boot and replays over real
+SSH; tests/rehearsal covers that transport). What SSH
+would add here is the transport, not the steps: each command still runs
+through the connection user's login shell (``SHELL -c create``, as sshd runs
+an exec request), with only the recorded environment added to the host's
+fixed one, stdin written and then closed, no terminal, and one trailing
+newline trimmed from stdout and stderr, as pulumi-command does.
+
+    stack = ProgramStack(kms)
+    deployed = deploy(testbed, stack, onprem_config(testbed, ["node1", "node2", "node3"]))
+    deployed.outcomes["node1-verification-run"].stdout   # the program's verify report
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulumi.runtime import rpc
+
+from components.data_key_provider import P_BLOB
+from rehearsal import TestbedError, say
+from rehearsal import overlay as ov
+from rehearsal.aws_values import ACCOUNT_ID
+from rehearsal.emulator import EmulatedMocks, KmsEmulator, deployer_role_arn, emulator_credentials
+from rehearsal.kms_server import KmsServer
+from rehearsal.plan import RecordedCommand, recorded_commands
+from rehearsal.recorder import Computed, Recording, Types, config_for_pulumi, record
+from rehearsal.replay import Outcome, Progress, Replay, Sent, replay
+from rehearsal.stack import SECRET_KEYS, new_ed25519
+from rehearsal.testbed import Testbed
+
+STACK = "nodetest"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
+# Every TLS channel off, as a user turns them off in the stack config (a control for encryption in transit).
+TLS_OFF: Mapping[str, Any] = {
+    "tlsReplication": False, "tlsSst": False, "tlsClients": False, "requireSecureTransport": False,
+}
+# pulumi-command trims one trailing newline from stdout and stderr.
+_TRIM = "\n"
+
+
+class DeployFailed(AssertionError):
+    """A command of the program's plan failed on a host; the message names node, step, status and output."""
+
+
+# --------------------------------------------------------------------------
+# The stack config
+# --------------------------------------------------------------------------
+
+
+def onprem_config(testbed: Testbed, names: Sequence[str] | None = None, **changes: Any) -> dict[str, Any]:
+    """A stack config (keys as in Pulumi.<stack>.yaml, without the namespace) whose nodes are these hosts.
+
+    Every node is on premises, reached as root, and pinned to the host key its
+    sshd really has, so the recorded connections are true ones. ``changes``
+    set or override keys (``tlsReplication=False``, ``gcacheSize="64M"``).
+    The deploying identity the mocks report is a key admin, as README asks.
+    """
+    chosen = list(names or testbed.hosts)
+    login = new_ed25519("mariadb-kms-node-tests")
+    config: dict[str, Any] = {
+        "keyAdmins": [deployer_role_arn(ACCOUNT_ID), f"arn:aws:iam::{ACCOUNT_ID}:role/kms-breakglass"],
+        "clusterName": "mariadb-kms-test",
+        "onPremNodes": [
+            {"name": n, "address": testbed.hosts[n].address, "sshUser": "root", "hostKey": host_key(testbed, n)}
+            for n in chosen
+        ],
+        "sshPrivateKey": login.private_openssh,
+        "sshAuthorizedKey": login.public_line,
+    }
+    config.update(changes)
+    return config
+
+
+def host_key(testbed: Testbed, name: str) -> str:
+    """The host's ed25519 host key line, as an administrator would hand it over for the pin."""
+    parts = testbed.read_file(name, HOST_KEY_PATH).decode().split()
+    if len(parts) < 2:
+        raise TestbedError(f"{name}: {HOST_KEY_PATH} holds no host key")
+    return f"{parts[0]} {parts[1]}"
+
+
+# --------------------------------------------------------------------------
+# Recording the program
+# --------------------------------------------------------------------------
+
+
+class LastingMocks(EmulatedMocks):
+    """The emulator's mocks, keeping what they made across recordings, as a stack's state does.
+
+    The engine creates the KMS key, its alias, the data key and the access key
+    once and keeps them on later updates (the key and the data key are
+    protected); without this a second recording would make a second key, and
+    a node's datadir, encrypted under the first, would be unreadable.
+    """
+
+    def __init__(self, *, emulator: KmsEmulator, stack: str, region: str,
+                 kept: dict[tuple[str, str], Computed]) -> None:
+        super().__init__(emulator=emulator, addresses={}, stack=stack, region=region, account_id=ACCOUNT_ID)
+        self.kept = kept  # shared by the stack's recordings; a mocks object records one run only
+
+    def _keep(self, kind: str, name: str, make: Callable[[], Computed]) -> Computed:
+        if (kind, name) not in self.kept:
+            self.kept[(kind, name)] = make()
+        return self.kept[(kind, name)]
+
+    def kms_key(self, name: str, inputs: dict[str, Any]) -> Computed:
+        return self._keep("kms_key", name, lambda: super(LastingMocks, self).kms_key(name, inputs))
+
+    def kms_alias(self, name: str, inputs: dict[str, Any]) -> Computed:
+        return self._keep("kms_alias", name, lambda: super(LastingMocks, self).kms_alias(name, inputs))
+
+    def data_key(self, name: str, inputs: dict[str, Any]) -> Computed:
+        return self._keep("data_key", name, lambda: super(LastingMocks, self).data_key(name, inputs))
+
+    def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
+        return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
+
+
+@dataclass
+class Program:
+    """One recording of the program and what the runner sends for it."""
+
+    config: dict[str, Any] = field(repr=False)  # the stack config, the secret key included
+    region: str
+    stack: str
+    recording: Recording = field(repr=False)
+    commands: list[RecordedCommand] = field(repr=False)  # in replay order
+    sent: list[Sent] = field(repr=False)  # the overlay applied, node = testbed host name
+    changes: list[ov.Change] = field(repr=False)  # what the overlay changed, for a reader
+
+    def command(self, name: str) -> RecordedCommand:
+        found = [c for c in self.commands if c.name == name]
+        if len(found) != 1:
+            raise KeyError(f"no remote command {name!r} in the plan: {[c.name for c in self.commands]}")
+        return found[0]
+
+    def names(self, *, node: str | None = None, step: str | None = None) -> list[str]:
+        """Command names in replay order, of one node (``node1-ssh-roll``) and/or one step (``roll``)."""
+        out = []
+        for s in self.sent:
+            if node is not None and s.node != node:
+                continue
+            if step is not None and not s.command.name.endswith(f"-{step}"):
+                continue
+            out.append(s.command.name)
+        return out
+
+    @property
+    def verification_commands(self) -> list[str]:
+        """The commands of the program's Verification components (their stdout is a verify report)."""
+        urns = {r.urn for r in self.recording.of_type(Types.VERIFICATION)}
+        return [c.name for c in self.commands if self.recording.by_urn(c.urn).parent_urn in urns]
+
+    @property
+    def key_arn(self) -> str:
+        return str(self.recording.one(Types.KMS_KEY).state["arn"])
+
+    @property
+    def key_id(self) -> str:
+        """The bare key id (moto's DisableKey and EnableKey want it, not the ARN)."""
+        return str(self.recording.one(Types.KMS_KEY).state["keyId"])
+
+    @property
+    def data_key_blob(self) -> bytes:
+        """The cluster data key's CiphertextBlob, as the program stores it."""
+        encoded = rpc.unwrap_rpc_secret(self.recording.one(Types.DATA_KEY).state[P_BLOB])
+        return base64.b64decode(str(encoded))
+
+    @property
+    def onprem_access_key(self) -> tuple[str, str]:
+        """(access key id, secret access key) of the on-prem nodes' IAM user."""
+        res = self.recording.one(Types.IAM_ACCESS_KEY)
+        return res.id, str(rpc.unwrap_rpc_secret(res.state["secret"]))
+
+
+class ProgramStack:
+    """One stack: records the program for a config, keeping its key resources across recordings."""
+
+    def __init__(self, kms: KmsServer, *, stack: str | None = None) -> None:
+        self.kms = kms
+        self.emulator = KmsEmulator(kms.endpoint_url, kms.region)
+        self.stack = stack or self._free_name()
+        self.kept: dict[tuple[str, str], Computed] = {}
+
+    def _free_name(self) -> str:
+        """``nodetest``, or ``nodetest2``... when another stack on this KMS server has the name already:
+        the key alias is named after the stack, and a second one of the same name would fail to register."""
+        with emulator_credentials():
+            taken = {a["AliasName"] for a in self.emulator.client().list_aliases()["Aliases"]}
+        n = 1
+        while any(alias.endswith(f"-{STACK}{n if n > 1 else ''}") for alias in taken):
+            n += 1
+        return f"{STACK}{n if n > 1 else ''}"
+
+    def record(self, config: Mapping[str, Any], testbed: Testbed) -> Program:
+        config = dict(config)
+        if config.get("ec2Nodes"):
+            raise ValueError("ec2Nodes: the runner deploys on-prem nodes only; EC2 hosts boot from user-data, "
+                             "which `make demo` seeds before their first boot")
+        flat, secret_keys = config_for_pulumi(config, self.kms.region, SECRET_KEYS)
+        with emulator_credentials():
+            mocks = LastingMocks(emulator=self.emulator, stack=self.stack, region=self.kms.region, kept=self.kept)
+            rec = record(mocks, flat, secret_keys, stack=self.stack)
+        if rec.exception is not None or rec.errors:
+            raise DeployFailed(f"the program failed under mocks: {rec.exception!r}; errors: {rec.errors}")
+        commands = recorded_commands(rec)
+        by_address = {h.address: h.name for h in testbed.hosts.values()}
+        settings = ov.Settings(kms_endpoint_url=self.kms.endpoint_url)
+        sent: list[Sent] = []
+        changes: list[ov.Change] = []
+        for cmd in commands:
+            if cmd.host not in by_address:
+                raise DeployFailed(f"{cmd.name}: connects to {cmd.host}, which is no testbed host")
+            stdin, changed = ov.command_stdin(cmd, settings, ec2=False)
+            changes += changed
+            sent.append(Sent(command=cmd, node=by_address[cmd.host], stdin=stdin))
+        undeclared = [c for c in changes if c.item == "UNDECLARED"]
+        if undeclared:
+            raise DeployFailed("the overlay changed what it does not declare: " +
+                               ", ".join(f"{c.target} {c.path}" for c in undeclared))
+        return Program(config, self.kms.region, self.stack, rec, commands, sent, changes)
+
+
+def changed_commands(old: Program, new: Program) -> list[str]:
+    """Commands of ``new`` that ``old`` lacks or that run differently (command line, environment, stdin)."""
+    before = {c.name: c for c in old.commands}
+
+    def shape(c: RecordedCommand) -> tuple[str, dict[str, str], str | None, str, int, str]:
+        return c.create, c.environment, c.stdin, c.host, c.port, c.user
+
+    return [c.name for c in new.commands if c.name not in before or shape(before[c.name]) != shape(c)]
+
+
+# --------------------------------------------------------------------------
+# Carrying it out
+# --------------------------------------------------------------------------
+
+
+def host_argv(cmd: RecordedCommand, shell: str) -> list[str]:
+    """What runs in the host for one command: the connection user's shell with ``-c create``, as sshd runs it."""
+    inner = [shell, "-c", cmd.create]
+    if cmd.environment:
+        inner = ["env", *(f"{k}={v}" for k, v in cmd.environment.items()), *inner]
+    if cmd.user != "root":
+        inner = ["runuser", "-u", cmd.user, "--", *inner]
+    return inner
+
+
+@dataclass
+class Deployment:
+    """The program's plan on testbed hosts: what ran, with every outcome, and what is left."""
+
+    testbed: Testbed
+    program: Program
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # by command name: its latest run
+    history: list[Outcome] = field(default_factory=list)  # every run, in the order they finished
+    quiet: bool = False
+    _shells: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+
+    @property
+    def done(self) -> set[str]:
+        return {name for name, o in self.outcomes.items() if o.ok}
+
+    @property
+    def pending(self) -> list[str]:
+        return [s.command.name for s in self.program.sent if s.command.name not in self.done]
+
+    def run(self, *, stop_before: str | None = None, timeout: float = 1800.0) -> list[Outcome]:
+        """Every command not yet done, except ``stop_before`` and what waits for it; raises on a failure."""
+        if stop_before is not None:
+            self.program.command(stop_before)  # a typo must not run the whole plan
+        chosen: list[Sent] = []
+        done = self.done
+        for s in self.program.sent:
+            name = s.command.name
+            if name in done or name == stop_before or (stop_before is not None and stop_before in s.command.after):
+                continue
+            after = tuple(d for d in s.command.after if d not in done)
+            chosen.append(dataclasses.replace(s, command=dataclasses.replace(s.command, after=after)))
+        result = replay(chosen, progress=self._progress(), timeout=timeout, run=self._run_one)
+        self._take(result)
+        return result.outcomes
+
+    def run_command(self, name: str, timeout: float = 1800.0) -> Outcome:
+        """One recorded command again, as the program would send it (e.g. a node's roll step)."""
+        return self.rerun([name], timeout=timeout)[0]
+
+    def rerun(self, names: Sequence[str], timeout: float = 1800.0) -> list[Outcome]:
+        """Recorded commands again, all at once, whatever they waited for (every node's verification, say);
+        their outcomes in the order of ``names``. Raises when one fails, as ``run`` does."""
+        for name in names:
+            self.program.command(name)
+        chosen = [dataclasses.replace(s, command=dataclasses.replace(s.command, after=()))
+                  for s in self.program.sent if s.command.name in names]
+        result = replay(chosen, progress=self._progress(), timeout=timeout, run=self._run_one)
+        self._take(result)
+        by_name = {o.name: o for o in result.outcomes}
+        return [by_name[name] for name in names]
+
+    def report(self, name: str) -> str:
+        """The stdout of a command that succeeded (a verification's JSON report, say)."""
+        outcome = self.outcomes.get(name)
+        if outcome is None or not outcome.ok:
+            raise KeyError(f"{name} has not succeeded: {outcome}")
+        return outcome.stdout
+
+    def _take(self, result: Replay) -> None:
+        for o in result.outcomes:
+            self.outcomes[o.name] = o
+            self.history.append(o)
+        failed = result.failed
+        if failed is not None:
+            secret = self.program.command(failed.name).secret_output
+            shown = "(secret output: not shown)" if secret else f"{failed.stdout[-2000:]}\n{failed.stderr[-3000:]}"
+            status = f"exit {failed.rc}" if failed.rc is not None else str(failed.error)
+            raise DeployFailed(f"node {failed.node}, step {failed.name}: {status}\n{shown}")
+
+    def _progress(self) -> Progress:
+        if self.quiet:
+            return Progress()
+
+        def finished(o: Outcome) -> None:
+            status = "ok" if o.ok else f"FAILED (exit {o.rc})" if o.rc is not None else f"FAILED: {o.error}"
+            say(f"plan: {o.name} on {o.node} {status} in {o.seconds:.1f}s")
+
+        return Progress(finished=finished)
+
+    def _shell(self, node: str, user: str) -> str:
+        if (node, user) not in self._shells:
+            entry = self.testbed.exec(node, ["getent", "passwd", user]).stdout.strip().split(":")
+            if len(entry) < 7 or not entry[6]:
+                raise DeployFailed(f"{node}: no login user {user!r} (the connection's user)")
+            self._shells[(node, user)] = entry[6]
+        return self._shells[(node, user)]
+
+    def _run_one(self, sent: Sent, stop: threading.Event, timeout: float, abort: threading.Event | None) -> Outcome:
+        cmd = sent.command
+        data = sent.stdin.encode() if sent.stdin else b""
+        outcome = Outcome(
+            name=cmd.name, node=sent.node, create=cmd.create,
+            stdin_sha256=hashlib.sha256(data).hexdigest() if sent.stdin else None, stdin_bytes=len(data), rc=None,
+            started=time.monotonic(),
+        )
+        try:
+            # Written and closed, like pulumi-command's session stdin; empty when the command has none.
+            result = self.testbed.exec(sent.node, host_argv(cmd, self._shell(sent.node, cmd.user)), input=data,
+                                       timeout=timeout)
+            outcome.rc = result.rc
+            outcome.stdout = result.stdout.removesuffix(_TRIM)
+            outcome.stderr = result.stderr.removesuffix(_TRIM)
+        except subprocess.TimeoutExpired:
+            outcome.error = f"no exit after {timeout:.0f}s: the runner gave up on it"
+        except (TestbedError, DeployFailed, OSError) as err:
+            outcome.error = str(err)
+        outcome.seconds = time.monotonic() - outcome.started
+        return outcome
+
+
+def deploy(testbed: Testbed, stack: ProgramStack, config: Mapping[str, Any], *, stop_before: str | None = None,
+           timeout: float = 1800.0, quiet: bool = False) -> Deployment:
+    """Record the program for ``config`` and run its plan on the testbed's hosts (up to ``stop_before``)."""
+    program = stack.record(config, testbed)
+    for name in {s.node for s in program.sent}:
+        # Declared in the overlay (dpkg-unsafe-io): the hosts share one disk; packages and MariaDB are unchanged.
+        testbed.put_file(name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
+    deployment = Deployment(testbed, program, quiet=quiet)
+    deployment.run(stop_before=stop_before, timeout=timeout)
+    return deployment
+

@@ -1,0 +1,139 @@
+"""The runner that carries out the program's plan on testbed hosts (rehearsal/runner.py), against moto's KMS
+server on loopback and a stand-in for the testbed that records what would run in each host."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from components.node_files import UNWRAP_CONF_PATH
+from rehearsal.kms_server import KmsServer
+from rehearsal.plan import decode_put
+from rehearsal.runner import TLS_OFF, DeployFailed, Deployment, ProgramStack, changed_commands, onprem_config
+from rehearsal.testbed import ExecResult, Testbed
+
+HOSTS = ("node1", "node2", "node3")
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0pq3L7Gd8nJk3s1m0y6rHc2QmX1pJ7vQzB8uX4k2Ty root@host\n"
+
+
+@dataclass
+class _Host:
+    name: str
+    address: str
+
+
+class HostsStandIn:
+    """What the runner uses of a Testbed: host addresses, exec, put_file, read_file. Records each exec."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.hosts = {n: _Host(n, f"10.231.99.{10 + i}") for i, n in enumerate(HOSTS, start=1)}
+        self.fail = fail  # a command line containing this exits 1
+        self.ran: list[tuple[str, list[str], bytes | None]] = []
+        self.lock = threading.Lock()
+
+    def exec(self, name: str, cmd: Sequence[str] | str, input: bytes | str | None = None, timeout: float = 120,
+             check: bool = False) -> ExecResult:
+        argv = [cmd] if isinstance(cmd, str) else list(cmd)
+        if argv[:2] == ["getent", "passwd"]:
+            return ExecResult(0, f"{argv[2]}:x:0:0::/root:/bin/bash\n", "")
+        data = input.encode() if isinstance(input, str) else input
+        with self.lock:
+            self.ran.append((name, argv, data))
+        if self.fail is not None and self.fail in argv[-1]:
+            return ExecResult(1, "", "it broke\n")
+        return ExecResult(0, "done\n", "")
+
+    def put_file(self, name: str, path: str, data: bytes | str, mode: int = 0o644, owner: str = "root:root") -> None:
+        pass
+
+    def read_file(self, name: str, path: str) -> bytes:
+        return HOST_KEY.encode()
+
+    def commands(self) -> list[str]:
+        return [argv[-1] for _, argv, _ in self.ran]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsServer]:
+    with KmsServer("127.0.0.1", _free_port(), state_dir=tmp_path_factory.mktemp("kms"), region="eu-west-1") as server:
+        yield server
+
+
+def _testbed(stand_in: HostsStandIn) -> Testbed:
+    return stand_in  # type: ignore[return-value]  # duck-typed: the runner uses only what it has
+
+
+def test_the_plan_runs_in_recorded_order_with_its_stdin_and_holds_before_a_step(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    program = ProgramStack(kms).record(onprem_config(_testbed(tb)), _testbed(tb))
+    deployed = Deployment(_testbed(tb), program, quiet=True)
+    deployed.run(stop_before="node3-ssh-roll")
+    ran = [o.name for o in deployed.history]
+    assert "cluster-bootstrap" in ran and "node2-ssh-roll" in ran
+    assert "node3-ssh-roll" not in ran and not set(program.verification_commands) & set(ran)
+    assert deployed.pending[0] == "node3-ssh-roll"
+    started = {o.name: o.started for o in deployed.history}
+    finished = {o.name: o.started + o.seconds for o in deployed.history}
+    for name in ran:
+        for before in program.command(name).after:
+            assert finished[before] <= started[name], f"{name} started before {before} finished"
+    deployed.run()
+    assert deployed.pending == []
+    assert sorted(deployed.outcomes[n].node for n in program.verification_commands) == list(HOSTS)
+    # Each command ran as sshd runs an exec request: the login shell with -c and the recorded command line,
+    # its stdin (the overlay's KMS endpoint added to unwrap.conf, nothing else) written to it.
+    sent = sorted((s.node, ["/bin/bash", "-c", s.command.create], (s.stdin or "").encode()) for s in program.sent)
+    assert sorted(tb.ran) == sent  # each command once, on its own node
+    by_name = {s.command.name: s for s in program.sent}
+    seed = decode_put(by_name["node1-ssh-seed"].stdin or "")
+    recorded_seed = decode_put(program.command("node1-ssh-seed").stdin or "")
+    assert f"endpoint_url = {kms.endpoint_url}" in seed[UNWRAP_CONF_PATH][0].decode()
+    assert "endpoint_url" not in recorded_seed[UNWRAP_CONF_PATH][0].decode()
+    assert {c.path for c in program.changes} == {UNWRAP_CONF_PATH}
+    # Recorded commands again, as sent, whatever they waited for; outcomes in the order asked.
+    names = list(reversed(program.verification_commands))
+    before = len(tb.ran)
+    assert [o.name for o in deployed.rerun(names)] == names
+    assert len(tb.ran) == before + len(names) and len(deployed.history) == len(program.sent) + len(names)
+
+
+def test_a_failed_step_stops_the_plan_and_names_node_and_step(kms: KmsServer) -> None:
+    tb = HostsStandIn(fail="mariadb-kms-bootstrap")
+    program = ProgramStack(kms).record(onprem_config(_testbed(tb)), _testbed(tb))
+    deployed = Deployment(_testbed(tb), program, quiet=True)
+    with pytest.raises(DeployFailed, match=r"node node1, step cluster-bootstrap: exit 1"):
+        deployed.run()
+    assert not any("mariadb-kms-roll --timeout" in c for c in tb.commands())
+    assert "cluster-bootstrap" in deployed.pending and "node1-ssh-install" in deployed.done
+
+
+def test_recording_again_keeps_the_key_and_the_data_key_and_names_what_changed(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(kms)
+    first = stack.record(onprem_config(_testbed(tb)), _testbed(tb))
+    second = stack.record({**first.config, **TLS_OFF}, _testbed(tb))
+    assert (second.key_arn, second.data_key_blob) == (first.key_arn, first.data_key_blob)
+    assert second.onprem_access_key == first.onprem_access_key
+    assert len(stack.emulator.keys) == 1
+    changed = changed_commands(first, second)
+    assert "node1-verification-run" in changed and "node2-ssh-config" in changed
+    assert "node1-ssh-install" not in changed and "node1-ssh-node-files" not in changed
+    assert changed_commands(second, second) == []  # control: nothing changed, nothing named
+
+
+def test_a_stack_with_ec2_nodes_is_refused_by_name(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    ec2 = [{"name": "aws-a", "subnetId": "subnet-0a11ce00000000a01", "availabilityZone": "eu-west-1a"}]
+    config = {**onprem_config(_testbed(tb)), "ec2Nodes": ec2}
+    with pytest.raises(ValueError, match="ec2Nodes"):
+        ProgramStack(kms).record(config, _testbed(tb))
