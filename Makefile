@@ -61,9 +61,10 @@ test: deps lint
 plan-diff: venv
 	$(PY) -m tools.plan_diff $(if $(BASE),--base $(BASE)) --head $(or $(HEAD_STACK),Pulumi.dev.yaml)
 
-# The deployer's minimum IAM policy for a stack (tools/deployer_policy.py): make deployer-policy STACK=dev
+# The deployer's minimum IAM policy for a stack (tools/deployer_policy.py), to stdout or to OUT:
+# make deployer-policy STACK=dev OUT=deployer-policy.json
 deployer-policy: venv
-	@$(PY) tools/deployer_policy.py --stack $(or $(STACK),dev)
+	@$(PY) tools/deployer_policy.py --stack $(or $(STACK),dev) $(if $(OUT),> $(OUT))
 
 # Any pytest selection inside the venv, e.g. make pytest ARGS="-m node tests/node/test_tls_in_transit.py".
 pytest: venv

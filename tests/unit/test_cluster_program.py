@@ -407,7 +407,7 @@ def test_a_setting_change_rolls_config_but_reinstalls_nothing(full_config: dict[
         return cmd(rec, name).input("triggers"), stdin_text(cmd(rec, name))
 
     changed = {r.name for r in remote_commands(before) if inputs(before, r.name) != inputs(after, r.name)}
-    expected = {f"{n}-ssh-{s}" for n in NODES for s in ("config", "escrow", "preflight", "roll")}
+    expected = {f"{n}-ssh-{s}" for n in NODES for s in ("config", "preflight", "roll")}
     assert changed == expected | {f"{n}-verification-run" for n in NODES}
 
 
