@@ -273,7 +273,8 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "string",
         "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (ext4 volume made with "
         "-O encrypt, key derived from the cluster data key), `luks` (your dm-crypt volume) or `none` (stated as a "
-        "gap).",
+        "gap). Pre-release: the node tools implement it and are tested on real hosts, but `pulumi up` does not yet "
+        "hand it to the nodes, which install with `none` (docs/at-rest.md).",
         default="fscrypt",
         choices=DATADIR_ENCRYPTION_MODES,
     ),
