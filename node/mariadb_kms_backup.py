@@ -301,6 +301,13 @@ def take_backup(stage: Path, conf: configparser.SectionProxy, *, parallel: int) 
     (stage / KEY_JSON).write_text(json.dumps(key, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def exit_status_help() -> str:
+    # Python itself exits 1 on an error no Failure names; an operator still needs to know what 1 means.
+    codes = {**EXIT_CODES, 1: "an error no other code names (the message or traceback on stderr says where)"}
+    return "exit codes: the exit status says how it ended\n" + "\n".join(
+        f"  {c}  {t}" for c, t in sorted(codes.items()))
+
+
 def backup_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -310,7 +317,7 @@ def backup_main(argv: list[str] | None = None) -> int:
         "MariaDB runs.",
         epilog="example:\n  sudo mariadb-kms-backup --target /srv/backups\n"
         "  sudo mariadb-kms-backup --target s3://db-backups/prod --s3-kms-key-id arn:aws:kms:eu-west-1:"
-        "123456789012:key/...\n\nexit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.items())
+        "123456789012:key/...\n\n" + exit_status_help()
         + "\n\nplaintext in a backup: " + "; ".join(sorted({r for _, r in PLAINTEXT_PATTERNS})),
     )
     parser.add_argument("--target", required=True, help="a local directory, or s3://bucket[/prefix]")
@@ -433,11 +440,11 @@ def restore_main(argv: list[str] | None = None) -> int:
         description="Restore a mariadb-kms-backup into this host's datadir: check the manifest, unwrap the "
         "backup's data key with this host's AWS identity (a restore principal: kms:Decrypt only) to the key "
         "file backup-my.cnf names, mariabackup --prepare and --move-back. With --bootstrap the host then starts "
-        "as a new single-node cluster under the backup's key. Run as root with MariaDB stopped.",
+        "as a new single-node cluster under the backup's key. Run as root on the node (or new host) being "
+        "restored, with MariaDB stopped.",
         epilog="example:\n  sudo mariadb-kms-restore --from /srv/backups/20260101T000000Z-db-1 --replace-datadir "
         "--bootstrap\n  sudo mariadb-kms-restore --from s3://db-backups/prod/20260101T000000Z-db-1 "
-        "--credentials-file /root/restore.creds --profile restore\n\nexit codes:\n"
-        + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.items()),
+        "--credentials-file /root/restore.creds --profile restore\n\n" + exit_status_help(),
     )
     parser.add_argument("--from", dest="source", required=True, help="a backup directory, or s3://bucket/prefix/name")
     parser.add_argument("--credentials-file", type=Path, help="AWS shared-credentials file of the restore principal "

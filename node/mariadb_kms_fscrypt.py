@@ -380,8 +380,25 @@ def run(args: argparse.Namespace) -> int:
 NODE_COMMANDS = ("prepare", "start", "stop", "key-status")
 
 
+HELP_EPILOG = """\
+exit status: 0 done (or datadir encryption is not fscrypt: nothing to do);
+             1 preflight: the filesystem does not support encryption; an unexpected error (traceback);
+             2 an error (no key, a kernel call refused, a datadir under another key), bad argument;
+             3 stop/remove: files under the datadir are still open, the key goes when they close
+
+example: sudo mariadb-kms-fscrypt key-status
+         sudo mariadb-kms-fscrypt preflight /srv/mariadb-kms
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="The datadir's fscrypt key, derived from the data key.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The datadir's fscrypt key, derived from the data key.\n"
+        "Run it as root on a mariadb-kms node; mariadb-kms-datadir-key.service runs start and stop around MariaDB.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=(*NODE_COMMANDS, "preflight", "add", "remove", "status", "protect",
                                             "policy"))
     parser.add_argument("path", nargs="?", default="",

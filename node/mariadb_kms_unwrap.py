@@ -664,8 +664,29 @@ def unwrap(
         raise UnwrapError(LOCAL, f"{e.filename or ''}: {e.strerror}") from None
 
 
+def help_epilog() -> str:
+    # Built from EXIT_CODES so the help cannot drift from the codes the unit and the pre-flight act on.
+    causes = "\n".join(f"             {code} {cause}" for cause, code in sorted(EXIT_CODES.items(), key=lambda c: c[1]))
+    return (
+        "exit status: 0 the key was unwrapped (or --check decrypted it, or --remove/--note-stop did their part);\n"
+        "             1 an unexpected error (a Python traceback on stderr says where);\n"
+        "             2 bad argument;\n"
+        "             one per cause, named on stderr (docs/troubleshooting.md says what to do):\n"
+        f"{causes}\n"
+        "\n"
+        "example: sudo mariadb-kms-unwrap --check\n"
+        "         sudo systemctl start mariadb-kms-unwrap.service\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Unwrap the MariaDB cluster data key with AWS KMS.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Unwrap the MariaDB cluster data key with AWS KMS.\n"
+        "Run it as root on a mariadb-kms node; mariadb-kms-unwrap.service runs it before every start of MariaDB.",
+        epilog=help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--conf", type=Path, default=Path(DEFAULT_CONF), help=f"settings file ({DEFAULT_CONF})")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="decrypt only; write nothing")

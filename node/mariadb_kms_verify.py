@@ -1362,9 +1362,23 @@ def verify(
     return report
 
 
+HELP_EPILOG = """\
+exit status: 0 no gap (or --datadir-state printed the state);
+             1 the report lists at least one gap;
+             2 it could not check (the server is down or did not answer), bad argument
+
+example: sudo mariadb-kms-verify --expect-size 3
+         sudo mariadb-kms-verify --canary --wait 600
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Prove that this MariaDB node is encrypted at rest and in transit."
+        prog=PROG,
+        description="Prove that this MariaDB node is encrypted at rest and in transit.\n"
+        "Run it as root on a mariadb-kms node while MariaDB runs; it prints one JSON report on stdout.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--canary", action="store_true", help="write a marker through SQL and scan the disk for it")
     parser.add_argument("--wait", type=float, default=0, metavar="N", help="wait up to N s for encryption to finish")
