@@ -27,6 +27,14 @@ TOOLS = [
     "mariadb-kms-install",
     "mariadb-kms-recover",
     "mariadb_kms_tls.py",
+    "mariadb_kms_verify.py",
+    "mariadb_kms_unwrap.py",
+    "mariadb_kms_fscrypt.py",
+    "mariadb_kms_backup.py",
+    "mariadb_kms_restore.py",
+    "mariadb-kms-first-boot",
+    "mariadb-kms-upgrade",
+    "mariadb-kms-decommission",
 ]
 
 def help_problems(path: Path, tmp_path: Path) -> list[str]:
