@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import secrets
 import string
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,18 +31,43 @@ from components.mycnf import render_mycnf
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
-    KEYFILE_PATH,
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
     UNWRAP_CONF_PATH,
-    UNWRAP_UNIT,
     node_files,
     render_credentials_file,
     render_unwrap_conf,
 )
 from components.tls_material import verify_tls_args
 from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import (
+    join,
+    journal_cursor,
+    journal_since,
+    keyfile_present,
+    sql,
+    start,
+    stop,
+    unit_state,
+    wait_synced,
+    wsrep_status,
+)
 from rehearsal.testbed import ExecResult, Testbed
+
+# Talking to a host's MariaDB has one copy, in rehearsal.mariadb_on_host (shared with the runner); the
+# modules that still set up by hand import it from here.
+__all__ = [
+    "join",
+    "journal_cursor",
+    "journal_since",
+    "keyfile_present",
+    "sql",
+    "start",
+    "stop",
+    "unit_state",
+    "wait_synced",
+    "wsrep_status",
+]
 
 MODE = "kms-envelope"
 STAGING_DIR = "/root/mariadb-kms-node"  # the copy of node/ that `mariadb-kms-install --from` reads
@@ -228,79 +252,10 @@ def in_parallel(names: Iterable[str], action: Callable[[str], Any]) -> dict[str,
 # --------------------------------------------------------------------------
 
 
-def sql(testbed: Testbed, host: str, statements: str, timeout: float = 300) -> str:
-    """Run SQL through the stock client over the unix socket (as root); statements on stdin, not in argv."""
-    result = testbed.exec(host, ["mariadb", "--batch", "--skip-column-names"], input=statements, timeout=timeout)
-    return _require(result, f"{host}: mariadb").stdout
-
-
-def wsrep_status(testbed: Testbed, host: str) -> dict[str, str]:
-    result = testbed.exec(
-        host,
-        ["mariadb", "--batch", "--skip-column-names", "-e", "SHOW GLOBAL STATUS LIKE 'wsrep%'"],
-        timeout=30,
-    )
-    if result.rc != 0:
-        return {}
-    return dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
-
-
-def wait_synced(testbed: Testbed, host: str, size: int, timeout: float = 180) -> dict[str, str]:
-    """Poll until the node is Primary, Synced and sees ``size`` members; returns its wsrep status."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        status = wsrep_status(testbed, host)
-        if (
-            status.get("wsrep_cluster_status") == "Primary"
-            and status.get("wsrep_local_state_comment") == "Synced"
-            and status.get("wsrep_cluster_size") == str(size)
-        ):
-            return status
-        time.sleep(1)
-    wanted = ("wsrep_cluster_status", "wsrep_local_state_comment", "wsrep_cluster_size")
-    raise ClusterSetupError(
-        f"{host} is not Primary/Synced with {size} members after {timeout:.0f}s: { {k: status.get(k) for k in wanted} }"
-    )
-
-
 def bootstrap(testbed: Testbed, host: str) -> None:
     """``galera_new_cluster``: run once, by the program, on the one chosen node."""
     _require(testbed.exec(host, ["galera_new_cluster"], timeout=300), f"{host}: galera_new_cluster")
     wait_synced(testbed, host, 1)
-
-
-def start(testbed: Testbed, host: str, timeout: float = 600) -> ExecResult:
-    """``systemctl start mariadb`` (unwrap first, then join); returns the result, failed or not."""
-    return testbed.exec(host, ["systemctl", "start", "mariadb"], timeout=timeout)
-
-
-def join(testbed: Testbed, host: str, size: int) -> None:
-    _require(start(testbed, host), f"{host}: systemctl start mariadb")
-    wait_synced(testbed, host, size)
-
-
-def stop(testbed: Testbed, host: str, timeout: float = 60) -> None:
-    """``systemctl stop mariadb``, then wait for the unwrap unit's stop (PartOf) to finish too.
-
-    systemctl returns when mariadb.service is down; the unwrap unit, ordered before it, stops right
-    after, and only then is the keyfile gone.
-    """
-    _require(testbed.exec(host, ["systemctl", "stop", "mariadb"], timeout=300), f"{host}: systemctl stop mariadb")
-    deadline = time.monotonic() + timeout
-    while unit_state(testbed, host, UNWRAP_UNIT) not in ("inactive", "failed"):
-        if time.monotonic() > deadline:
-            raise ClusterSetupError(f"{host}: {UNWRAP_UNIT} still active {timeout:.0f}s after MariaDB stopped")
-        time.sleep(0.2)
-
-
-def unit_state(testbed: Testbed, host: str, unit: str) -> str:
-    """ActiveState: ``systemctl is-active`` fails alike for "inactive" and "deactivating"; this tells them apart."""
-    return testbed.exec(host, ["systemctl", "show", "-p", "ActiveState", "--value", unit]).stdout.strip()
-
-
-def keyfile_present(testbed: Testbed, host: str) -> bool:
-    return testbed.exec(host, ["test", "-f", KEYFILE_PATH]).rc == 0
 
 
 # --------------------------------------------------------------------------
@@ -308,17 +263,3 @@ def keyfile_present(testbed: Testbed, host: str) -> bool:
 # --------------------------------------------------------------------------
 
 
-def journal_cursor(testbed: Testbed, host: str) -> str:
-    out = _require(testbed.exec(host, ["journalctl", "-q", "-n", "0", "--show-cursor"]), "journalctl").stdout
-    for line in out.splitlines():
-        if line.startswith("-- cursor: "):
-            return line.removeprefix("-- cursor: ").strip()
-    raise ClusterSetupError(f"{host}: journalctl printed no cursor: {out!r}")
-
-
-def journal_since(testbed: Testbed, host: str, cursor: str, *units: str) -> str:
-    """Messages after ``cursor`` (of ``units``, or all), one per line."""
-    argv = ["journalctl", "-q", "--no-pager", "-o", "cat", f"--after-cursor={cursor}"]
-    for unit in units:
-        argv += ["-u", unit]
-    return _require(testbed.exec(host, argv, timeout=60), "journalctl").stdout
