@@ -27,7 +27,7 @@ from typing import Any
 
 from components.config import ClusterConfig, NodeConfig, parse_config
 from components.data_key_provider import P_BLOB, P_ENDPOINT, P_ESCROW, P_KEY_ARN, P_TAGS, DataKeyProvider
-from components.mycnf import render_mycnf
+from components.mycnf import ERROR_LOG, render_mycnf
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
@@ -254,7 +254,14 @@ def in_parallel(names: Iterable[str], action: Callable[[str], Any]) -> dict[str,
 
 def bootstrap(testbed: Testbed, host: str) -> None:
     """``galera_new_cluster``: run once, by the program, on the one chosen node."""
-    _require(testbed.exec(host, ["galera_new_cluster"], timeout=300), f"{host}: galera_new_cluster")
+    result = testbed.exec(host, ["galera_new_cluster"], timeout=300)
+    if result.rc != 0:
+        # The cause is in the units' journal and in MariaDB's error log on the data volume, not in the exit.
+        journal = testbed.exec(host, "journalctl -u mariadb-kms-unwrap -u mariadb-kms-datadir-key -u mariadb "
+                                     "--no-pager -o short-monotonic -n 80").stdout
+        error_log = testbed.exec(host, ["tail", "-n", "40", ERROR_LOG]).stdout
+        raise ClusterSetupError(f"{host}: galera_new_cluster exited {result.rc}:\n{result.stderr[-2000:]}\n"
+                                f"--- journal ---\n{journal}\n--- error log ---\n{error_log}")
     wait_synced(testbed, host, 1)
 
 

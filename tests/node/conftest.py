@@ -56,9 +56,11 @@ def require_testbed() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope: every module installs its own cluster (its own key) on these hosts, and a datadir made
+# under one module's key cannot start under the next one's. Booting three hosts takes seconds.
+@pytest.fixture(scope="module")
 def testbed() -> Iterator[Testbed]:
-    """Three hosts booted from the bare rootfs, torn down at the end of the session."""
+    """Three hosts booted from the bare rootfs for one test module, torn down after it."""
     require_testbed()
     from rehearsal.testbed import Testbed
 
@@ -67,14 +69,14 @@ def testbed() -> Iterator[Testbed]:
         yield bed
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pkgrepo(testbed: Testbed) -> RepoServer:
     """The local package repository, served on the bridge (hosts already have its apt source)."""
     assert testbed.repo is not None
     return testbed.repo
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kms(testbed: Testbed) -> Iterator[KmsServer]:
     """moto's KMS server on the bridge address, reachable from every host."""
     from rehearsal.kms_server import KmsServer

@@ -30,10 +30,10 @@ from conftest import require_testbed
 
 from components.cluster import node_files_payload
 from components.config import ClusterConfig, parse_config
-from components.node_files import CREDENTIALS_PATH, load_node_files
+from components.node_files import CREDENTIALS_PATH, UNWRAP_CONF_PATH, load_node_files, render_unwrap_conf
 from components.plan import Step, bootstrap_step, node_plan
 from components.plan.files import config_files, credentials_files, seed_files
-from components.plan.steps import put_payload
+from components.plan.steps import FileSpec, put_payload
 from components.tls_material import KEY_PATH, tls_files
 from rehearsal.kms_server import KmsServer
 from rehearsal.testbed import ExecResult, Settings, Testbed
@@ -98,6 +98,15 @@ class Node:
         assert result.rc == 0, f"{key} failed: {result.stdout[-3000:]} {result.stderr[-3000:]}"
         return result
 
+    def with_endpoint(self, files: dict[str, FileSpec]) -> dict[str, FileSpec]:
+        """The program's files with unwrap.conf pointed at the KMS stand-in, as the rehearsal's overlay does."""
+        conf = render_unwrap_conf(
+            mode=self.cluster.mariadb.key_management, key_arn=self.key_arn, region=self.cluster.region,
+            on_premises=True, endpoint_url=self.kms.endpoint_url,
+        )
+        _old, mode, owner = files[UNWRAP_CONF_PATH]
+        return {**files, UNWRAP_CONF_PATH: (conf, mode, owner)}
+
 
 def truncated(payload: str) -> str:
     """The first two thirds of a put payload: what arrives when the SSH connection drops on the way."""
@@ -154,8 +163,9 @@ def test_every_secret_touching_step_fails_without_printing_a_secret(node: Node) 
     }
     node_files, _ = node_files_payload(cluster.mariadb.key_management)
     node.must_pass("node-files", node_files)
-    seed = put_payload(seed_files(cluster, key_arn=node.key_arn, blob_b64=node.blob_b64, on_premises=True,
-                                  kms_endpoint_url=node.kms.endpoint_url))
+    seed = put_payload(node.with_endpoint(
+        seed_files(cluster, key_arn=node.key_arn, blob_b64=node.blob_b64, on_premises=True)
+    ))
     node.must_pass("seed", seed)
 
     # credentials: the connection drops halfway through stdin (tar meets the end of its input).
@@ -177,10 +187,10 @@ def test_every_secret_touching_step_fails_without_printing_a_secret(node: Node) 
     node.must_pass("tls", node.tls_payload)
     assert bed.exec(HOST, ["test", "-s", KEY_PATH]).rc == 0
 
-    config = put_payload(config_files(
+    config = put_payload(node.with_endpoint(config_files(
         on_host, cluster, key_arn=node.key_arn, blob_b64=node.blob_b64, node_address=bed.hosts[HOST].address,
-        member_addresses=[bed.hosts[HOST].address], kms_endpoint_url=node.kms.endpoint_url,
-    ))
+        member_addresses=[bed.hosts[HOST].address],
+    )))
     node.must_pass("config", config)
 
     # preflight, bootstrap and roll: the key is disabled, so nothing can unwrap it.
