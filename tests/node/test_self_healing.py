@@ -143,8 +143,8 @@ def test_control_a_requested_restart_does_call_kms(healing_cluster: HealingClust
 @pytest.mark.xfail(
     strict=False,
     reason="known defect, under investigation: after this module's earlier crash and restart tests, node2's start "
-           "with the key disabled succeeded (seen once in a full run). A disabled key must refuse; the same refusal "
-           "is proved on a fresh node in test_encrypted_cluster.py",
+           "with the key disabled succeeded (in a full run and with the module alone). A disabled key must refuse; "
+           "the same refusal is proved on a fresh node in test_encrypted_cluster.py",
 )
 def test_a_disabled_key_still_refuses_at_once(healing_cluster: HealingCluster) -> None:
     tb, host = healing_cluster.testbed, "node2"
