@@ -42,7 +42,7 @@ def _parse(text: str) -> configparser.SectionProxy:
     cp = configparser.ConfigParser(allow_no_value=True, strict=True, interpolation=None)
     cp.read_string(text)
     # Everything goes in [mariadb], the group only MariaDB servers read; the SST script's TLS settings
-    # (issue 6) go in [sst], the group it reads them from (tests/unit/test_mycnf_tls.py).
+    # for encryption in transit go in [sst], the group it reads them from (tests/unit/test_mycnf_tls.py).
     assert cp.sections() in (["mariadb"], ["mariadb", "sst"]), cp.sections()
     return cp["mariadb"]
 
