@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,38 +257,38 @@ def _node_principals(key: Res, by_urn: Mapping[str, Res]) -> set[str]:
     return {str(r.props.get("arn")) for r in sources if r.type in (IAM_ROLE, IAM_USER)}
 
 
-def key_policy_node_least_privilege(resources: Sequence[Res]) -> list[Violation]:
+def _node_statements(resources: Sequence[Res]) -> Iterator[tuple[Res, Mapping[str, Any], set[str]]]:
+    """(key, statement, the node identities it names) for every key-policy statement that names a node."""
     by_urn = {r.urn: r for r in resources}
-    out: list[Violation] = []
     for key in resources:
         policy = _key_policy(key)
         if not policy:
             continue
         nodes = _node_principals(key, by_urn)
         for s in _statements(policy):
-            for principal in set(_principals(s)) & nodes:
-                extra = [str(a) for a in _as_list(s.get("Action")) if str(a) not in NODE_ACTIONS]
-                if s.get("Effect") == "Allow" and extra:
-                    out.append((f"{key.name}: node identity {principal} is allowed {', '.join(extra)}; nodes may "
-                                "only kms:Decrypt and kms:DescribeKey. Remove the extra actions.", key.urn))
+            named = set(_principals(s)) & nodes
+            if named:
+                yield key, s, named
+
+
+def key_policy_node_least_privilege(resources: Sequence[Res]) -> list[Violation]:
+    out: list[Violation] = []
+    for key, s, named in _node_statements(resources):
+        extra = [str(a) for a in _as_list(s.get("Action")) if str(a) not in NODE_ACTIONS]
+        if s.get("Effect") == "Allow" and extra:
+            for principal in named:
+                out.append((f"{key.name}: node identity {principal} is allowed {', '.join(extra)}; nodes may "
+                            "only kms:Decrypt and kms:DescribeKey. Remove the extra actions.", key.urn))
     return out
 
 
 def key_policy_node_decrypt_context(resources: Sequence[Res]) -> list[Violation]:
-    by_urn = {r.urn: r for r in resources}
     out: list[Violation] = []
-    for key in resources:
-        policy = _key_policy(key)
-        if not policy:
-            continue
-        nodes = _node_principals(key, by_urn)
-        for s in _statements(policy):
-            if set(_principals(s)) & nodes and _allows(s, "kms:Decrypt"):
-                keys = _condition_keys(s)
-                if not any(k.startswith("kms:encryptioncontext") for k in keys):
-                    out.append((f"{key.name}: node Decrypt (statement {s.get('Sid') or '?'}) has no "
-                                "kms:EncryptionContext condition; once data keys are wrapped with an encryption "
-                                "context, require it so a node can unwrap only its cluster's blob.", key.urn))
+    for key, s, _named in _node_statements(resources):
+        if _allows(s, "kms:Decrypt") and not any(k.startswith("kms:encryptioncontext") for k in _condition_keys(s)):
+            out.append((f"{key.name}: node Decrypt (statement {s.get('Sid') or '?'}) has no "
+                        "kms:EncryptionContext condition; once data keys are wrapped with an encryption "
+                        "context, require it so a node can unwrap only its cluster's blob.", key.urn))
     return out
 
 
