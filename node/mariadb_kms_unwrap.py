@@ -40,6 +40,10 @@ root-only on our nodes). On premises a root-only 0600 shared-credentials file
 named in unwrap.conf, read by this process alone: it is never passed through
 an environment variable of a unit, so ``systemctl show`` cannot reveal it.
 
+A requested stop removes the keyfile inside mariadb.service's own stop (``--note-stop``), and
+mariadb.service's ExecStartPre (``--ensure``) unwraps again if the key is not there: a start queued right
+after a stop cancels this unit's pending stop job, and MariaDB would otherwise start with no fresh unwrap.
+
 ``--check`` decrypts and writes nothing (the program's pre-flight before a
 restart). ``--remove`` deletes the keyfile (ExecStop: the key is on the node
 only while MariaDB runs or is being restarted by systemd after a crash).
@@ -585,6 +589,11 @@ def note_stop(settings: Settings, service_result: str) -> str:
     mark = crash_mark(settings)
     if service_result in ("", "success"):
         mark.unlink(missing_ok=True)
+        # Removed here, inside mariadb.service's own stop, and not only by the unwrap unit's ExecStop: that
+        # stop is a separate job PartOf= queues, which `systemctl stop mariadb` does not wait for and which a
+        # `systemctl start mariadb` right after it cancels, leaving the unit active with the old key.
+        if settings.mode == "kms-envelope" and remove_keyfile(settings.keyfile):
+            return f"MariaDB stopped cleanly: {settings.keyfile} removed; its next start unwraps the key with KMS"
         return "MariaDB stopped cleanly: its next start unwraps the key with KMS"
     if not mark.parent.is_dir():
         return f"mariadbd ended ({service_result}) but this node holds no key: its next start unwraps with KMS"
@@ -616,6 +625,34 @@ def reuse_after_crash(settings: Settings, mounts_path: Path) -> str | None:
     if settings.gcache_dir is not None:
         prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"))
     return f"restart after mariadbd ended abnormally ({reason}): reusing the key this node holds; KMS not called"
+
+
+# Causes that --ensure reports with an exit status mariadb.service must not restart on
+# (RestartPreventExitStatus= in its drop-in): another try would refuse the same way.
+PERMANENT_EXIT_CODES = tuple(sorted(code for cause, code in EXIT_CODES.items() if cause not in RETRYABLE))
+
+
+def ensure_key(settings: Settings, unwrap_now: Callable[[], str]) -> str:
+    """mariadb.service's ExecStartPre: the key must come from this start's unwrap, never from an earlier one.
+
+    A requested stop removes the keyfile (``note_stop``), so a present keyfile was written by the unwrap
+    unit for this start, or kept for systemd's restart after a crash. An absent one means the unwrap unit
+    did not run: a start queued right after a stop cancels the unit's pending stop job, so systemd sees
+    it active and starts MariaDB without it. Then the unwrap runs here, with the same checks.
+    """
+    if settings.mode != "kms-envelope":
+        return "aws-plugin mode: MariaDB's plugin asks KMS itself"
+    try:
+        held = settings.keyfile.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        held = ""
+    except OSError as e:
+        raise UnwrapError(LOCAL, f"{e.filename or ''}: {e.strerror}") from None
+    if _KEYFILE_LINE.fullmatch(held):
+        return f"{settings.keyfile} was unwrapped for this start"
+    log("the unwrap unit did not run for this start (a start right after a stop cancels its stop): "
+        "unwrapping now")
+    return unwrap_now()
 
 
 def unwrap(
@@ -668,7 +705,8 @@ def help_epilog() -> str:
     # Built from EXIT_CODES so the help cannot drift from the codes the unit and the pre-flight act on.
     causes = "\n".join(f"             {code} {cause}" for cause, code in sorted(EXIT_CODES.items(), key=lambda c: c[1]))
     return (
-        "exit status: 0 the key was unwrapped (or --check decrypted it, or --remove/--note-stop did their part);\n"
+        "exit status: 0 the key was unwrapped (or --check decrypted it, or --remove/--note-stop/--ensure did\n"
+        "             their part);\n"
         "             1 an unexpected error (a Python traceback on stderr says where);\n"
         "             2 bad argument;\n"
         "             one per cause, named on stderr (docs/troubleshooting.md says what to do):\n"
@@ -696,6 +734,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     action.add_argument("--remove", action="store_true", help="delete the keyfile (the unit's ExecStop)")
     action.add_argument(
+        "--ensure", action="store_true",
+        help="unwrap now unless this start's key is in place (mariadb.service's ExecStartPre)",
+    )
+    action.add_argument(
         "--note-stop", action="store_true",
         help="record how mariadbd ended, from $SERVICE_RESULT (mariadb.service's ExecStopPost)",
     )
@@ -716,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                 log("mariadbd ended abnormally: the key stays for systemd's restart")
             elif settings.mode == "kms-envelope" and remove_keyfile(settings.keyfile):
                 log(f"removed {settings.keyfile}")
+            return 0
+        if args.ensure:
+            log(ensure_key(settings, lambda: unwrap(settings, check=False)))
             return 0
         policy = WAIT_POLICY if args.wait else RetryPolicy()
         log(unwrap(settings, check=args.check, policy=policy))

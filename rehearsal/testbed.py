@@ -351,7 +351,7 @@ class Testbed:
 
     # ------------------------------------------------------------------ boot, stop, start
 
-    def boot(self, names: Iterable[str] | None = None, timeout: float = 240) -> dict[str, str]:
+    def boot(self, names: Iterable[str] | None = None, timeout: float = 480) -> dict[str, str]:
         """Boot hosts in parallel; wait until systemd has finished booting and sshd answers on each.
 
         Returns each host's ``systemctl is-system-running`` state ("running" or "degraded").

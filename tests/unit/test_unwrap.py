@@ -7,6 +7,8 @@ unreachable endpoint are real.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import pwd
 import re
@@ -377,6 +379,57 @@ def test_control_a_requested_stop_removes_the_key_and_the_next_start_asks_kms(
     assert not keyfile.exists()
     with pytest.raises(KmsCalled):
         unwrap.unwrap(settings, check=False, client_factory=_no_kms)
+
+
+def test_a_requested_stop_removes_the_key_inside_mariadbs_own_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unwrap unit's ExecStop may never run: a start right after the stop cancels that queued job.
+    _settings, keyfile = _unwrapped_node(tmp_path)
+    monkeypatch.setenv("SERVICE_RESULT", "success")
+    assert _run(tmp_path / "unwrap.conf", "--note-stop") == 0
+    assert not keyfile.exists()
+
+
+def test_ensure_keeps_this_starts_key_and_unwraps_when_the_unit_did_not_run(tmp_path: Path) -> None:
+    settings, keyfile = _unwrapped_node(tmp_path)
+    calls: list[str] = []
+
+    def unwrap_now() -> str:
+        calls.append("kms")
+        return "unwrapped"
+
+    assert "unwrapped for this start" in unwrap.ensure_key(settings, unwrap_now)
+    assert calls == []
+    unwrap.note_stop(settings, "success")  # a requested stop; the unit's own stop job was cancelled
+    assert unwrap.ensure_key(settings, unwrap_now) == "unwrapped"
+    keyfile.write_text("1;not-a-key\n")
+    assert unwrap.ensure_key(settings, unwrap_now) == "unwrapped"
+    assert calls == ["kms", "kms"]
+    plugin = dataclasses.replace(settings, mode="aws-plugin")
+    assert "plugin asks KMS itself" in unwrap.ensure_key(plugin, unwrap_now)
+    assert calls == ["kms", "kms"]
+
+
+def test_ensure_refuses_a_disabled_key_with_a_status_mariadb_does_not_restart_on(tmp_path: Path) -> None:
+    settings, keyfile = _unwrapped_node(tmp_path)
+    unwrap.note_stop(settings, "success")
+    client = _stubbed_client()
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_key", service_error_code="DisabledException", http_status_code=400)
+        with pytest.raises(unwrap.UnwrapError) as refused:
+            unwrap.ensure_key(settings, lambda: unwrap.unwrap(
+                settings, check=False, client_factory=_stub_factory(client), sleep=Sleeps(), say=lambda _m: None))
+    assert refused.value.cause == "key-disabled" and not keyfile.exists()
+    assert unwrap.EXIT_CODES["key-disabled"] in unwrap.PERMANENT_EXIT_CODES
+    assert unwrap.EXIT_CODES["unreachable"] not in unwrap.PERMANENT_EXIT_CODES
+
+
+def test_mariadb_unwraps_again_at_a_start_the_unwrap_unit_missed_and_never_restarts_a_refusal() -> None:
+    dropin = (REPO / "node" / "mariadb.service.d" / "50-mariadb-kms.conf").read_text().splitlines()
+    assert "ExecStartPre=+/usr/local/sbin/mariadb-kms-unwrap --ensure" in dropin
+    prevent = [line.split("=", 1)[1].split() for line in dropin if line.startswith("RestartPreventExitStatus=")]
+    assert prevent == [[str(code) for code in unwrap.PERMANENT_EXIT_CODES]]
 
 
 def test_a_reused_key_is_handed_back_to_its_owner(tmp_path: Path) -> None:
