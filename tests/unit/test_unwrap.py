@@ -8,7 +8,6 @@ unreachable endpoint are real.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import pwd
 import re
