@@ -13,7 +13,7 @@ touches every instance at once.
 It does not hold the node software: ``node/`` gzipped is larger than EC2's
 16 KB user-data limit (``render_user_data`` refuses anything larger, with the
 size), so MariaDB is installed over SSH by the same path as on premises
-(``mariadb-kms-install --from``), once first boot is done. First boot writes
+(the ``node-files`` step, then ``mariadb-kms-install``), once first boot is done. First boot writes
 only the scripts that must run before anyone logs in: the IMDS guard, the data
 volume and ``mariadb-kms-first-boot``, which runs them and which the SSH path
 runs again until its marker says first boot succeeded (cloud-init's own

@@ -31,6 +31,7 @@ from components.node_files import (
     KEYFILE_PATH,
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
+    node_constant,
 )
 from components.tls_material import CA_CERT_PATH, CERT_PATH, KEY_PATH, SST_SSL_MODE, TLS_VERSIONS
 
@@ -132,16 +133,9 @@ def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None) -> list
     raise ValueError(f"unknown key-management mode {mode!r}")
 
 
-# Flags that are simply ON; the verify tool (node/mariadb_kms_verify.py) checks the same list,
-# and a unit test holds the two together.
-ENCRYPTION_FLAGS_ON = (
-    "innodb_encrypt_log",
-    "innodb_encrypt_temporary_tables",
-    "encrypt_tmp_files",
-    "encrypt_tmp_disk_tables",
-    "encrypt_binlog",
-    "aria_encrypt_tables",
-)
+# Flags that are simply ON: the list the verify tool checks on the node, read from that tool
+# (node/mariadb_kms_verify.py), so the program turns on exactly what the node checks.
+ENCRYPTION_FLAGS_ON: tuple[str, ...] = tuple(node_constant("mariadb_kms_verify.py", "ENCRYPTION_FLAGS_ON"))
 
 
 def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]:

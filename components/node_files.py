@@ -13,12 +13,13 @@ the node files and the program; they are Debian 12's where Debian decides.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 MANIFEST_NAME = "MANIFEST"
@@ -46,6 +47,21 @@ GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"  # Debian's galera-4
 PLUGIN_DIR = "/usr/lib/mysql/plugin"  # Debian's @@plugin_dir
 AWS_PLUGIN_SO = f"{PLUGIN_DIR}/aws_key_management.so"
 UNWRAP_UNIT = "mariadb-kms-unwrap.service"
+
+
+@cache
+def node_constant(source: str, name: str) -> Any:
+    """A literal a node tool assigns at its top level (``ENCRYPTION_FLAGS_ON = (...)``), read from its file.
+
+    The node tools run with the standard library only and cannot import ``components``; where the program
+    needs the same fact, it reads the tool's own assignment, so the fact is written once, in the file the
+    node runs.
+    """
+    tree = ast.parse((NODE_DIR / source).read_text(encoding="utf-8"))
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets):
+            return ast.literal_eval(stmt.value)
+    raise LookupError(f"node/{source} assigns no top-level literal {name}")
 
 
 @dataclass(frozen=True)

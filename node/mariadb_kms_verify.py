@@ -183,6 +183,7 @@ def check_galera(
     return section, gaps
 
 
+# The program turns exactly these on: components/mycnf.py reads this assignment (a literal, kept so).
 ENCRYPTION_FLAGS_ON = (
     "innodb_encrypt_log",
     "innodb_encrypt_temporary_tables",

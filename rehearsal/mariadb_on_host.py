@@ -127,3 +127,19 @@ def journal_since(testbed: Testbed, host: str, cursor: str, *units: str) -> str:
 def epoch(testbed: Testbed, host: str) -> int:
     """The host's clock, in seconds (for ``journalctl --since @N``)."""
     return int(check(testbed, host, ["date", "+%s"]).stdout.strip())
+
+
+def main_pid(testbed: Testbed, host: str, unit: str = "mariadb") -> str:
+    """The unit's MainPID ("0" when it does not run): the same value before and after means no restart."""
+    return testbed.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+
+
+def tmp_on_disk(testbed: Testbed, host: str) -> None:
+    """Put /tmp back on the root disk, as on a Debian 12 cloud image: a testbed difference, undone here.
+
+    systemd-nspawn mounts a tmpfs on a container's /tmp, where MariaDB's tmpdir (/tmp) would not be at
+    rest and a spilled sort would prove nothing about encrypt_tmp_files. Done before MariaDB first starts
+    (mariadb.service has PrivateTmp=false, so mariadbd uses this /tmp).
+    """
+    if testbed.exec(host, ["findmnt", "-n", "-o", "FSTYPE", "/tmp"]).stdout.strip() == "tmpfs":
+        check(testbed, host, ["umount", "/tmp"])

@@ -7,10 +7,11 @@ broken setup.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:  # `pytest tests` puts only the tests' own di
 if TYPE_CHECKING:
     from rehearsal.kms_server import KmsServer
     from rehearsal.pkgrepo import RepoServer
-    from rehearsal.testbed import Testbed
+    from rehearsal.testbed import Settings, Testbed
 
 HOST_NAMES = ("node1", "node2", "node3")
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "nsenter", "ip", "apt-ftparchive")
@@ -54,6 +55,39 @@ def require_testbed() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI runs as root and must run the node tests, but: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def settings_beside_session(tag: str, offset: int) -> Settings:
+    """A testbed of a module's own, apart from the session's so both can run at once: the session's prefix
+    with ``tag`` appended (cut to six characters) and its subnet's third octet moved up by ``offset``."""
+    from rehearsal.testbed import Settings
+
+    base = Settings.from_env()
+    octets = str(base.subnet.network_address).split(".")
+    octets[2] = str((int(octets[2]) + offset) % 256)
+    return Settings(prefix=(base.prefix + tag)[:6], subnet=ipaddress.IPv4Network(".".join(octets) + "/24"))
+
+
+def settings_from_env(name: str, prefix: str, subnet: str) -> Settings:
+    """A testbed of a module's own at a fixed place, moved by ``MARIADB_KMS_<NAME>_TESTBED_PREFIX``/``_SUBNET``."""
+    from rehearsal.testbed import Settings
+
+    return Settings(
+        prefix=os.environ.get(f"MARIADB_KMS_{name}_TESTBED_PREFIX", prefix),
+        subnet=ipaddress.IPv4Network(os.environ.get(f"MARIADB_KMS_{name}_TESTBED_SUBNET", subnet)),
+    )
+
+
+def release_hosts(testbed: Testbed, hosts: Iterable[str]) -> None:
+    """What a module leaves for the next one on the same hosts: MariaDB stopped and disabled, apt's cache empty.
+
+    A node that tried at boot to join a cluster that is gone would hold up a restart, and the packages apt
+    keeps in its cache would stop a later install from fetching them (the testbed's own tests check that
+    it does).
+    """
+    for host in hosts:
+        testbed.exec(host, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
+        testbed.exec(host, ["apt-get", "clean"], timeout=120)
 
 
 # Module scope: every module installs its own cluster (its own key) on these hosts, and a datadir made

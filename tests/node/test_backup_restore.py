@@ -1,9 +1,11 @@
 """A backup taken under writes on one host restores on another: mariadb-kms-backup and mariadb-kms-restore.
 
-node1 runs a single-node kms-envelope cluster; node2 is installed the same way but under a data key of
-its own (another blob of the same KMS key) and never started. A client writes to node1 for the whole
-backup. The backup is copied to node2 file by file (read from node1, written to node2: no shared disk)
-and restored there as a new single-node cluster with a restore identity of its own. Then:
+node1 runs a single-node kms-envelope cluster, deployed by the program's own plan (``rehearsal/runner``).
+node2 is deployed the same way as a one-node stack of its own that uses node1's KMS key (as a restore
+stack would be pointed at it), so it has a data key of its own (another blob of the same KMS key); its
+plan stops before the bootstrap, so it is installed and configured but never started. A client writes
+to node1 for the whole backup. The backup is copied to node2 file by file (read from node1, written to
+node2: no shared disk) and restored there as a new single-node cluster with a restore identity of its own. Then:
 
 - every row the backup holds is the same on both hosts (count and checksum up to the last row restored),
   and that last row was written while the backup ran;
@@ -24,22 +26,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from cluster_setup import (
-    ClusterKey,
-    FakeCredentials,
-    bootstrap,
-    cluster_config,
-    in_parallel,
-    install_node,
-    make_cluster_key,
-    sql,
-    wait_synced,
-)
+from conftest import release_hosts
 from plaintext_probe import flush_to_disk, run_workload
 
 from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH, render_credentials_file
 from components.plan.order import ESCROW_BLOB, ESCROW_DIR, ESCROW_UNWRAP_CONF, escrow_command
+from rehearsal.aws_values import random_secret_access_key
+from rehearsal.emulator import generated_access_key_id
 from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import sql, wait_synced
+from rehearsal.runner import Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import ExecResult, Testbed
 
 SOURCE, RESTORE = "node1", "node2"
@@ -48,11 +44,19 @@ NAME = "rehearsed"
 COPY = "/root/restore-from"
 RESTORE_CREDS = "/root/restore.creds"
 WRITE_SECONDS = 45
+BOOTSTRAP = "cluster-bootstrap"
+
+
+@dataclass(frozen=True)
+class ClusterKey:
+    key_arn: str
+    blob: bytes  # the cluster data key's CiphertextBlob, as the program stores it
 
 
 @dataclass
 class Rehearsal:
     testbed: Testbed
+    source: Deployment
     key: ClusterKey
     marker: str = field(repr=False)
     backup: ExecResult
@@ -81,22 +85,20 @@ def _count(testbed: Testbed, host: str) -> int:
 
 @pytest.fixture(scope="module")
 def rehearsal(testbed: Testbed, kms: KmsServer) -> Iterator[Rehearsal]:
-    key = make_cluster_key(kms, "mariadb-kms backup rehearsal")
-    # The restore host's own data key: the restore must use the backup's, not this one.
-    own_blob = kms.client().generate_data_key_without_plaintext(KeyId=key.key_arn, KeySpec="AES_256")
-    restore_key = ClusterKey(key.key_id, key.key_arn, bytes(own_blob["CiphertextBlob"]))
-    assert restore_key.blob != key.blob
-    configs = {SOURCE: cluster_config(testbed, [SOURCE]), RESTORE: cluster_config(testbed, [RESTORE])}
-    keys = {SOURCE: key, RESTORE: restore_key}
-    credentials = FakeCredentials.generate()
+    source_stack = ProgramStack(kms)
     marker = f"bkcanary-{secrets.token_hex(12)}"
     try:
-        in_parallel(
-            (SOURCE, RESTORE),
-            lambda h: install_node(testbed, h, cluster=configs[h], key=keys[h], kms=kms, credentials=credentials),
-        )
-        bootstrap(testbed, SOURCE)
-        wait_synced(testbed, SOURCE, 1)
+        source = deploy(testbed, source_stack, onprem_config(testbed, [SOURCE], gcacheSize="64M"))
+        key = ClusterKey(source.program.key_arn, source.program.data_key_blob)
+        restore_stack = ProgramStack(kms)
+        # The restore stack takes the source's KMS key as its own (what the engine would find in the state
+        # of a stack that imported it); its data key, made under that key, is its own.
+        restore_stack.kept.update({k: v for k, v in source_stack.kept.items() if k[0] == "kms_key"})
+        restored = deploy(testbed, restore_stack, onprem_config(testbed, [RESTORE], gcacheSize="64M"),
+                          stop_before=BOOTSTRAP)
+        assert BOOTSTRAP in restored.pending
+        # The restore must use the backup's data key, not this one.
+        assert restored.program.key_arn == key.key_arn and restored.program.data_key_blob != key.blob
         run_workload(testbed, SOURCE, marker)
         # Where MariaDB cannot encrypt: a table definition (.frm) carrying the canary in a comment.
         sql(testbed, SOURCE, f"CREATE TABLE workload.described (id INT PRIMARY KEY) ENGINE=InnoDB "
@@ -124,10 +126,9 @@ def rehearsal(testbed: Testbed, kms: KmsServer) -> Iterator[Rehearsal]:
         manifest = json.loads(files["manifest.json"])
 
         # The restore principal's own access key (moto accepts any); root 0600 like every credentials file.
-        restore_creds = FakeCredentials.generate()
         testbed.put_file(
             RESTORE, RESTORE_CREDS,
-            render_credentials_file(restore_creds.access_key_id, restore_creds.secret_access_key)
+            render_credentials_file(generated_access_key_id(), random_secret_access_key())
             .replace("[mariadb-kms]", "[restore]"),
             0o600,
         )  # fmt: skip
@@ -139,12 +140,11 @@ def rehearsal(testbed: Testbed, kms: KmsServer) -> Iterator[Rehearsal]:
         )
         assert restore.rc == 0, restore.stdout[-3000:] + restore.stderr[-3000:]
         wait_synced(testbed, RESTORE, 1)
-        yield Rehearsal(testbed, key, marker, backup, restore, manifest, files, before, final)
+        yield Rehearsal(testbed, source, key, marker, backup, restore, manifest, files, before, final)
     finally:
         for host in (SOURCE, RESTORE):
-            testbed.exec(host, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
             testbed.exec(host, ["rm", "-rf", TARGET, COPY, RESTORE_CREDS])
-            testbed.exec(host, ["apt-get", "clean"], timeout=120)
+        release_hosts(testbed, (SOURCE, RESTORE))
 
 
 def test_the_backup_was_taken_under_writes_and_every_row_it_holds_is_restored(rehearsal: Rehearsal) -> None:
@@ -202,13 +202,15 @@ def test_control_the_scan_finds_the_canary_in_the_restored_plaintext(rehearsal: 
 
 
 def test_the_escrow_step_copies_the_blob_beside_the_datadir_on_a_real_host(rehearsal: Rehearsal) -> None:
-    # The plan's own create string, run as the program runs it (sudo -n as the login user, here root).
+    # The program's escrow step ran in the plan; its create string is escrow_command's.
     t = rehearsal.testbed
-    first = t.exec(SOURCE, ["sh", "-c", escrow_command()], timeout=60)
-    assert first.rc == 0, first.stderr
+    escrow = rehearsal.source.program.names(node=SOURCE, step="escrow")
+    assert len(escrow) == 1 and escrow_command() in rehearsal.source.program.command(escrow[0]).create
+    assert rehearsal.source.outcomes[escrow[0]].stdout.count("escrowed ") == 2
     assert t.read_file(SOURCE, ESCROW_BLOB) == t.read_file(SOURCE, BLOB_PATH) == rehearsal.key.blob
     assert t.read_file(SOURCE, ESCROW_UNWRAP_CONF) == t.read_file(SOURCE, UNWRAP_CONF_PATH)
     modes = t.exec(SOURCE, ["stat", "-c", "%a %U", ESCROW_DIR, ESCROW_BLOB, ESCROW_UNWRAP_CONF], check=True)
     assert modes.stdout.split("\n")[:3] == ["700 root", "600 root", "600 root"]
-    again = t.exec(SOURCE, ["sh", "-c", escrow_command()], timeout=60)
-    assert again.rc == 0 and again.stdout.count("unchanged ") == 2, again.stdout
+    # Sent again with nothing changed, it copies nothing.
+    again = rehearsal.source.run_command(escrow[0])
+    assert again.stdout.count("unchanged ") == 2, again.stdout

@@ -7,6 +7,11 @@ bumped too, into a second, flat repository placed on each host. Same binaries,
 higher version: this exercises the rolling mechanics (unhold, upgrade with the
 package's own restart blocked, hold again, the roll restarts, Synced before
 the next node), not a real schema or binary upgrade.
+
+The cluster is the program's plan carried out on the hosts (``rehearsal/runner``);
+the upgrade is the program's too: the stack recorded again with
+``mariadbVersion`` set, and each node's ``upgrade`` and ``roll`` commands of
+that recording run in the plan's order, node1 then node2.
 """
 
 from __future__ import annotations
@@ -16,31 +21,20 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cluster_setup import (
-    FakeCredentials,
-    bootstrap,
-    cluster_config,
-    in_parallel,
-    install_node,
-    join,
-    make_cluster_key,
-    sql,
-    wait_synced,
-)
+from conftest import release_hosts
 
 from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import main_pid, sql, wait_synced
+from rehearsal.runner import TLS_OFF, Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import Testbed
 
 HOSTS = ("node1", "node2")
 BUMP = "+mkbump1"
 BUMP_DIR = "/srv/mariadb-kms-bump"
-
-
-def mariadbd_pid(testbed: Testbed, host: str) -> str:
-    return testbed.exec(host, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb"]).stdout.strip()
 
 
 def installed(testbed: Testbed, host: str) -> str:
@@ -70,19 +64,21 @@ def bumped_repository(source: Path, out: Path, old: str) -> str:
     return new
 
 
+@dataclass
+class Upgrade:
+    stack: ProgramStack
+    deployed: Deployment
+    version: str  # the bumped version, in the second repository on every host
+
+
 @pytest.fixture(scope="module")
-def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[str]:
-    key = make_cluster_key(kms, "mariadb-kms upgrade node tests")
-    config = cluster_config(testbed, HOSTS)
-    credentials = FakeCredentials.generate()
+def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Upgrade]:
+    stack = ProgramStack(kms)
     try:
-        in_parallel(HOSTS, lambda h: install_node(
-            testbed, h, cluster=config, key=key, kms=kms, credentials=credentials,
-        ))
-        bootstrap(testbed, "node1")
-        join(testbed, "node2", 2)
-        for h in HOSTS:
-            assert testbed.exec(h, ["mariadb-kms-roll", "--mark-applied"]).rc == 0
+        # The program's plan: install, bootstrap node1, each node's roll (which records the applied config).
+        # TLS off, as a user may set it: a second recording issues new certificates (the runner keeps the
+        # stack's keys, not its TLS material), which would add a renewal to the upgrade.
+        deployed = deploy(testbed, stack, onprem_config(testbed, HOSTS, gcacheSize="64M", **TLS_OFF))
         old = installed(testbed, "node1")
         assert testbed.repo is not None
         with tempfile.TemporaryDirectory() as tmp:
@@ -99,35 +95,35 @@ def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[str]:
                 placed = testbed.exec(h, ["tar", "-xf", "-", "-C", "/", "--no-same-owner"], input=payload.getvalue(),
                                       timeout=300)
                 assert placed.rc == 0, placed.stderr
-        yield new
+        yield Upgrade(stack, deployed, new)
     finally:
         for h in HOSTS:
-            testbed.exec(h, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
             testbed.exec(h, ["rm", "-rf", BUMP_DIR, "/etc/apt/sources.list.d/mariadb-kms-bump.list"], timeout=60)
-            testbed.exec(h, ["apt-get", "clean"], timeout=120)
+        release_hosts(testbed, HOSTS)
 
 
-def test_rolling_upgrade_one_node_at_a_time(testbed: Testbed, cluster: str) -> None:
-    new = cluster
+def test_rolling_upgrade_one_node_at_a_time(testbed: Testbed, cluster: Upgrade) -> None:
+    new = cluster.version
+    upgraded = cluster.stack.record({**cluster.deployed.program.config, "mariadbVersion": new}, testbed)
+    assert upgraded.names(step="upgrade") == [f"{h}-ssh-upgrade" for h in HOSTS]
+    steps = Deployment(testbed, upgraded)
     sql(testbed, "node1", "CREATE DATABASE IF NOT EXISTS up; CREATE TABLE IF NOT EXISTS up.t (id INT PRIMARY KEY);"
         " REPLACE INTO up.t VALUES (1);")
     for h in HOSTS:
-        before = mariadbd_pid(testbed, h)
-        upgraded = testbed.exec(h, ["mariadb-kms-upgrade", "--version", new], timeout=900)
-        assert upgraded.rc == 0, upgraded.stdout[-2000:] + upgraded.stderr[-2000:]
+        before = main_pid(testbed, h)
+        steps.run_command(f"{h}-ssh-upgrade")  # raises, with the step's output, when it fails
         assert installed(testbed, h) == new
         # The package's own restart was blocked: the same server still runs, and the policy is gone again.
-        assert mariadbd_pid(testbed, h) == before
+        assert main_pid(testbed, h) == before
         assert testbed.exec(h, ["test", "-e", "/usr/sbin/policy-rc.d"]).rc != 0
         held = testbed.exec(h, ["apt-mark", "showhold"]).stdout.split()
         assert {"mariadb-server", "mariadb-server-core", "galera-4"} <= set(held)
         # The other node has not been touched yet while this one upgrades.
-        rolled = testbed.exec(h, ["mariadb-kms-roll", "--timeout", "300"], timeout=400)
-        assert rolled.rc == 0, rolled.stdout[-2000:] + rolled.stderr[-2000:]
-        assert "restarting MariaDB" in rolled.stdout
-        assert mariadbd_pid(testbed, h) != before
+        rolled = steps.run_command(f"{h}-ssh-roll")
+        assert "restarting MariaDB" in rolled.stdout, rolled.stdout[-2000:]
+        assert main_pid(testbed, h) != before
         for other in HOSTS:
             wait_synced(testbed, other, 2, timeout=60)
     assert sql(testbed, "node2", "SELECT COUNT(*) FROM up.t").strip() == "1"
-    again = testbed.exec("node1", ["mariadb-kms-upgrade", "--version", new], timeout=300)
-    assert again.rc == 0 and "nothing to upgrade" in again.stdout
+    again = steps.run_command("node1-ssh-upgrade")
+    assert "nothing to upgrade" in again.stdout, again.stdout[-2000:]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from conftest import release_hosts
 from error_log import error_log_since
 from plaintext_probe import (
     PROBE_DIR,
@@ -40,7 +41,6 @@ from plaintext_probe import (
 from components.node_files import BLOB_PATH, CREDENTIALS_PATH, KEYFILE_PATH, UNWRAP_UNIT
 from rehearsal.kms_server import KmsServer
 from rehearsal.mariadb_on_host import (
-    check,
     join,
     journal_cursor,
     journal_since,
@@ -48,6 +48,7 @@ from rehearsal.mariadb_on_host import (
     sql,
     start,
     stop,
+    tmp_on_disk,
     wait_synced,
 )
 from rehearsal.runner import Deployment, ProgramStack, deploy, onprem_config
@@ -88,17 +89,6 @@ class Cluster:
         }
 
 
-def tmp_on_disk(testbed: Testbed, host: str) -> None:
-    """Put /tmp back on the root disk, as on a Debian 12 cloud image: a testbed difference, undone here.
-
-    systemd-nspawn mounts a tmpfs on a container's /tmp, where MariaDB's tmpdir (/tmp) would not be at
-    rest and a spilled sort would prove nothing about encrypt_tmp_files. Done before MariaDB first starts
-    (mariadb.service has PrivateTmp=false, so mariadbd uses this /tmp).
-    """
-    if testbed.exec(host, ["findmnt", "-n", "-o", "FSTYPE", "/tmp"]).stdout.strip() == "tmpfs":
-        check(testbed, host, ["umount", "/tmp"])
-
-
 @pytest.fixture(scope="module")
 def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
     marker = f"mkcanary-{secrets.token_hex(12)}"
@@ -120,12 +110,7 @@ def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
         built.spill = held_spill_scan(testbed, "node1", marker)
         yield built
     finally:
-        # The hosts go on serving the session's other tests. A node that tried at boot to join a cluster
-        # that is gone would hold up a restart, and the packages apt keeps in its cache would stop a later
-        # install from fetching them (the testbed's own tests check that it does).
-        for host in HOSTS:
-            testbed.exec(host, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
-            testbed.exec(host, ["apt-get", "clean"], timeout=120)
+        release_hosts(testbed, HOSTS)
 
 
 def verify_report(testbed: Testbed, host: str, *args: str) -> tuple[int, dict[str, Any]]:

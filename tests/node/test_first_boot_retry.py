@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import paramiko
 import pytest
-from conftest import require_testbed
+from conftest import require_testbed, settings_beside_session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -33,7 +32,7 @@ from components.node_files import node_files, render_unwrap_conf
 from components.plan.steps import FIRST_BOOT, FIRST_BOOT_STEP
 from rehearsal.demo import grant_net_admin, remove_nspawn_settings
 from rehearsal.pkgrepo import APT_SOURCE_PATH
-from rehearsal.testbed import Host, Settings, Testbed
+from rehearsal.testbed import Host, Testbed
 
 NAME = "fb1"
 OLD_STEP = "sudo -n cloud-init status --wait"
@@ -56,13 +55,6 @@ class FirstBootTestbed(Testbed):
             if not unit.startswith("cloud-"):
                 self.exec(host.name, ["systemctl", "restart", unit], timeout=120)
         return self.exec(host.name, ["systemctl", "is-system-running"]).stdout.strip()
-
-
-def _settings() -> Settings:
-    base = Settings.from_env()
-    octets = str(base.subnet.network_address).split(".")
-    octets[2] = str((int(octets[2]) + 50) % 256)
-    return Settings(prefix=(base.prefix + "fb")[:6], subnet=ipaddress.IPv4Network(".".join(octets) + "/24"))
 
 
 def _ed25519() -> tuple[str, str, Ed25519PrivateKey]:
@@ -122,7 +114,7 @@ def failed_first_boot() -> Iterator[tuple[Testbed, Login]]:
     host_private, host_public, host_key = _ed25519()
     client_private, client_public, _ = _ed25519()
     client = paramiko.Ed25519Key.from_private_key(io.StringIO(client_private))
-    settings = _settings()
+    settings = settings_beside_session("fb", 50)
     # Root on an EC2 instance may load nftables rules (the IMDS guard); nspawn drops that by default.
     grant_net_admin(settings, [NAME])
     try:

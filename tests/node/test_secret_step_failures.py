@@ -5,10 +5,13 @@ the engine shows and logs, whatever ``logging`` says (pulumi/pulumi-command,
 ``provider/pkg/provider/remote/commandOutputs.go``, ``CommandOutputs.run``:
 ``fmt.Errorf("%w: running %q:\n%s", err, cmd, stdouterrbuf.String())``, the
 command line and everything it printed). So what each secret-touching step prints when it fails
-must hold no secret. The steps are the program's own strings and stdin
-(``components/remote_steps.py``: credentials, install, tls, preflight, roll,
-bootstrap), run on one testbed host against the KMS emulator, with known
-secrets planted: the on-prem secret access key, the node's TLS private key and
+must hold no secret. The steps are the program's own recorded commands and
+stdin (``rehearsal/runner`` records the program for a one-node on-premises
+stack on this host: credentials, install, tls, preflight, roll, bootstrap,
+with the overlay's KMS endpoint), run on one testbed host against the KMS
+emulator, each as the login user's shell runs it, with its stdin cut short or
+the key disabled to make it fail. The secrets to find are the ones that
+recording made: the on-prem secret access key, the node's TLS private key and
 the cluster data key's plaintext (as hex and base64). The scanner has a
 control that finds each planted value when it is printed.
 
@@ -20,24 +23,21 @@ secret in its environment; checked with the real drop-in on Debian 12's systemd.
 from __future__ import annotations
 
 import base64
-import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from cluster_setup import ADMIN_ROLE, DUMMY_HOST_KEY, FakeCredentials, make_cluster_key
-from conftest import require_testbed
+from conftest import require_testbed, settings_beside_session
 
-from components.cluster import node_files_payload
 from components.config import ClusterConfig, parse_config
-from components.node_files import CREDENTIALS_PATH, UNWRAP_CONF_PATH, load_node_files, render_unwrap_conf
-from components.plan import Step, bootstrap_step, node_plan
-from components.plan.files import config_files, credentials_files, seed_files
-from components.plan.steps import FileSpec, put_payload
-from components.tls_material import KEY_PATH, tls_files
+from components.node_files import CREDENTIALS_PATH, load_node_files
+from components.plan import node_plan
+from components.tls_material import KEY_PATH
+from rehearsal import overlay as ov
 from rehearsal.kms_server import KmsServer
-from rehearsal.testbed import ExecResult, Settings, Testbed
-from rehearsal.tls_certs import LocalCa
+from rehearsal.plan import decode_put
+from rehearsal.runner import Program, ProgramStack, host_argv, onprem_config
+from rehearsal.testbed import ExecResult, Testbed
 
 HOST = "sec1"
 DROP_IN = "/etc/systemd/system/mariadb.service.d/60-mariadb-kms-aws-plugin.conf"
@@ -45,20 +45,23 @@ DROP_IN = "/etc/systemd/system/mariadb.service.d/60-mariadb-kms-aws-plugin.conf"
 
 @dataclass(frozen=True, repr=False)
 class Planted:
-    """The secrets this test plants; the scanner looks for each in every form a step could print it."""
+    """The secrets the recording made; the scanner looks for each in every form a step could print it."""
 
-    credentials: FakeCredentials
+    secret_access_key: str
     tls_key_pem: str
     data_key: bytes
 
     def forms(self) -> dict[str, str]:
         key_body = "".join(self.tls_key_pem.strip().splitlines()[1:-1])
         return {
-            "secret access key": self.credentials.secret_access_key,
+            "secret access key": self.secret_access_key,
             "TLS private key": key_body[:48],
             "data key (hex)": self.data_key.hex(),
             "data key (base64)": base64.b64encode(self.data_key).decode(),
         }
+
+    def __repr__(self) -> str:  # never in test output
+        return "Planted(…)"
 
 
 def leaks(printed: str, planted: Planted) -> list[str]:
@@ -70,42 +73,48 @@ def leaks(printed: str, planted: Planted) -> list[str]:
 class Node:
     bed: Testbed
     kms: KmsServer
-    cluster: ClusterConfig
-    key_arn: str
-    key_id: str
-    blob_b64: str
+    program: Program
     planted: Planted
-    tls_payload: str
+    shell: str  # the connection user's login shell, which runs each command as sshd would
 
-    def step(self, key: str) -> Step:
-        if key == "bootstrap":
-            return bootstrap_step()
-        return node_plan(self.cluster.nodes[0], self.cluster).step(key)
+    @property
+    def cluster(self) -> ClusterConfig:
+        """The stack config the program was recorded with, as the program parses it."""
+        return parse_config(self.program.config, stack=self.program.stack, region=self.program.region)
+
+    def command_name(self, key: str) -> str:
+        """The recorded command of one step on this host (``sec1-ssh-tls``, ``cluster-bootstrap``)."""
+        names = self.program.names(node=HOST, step=key)
+        assert len(names) == 1, f"one {key} command expected on {HOST}: {names}"
+        return names[0]
+
+    def stdin(self, key: str) -> str:
+        """What the program sends on the step's stdin (the overlay's KMS endpoint applied)."""
+        name = self.command_name(key)
+        sent = next(s for s in self.program.sent if s.command.name == name)
+        assert sent.stdin, f"{name} has no stdin"
+        return sent.stdin
 
     def run(self, command: str, stdin: str | None = None, timeout: float = 900) -> ExecResult:
-        """A step's create string with its stdin, as the login user's shell runs it (sudo -n inside)."""
+        """A shell command with its stdin, run as root."""
         return self.bed.exec(HOST, ["/bin/sh", "-c", command], input=stdin, timeout=timeout)
 
+    def run_step(self, key: str, stdin: str | None = None) -> ExecResult:
+        """The step's recorded command, as the runner runs it, with ``stdin`` (none, or what the test sends)."""
+        argv = host_argv(self.program.command(self.command_name(key)), self.shell)
+        return self.bed.exec(HOST, argv, input=stdin, timeout=900)
+
     def must_fail(self, key: str, stdin: str | None = None) -> ExecResult:
-        result = self.run(self.step(key).create, stdin)
+        result = self.run_step(key, stdin)
         assert result.rc != 0, f"{key} did not fail: {result.stdout[-2000:]} {result.stderr[-2000:]}"
         found = leaks(result.stdout + result.stderr, self.planted)
         assert found == [], f"{key} printed {found} when it failed"
         return result
 
     def must_pass(self, key: str, stdin: str | None = None) -> ExecResult:
-        result = self.run(self.step(key).create, stdin)
+        result = self.run_step(key, stdin)
         assert result.rc == 0, f"{key} failed: {result.stdout[-3000:]} {result.stderr[-3000:]}"
         return result
-
-    def with_endpoint(self, files: dict[str, FileSpec]) -> dict[str, FileSpec]:
-        """The program's files with unwrap.conf pointed at the KMS stand-in, as the rehearsal's overlay does."""
-        conf = render_unwrap_conf(
-            mode=self.cluster.mariadb.key_management, key_arn=self.key_arn, region=self.cluster.region,
-            on_premises=True, endpoint_url=self.kms.endpoint_url,
-        )
-        _old, mode, owner = files[UNWRAP_CONF_PATH]
-        return {**files, UNWRAP_CONF_PATH: (conf, mode, owner)}
 
 
 def truncated(payload: str) -> str:
@@ -113,92 +122,67 @@ def truncated(payload: str) -> str:
     return payload[: len(payload) * 2 // 3]
 
 
-def _settings() -> Settings:
-    """A testbed of its own (prefix and subnet derived from the session's, third octet + 60)."""
-    base = Settings.from_env()
-    octets = str(base.subnet.network_address).split(".")
-    octets[2] = str((int(octets[2]) + 60) % 256)
-    return Settings(prefix=(base.prefix + "sc")[:6], subnet=ipaddress.IPv4Network(".".join(octets) + "/24"))
-
-
-def _cluster(bed: Testbed) -> ClusterConfig:
-    raw = {
-        "keyAdmins": [ADMIN_ROLE, ADMIN_ROLE.replace("kms-admin", "kms-admin-2")],
-        "clusterName": "mariadb-kms-secrets",
-        "onPremNodes": [{"name": HOST, "address": bed.hosts[HOST].address, "sshUser": "root",
-                         "hostKey": DUMMY_HOST_KEY}],
-    }
-    return parse_config(raw, stack="secrets", region="us-east-1")
-
-
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     require_testbed()
-    with Testbed([HOST], settings=_settings()) as bed, KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
+    with Testbed([HOST], settings=settings_beside_session("sc", 60)) as bed, \
+            KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
         bed.boot()
-        key = make_cluster_key(kms, "secret step failures")
-        data_key = kms.client().decrypt(CiphertextBlob=key.blob)["Plaintext"]
-        cluster = _cluster(bed)
-        ca = LocalCa(cluster.mariadb.cluster_name)
-        issued = ca.issue(HOST, bed.hosts[HOST].address)
-        planted = Planted(FakeCredentials.generate(), issued.key_pem, data_key)
-        tls_payload = put_payload(tls_files(ca.cert_pem, issued.cert_pem, issued.key_pem))
-        yield Node(bed, kms, cluster, key.key_arn, key.key_id, base64.b64encode(key.blob).decode(), planted,
-                   tls_payload)
+        program = ProgramStack(kms).record(onprem_config(bed, [HOST]), bed)
+        # Declared in the overlay, as the runner's deploy places it: the hosts share one disk.
+        bed.put_file(HOST, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
+        data_key = kms.client().decrypt(CiphertextBlob=program.data_key_blob)["Plaintext"]
+        tls_sent = next(s for s in program.sent if s.command.name == f"{HOST}-ssh-tls")
+        assert tls_sent.stdin
+        tls_key = decode_put(tls_sent.stdin)[KEY_PATH][0].decode()
+        planted = Planted(program.onprem_access_key[1], tls_key, data_key)
+        shell = bed.exec(HOST, ["getent", "passwd", "root"]).stdout.strip().split(":")[6]
+        yield Node(bed, kms, program, planted, shell)
 
 
 def test_control_the_scanner_finds_each_planted_secret_when_printed(node: Node) -> None:
     forms = node.planted.forms()
     for name, value in forms.items():
         assert leaks(f"error: something went wrong near {value} here", node.planted) == [name]
-    printed = node.run("cat", stdin=node.planted.tls_key_pem + node.planted.credentials.secret_access_key)
+    printed = node.run("cat", stdin=node.planted.tls_key_pem + node.planted.secret_access_key)
     assert sorted(leaks(printed.stdout, node.planted)) == ["TLS private key", "secret access key"]
 
 
 def test_every_secret_touching_step_fails_without_printing_a_secret(node: Node) -> None:
-    bed, cluster, planted = node.bed, node.cluster, node.planted
+    bed, cluster = node.bed, node.cluster
     on_host = cluster.nodes[0]
     assert {s.key for s in node_plan(on_host, cluster).steps if s.touches_secret} | {"bootstrap"} == {
         "credentials", "install", "tls", "preflight", "roll", "bootstrap",
     }
-    node_files, _ = node_files_payload(cluster.mariadb.key_management)
-    node.must_pass("node-files", node_files)
-    seed = put_payload(node.with_endpoint(
-        seed_files(cluster, key_arn=node.key_arn, blob_b64=node.blob_b64, on_premises=True)
-    ))
-    node.must_pass("seed", seed)
+    node.must_pass("node-files", node.stdin("node-files"))
+    node.must_pass("seed", node.stdin("seed"))
 
     # credentials: the connection drops halfway through stdin (tar meets the end of its input).
-    credentials = put_payload(credentials_files(
-        cluster, access_key_id=planted.credentials.access_key_id,
-        secret_access_key=planted.credentials.secret_access_key,
-    ))
+    credentials = node.stdin("credentials")
     node.must_fail("credentials", truncated(credentials))
     node.must_pass("credentials", credentials)
 
     # install: the key is disabled, so the datadir cannot be born encrypted.
-    node.kms.client().disable_key(KeyId=node.key_id)
+    key_id = node.program.key_id
+    node.kms.client().disable_key(KeyId=key_id)
     node.must_fail("install")
-    node.kms.client().enable_key(KeyId=node.key_id)
+    node.kms.client().enable_key(KeyId=key_id)
     node.must_pass("install")
 
     # tls: the same dropped connection, with the private key in the payload.
-    node.must_fail("tls", truncated(node.tls_payload))
-    node.must_pass("tls", node.tls_payload)
+    tls = node.stdin("tls")
+    node.must_fail("tls", truncated(tls))
+    node.must_pass("tls", tls)
     assert bed.exec(HOST, ["test", "-s", KEY_PATH]).rc == 0
 
-    config = put_payload(node.with_endpoint(config_files(
-        on_host, cluster, key_arn=node.key_arn, blob_b64=node.blob_b64, node_address=bed.hosts[HOST].address,
-        member_addresses=[bed.hosts[HOST].address],
-    )))
-    node.must_pass("config", config)
+    node.must_pass("config", node.stdin("config"))
 
     # preflight, bootstrap and roll: the key is disabled, so nothing can unwrap it.
-    node.kms.client().disable_key(KeyId=node.key_id)
+    node.kms.client().disable_key(KeyId=key_id)
     node.must_fail("preflight")
     node.must_fail("bootstrap")
     node.must_fail("roll")
-    node.kms.client().enable_key(KeyId=node.key_id)
+    node.kms.client().enable_key(KeyId=key_id)
     # The same steps succeed once the key is back: the failures above were the key, not the test.
     node.must_pass("preflight")
 

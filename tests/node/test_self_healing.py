@@ -1,8 +1,9 @@
 """A node heals by itself: KMS away across a restart, a crash while KMS is away, and what still refuses.
 
-The cluster is built once, in the ``healing_cluster`` fixture (install as the program installs, then
-``galera_new_cluster`` on node1 and a join of the others). KMS is made unreachable from one host with a
-prohibit route (its connections fail at once), which keeps the emulator's keys.
+The cluster is built once, in the ``healing_cluster`` fixture, by the program's own plan
+(``rehearsal/runner``: the install, the one-time bootstrap on node1, each node's roll, the verification).
+KMS is made unreachable from one host with a prohibit route (its connections fail at once), which keeps
+the emulator's keys.
 
 - KMS unreachable across ``systemctl restart mariadb`` for 30 s: the unwrap waits inside its one start
   (no unit restart, no FAILED line), and MariaDB is Synced again within 60 s of KMS answering.
@@ -17,13 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from cluster_setup import (
-    ClusterKey,
-    FakeCredentials,
-    bootstrap,
-    cluster_config,
-    in_parallel,
-    install_node,
+from conftest import release_hosts
+
+from components.node_files import UNWRAP_UNIT
+from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import (
     join,
     journal_cursor,
     journal_since,
@@ -31,9 +30,7 @@ from cluster_setup import (
     unit_state,
     wait_synced,
 )
-
-from components.node_files import UNWRAP_UNIT
-from rehearsal.kms_server import KmsServer
+from rehearsal.runner import Deployment, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import Testbed
 
 HOSTS = ("node1", "node2", "node3")
@@ -45,29 +42,17 @@ HEALED_WITHIN = 60.0  # MariaDB must be Synced this soon after KMS answers again
 class HealingCluster:
     testbed: Testbed
     kms: KmsServer
-    key: ClusterKey
+    deployed: Deployment
 
 
 @pytest.fixture(scope="module")
 def healing_cluster(testbed: Testbed, kms: KmsServer) -> Iterator[HealingCluster]:
-    """Three nodes installed as the program installs them, bootstrapped once; the one place the cluster is made."""
-    from cluster_setup import make_cluster_key
-
-    key = make_cluster_key(kms, "mariadb-kms self-healing tests")
-    config = cluster_config(testbed, HOSTS)
-    credentials = FakeCredentials.generate()
+    """Three nodes deployed by the program's plan, bootstrapped once; the one place the cluster is made."""
     try:
-        in_parallel(
-            HOSTS, lambda h: install_node(testbed, h, cluster=config, key=key, kms=kms, credentials=credentials)
-        )
-        bootstrap(testbed, "node1")
-        join(testbed, "node2", 2)
-        join(testbed, "node3", 3)
-        yield HealingCluster(testbed, kms, key)
+        deployed = deploy(testbed, ProgramStack(kms), onprem_config(testbed, HOSTS, gcacheSize="64M"))
+        yield HealingCluster(testbed, kms, deployed)
     finally:
-        for host in HOSTS:
-            testbed.exec(host, ["systemctl", "disable", "--now", "--quiet", "mariadb"], timeout=300)
-            testbed.exec(host, ["apt-get", "clean"], timeout=120)
+        release_hosts(testbed, HOSTS)
 
 
 def mariadbd_running(tb: Testbed, host: str) -> bool:
@@ -154,7 +139,7 @@ def test_a_start_right_after_a_stop_unwraps_afresh(healing_cluster: HealingClust
 
 def test_a_disabled_key_still_refuses_at_once(healing_cluster: HealingCluster) -> None:
     tb, host = healing_cluster.testbed, "node2"
-    key = healing_cluster.key
+    key = healing_cluster.deployed.program  # its key_id and key_arn
     client = healing_cluster.kms.client()
     wait_synced(tb, host, 3)
     tb.exec(host, ["systemctl", "stop", "mariadb"], check=True, timeout=300)

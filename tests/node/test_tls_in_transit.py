@@ -30,9 +30,7 @@ client loop succeeding on every node throughout.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import secrets
 import threading
 import time
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import settings_from_env
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -55,7 +54,7 @@ from rehearsal.packet_capture import SERVICE_PORTS, capture, read_streams
 from rehearsal.plan import decode_put
 from rehearsal.recorder import Types
 from rehearsal.runner import TLS_OFF, Deployment, ProgramStack, deploy, onprem_config
-from rehearsal.testbed import ExecResult, Settings, Testbed
+from rehearsal.testbed import ExecResult, Testbed
 from rehearsal.tls_certs import Issued, LocalCa
 
 NAMES = ("node1", "node2", "node3")
@@ -74,13 +73,6 @@ SST_JOINER_LOG = "--identifier=-wsrep-sst-joiner"
 # The program's steps the scenario holds the plan before.
 BOOTSTRAP = "cluster-bootstrap"
 LAST_JOIN = "node3-ssh-roll"
-
-
-def _settings() -> Settings:
-    return Settings(
-        prefix=os.environ.get("MARIADB_KMS_TLS_TESTBED_PREFIX", "mktls"),
-        subnet=ipaddress.IPv4Network(os.environ.get("MARIADB_KMS_TLS_TESTBED_SUBNET", "10.231.6.0/24")),
-    )
 
 
 @dataclass
@@ -124,7 +116,7 @@ def _require_testbed(config: pytest.Config) -> None:
 @pytest.fixture(scope="module")
 def hosts(request: pytest.FixtureRequest) -> Iterator[Hosts]:
     _require_testbed(request.config)
-    with Testbed(NAMES, settings=_settings()) as bed:
+    with Testbed(NAMES, settings=settings_from_env("TLS", "mktls", "10.231.6.0/24")) as bed:
         bed.boot()
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
             yield Hosts(bed, kms, ProgramStack(kms))

@@ -5,7 +5,8 @@ files ``node/MANIFEST`` ships, so they cannot import ``components``. Where a
 fact lives on both sides, this test reads both and compares, and shows with a
 control that the comparison catches a disagreement:
 
-- the encryption flags that must be ON (``components/mycnf.py``, the verify tool);
+- the encryption flags that must be ON (one list, the verify tool's, which ``components/mycnf.py`` reads;
+  what the program renders is checked against it);
 - the key-management modes (config, node files, the unwrap tool, the install script);
 - the TLS channel names (``components/tls_material.py``, the verify tool);
 - the files a restart applies (``mariadb-kms-roll``'s digest, the files the program renders);
