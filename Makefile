@@ -95,10 +95,10 @@ testbed-down: venv
 # then PNG plots from the JSON they write to docs/benchmarks/ (each script's --help gives its own options).
 PARTS ?= at-rest,in-transit,program
 bench: deps
-	$(if $(findstring at-rest,$(PARTS)),$(PY) bench/at_rest.py &&) \
-	$(if $(findstring in-transit,$(PARTS)),$(PY) bench/in_transit.py &&) \
-	$(if $(findstring program,$(PARTS)),$(PY) bench/program_eval.py &&) \
-	$(PY) bench/plots.py
+	$(if $(findstring at-rest,$(PARTS)),$(PY) -m bench.at_rest &&) \
+	$(if $(findstring in-transit,$(PARTS)),$(PY) -m bench.in_transit &&) \
+	$(if $(findstring program,$(PARTS)),$(PY) -m bench.program_eval &&) \
+	$(PY) -m bench.plots
 
 # Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only.
 bench-demo: deps
