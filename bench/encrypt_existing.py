@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument("--tables", type=int, default=8)
     parser.add_argument("--threads", default="1,4,8", help="innodb_encryption_threads values")
     parser.add_argument("--iops", default="100,10000", help="innodb_encryption_rotation_iops values")
-    parser.add_argument("--max-seconds", type=float, default=900, help="cut a run short after this long")
+    parser.add_argument("--max-seconds", type=float, default=300, help="cut a run short after this long")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "encrypt_existing.json")
     args = parser.parse_args()
     record: dict[str, object] = {"machine_start": machine(), "command": " ".join(sys.argv), "mb": args.mb,
