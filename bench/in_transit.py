@@ -141,7 +141,7 @@ def load_for_sst(bed: Testbed, kind: str, mb: int) -> int:
             f"v VARCHAR({SST_ROW}) NOT NULL); INSERT INTO bench.seed SELECT seq, REPEAT(MD5(RAND()), {SST_ROW // 32}) "
             f"FROM seq_1_to_{SST_BATCH}; "
             f"CREATE TABLE bench.sst (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR({SST_ROW}) NOT NULL);")
-    sh(bed, first, f"mariadb -e \"{seed}\"")
+    sh(bed, first, f"mariadb bench -e \"{seed}\"")
     for i in range(batches):
         sh(bed, first, "mariadb -e 'INSERT INTO bench.sst (v) SELECT v FROM bench.seed'", timeout=1800)
         if (i + 1) % 8 == 0 or i + 1 == batches:
