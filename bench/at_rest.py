@@ -1,7 +1,7 @@
 """What encryption at rest costs: plain against the program's default config on one node, side by side.
 
 One testbed host runs a server per variant at once (bench/single_node.py), each under the node's exact
-config as the program renders it, and sysbench loads one server at a time through its unix socket:
+config as the program's own plan deployed it, and sysbench loads one server at a time through its unix socket:
 
 - ``plain``: the node's config without the encryption file (no key plugin, no flag);
 - the flags added one by one: ``tables``; ``+redo``; ``+binlog``; ``+temp`` (temporary tablespace, temporary
@@ -16,7 +16,7 @@ Each round runs every variant of a workload once, in an order reversed every oth
 memory (data well inside the buffer pool) and I/O-bound (data larger than the buffer pool). Prints a
 table and writes the raw runs as JSON. Asserts nothing (it is not a test); needs root.
 
-    python bench/at_rest.py [--rounds 7] [--seconds 15] [--parts rw-mem,wo-mem,ps-mem,rw-io] [--json FILE]
+    python -m bench.at_rest [--rounds 7] [--seconds 15] [--parts rw-mem,wo-mem,ps-mem,rw-io] [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.single_node import BENCH_PACKAGES, SideBySide, Variant, machine
+from bench.stats import compare, per_thousand
+from rehearsal.kms_server import KmsServer
+from rehearsal.runner import TLS_OFF, ProgramStack, deploy, onprem_config
+from rehearsal.testbed import Settings, Testbed
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from single_node import BENCH_PACKAGES, SideBySide, Variant, bench_cluster_config, machine  # noqa: E402
-from stats import compare, per_thousand  # noqa: E402
-
-from rehearsal.testbed import Settings, Testbed  # noqa: E402
 
 OFF_EXCEPT_TABLES = {
     "innodb_encrypt_log": "OFF",
@@ -145,13 +144,13 @@ def main() -> int:
     runs: list[dict[str, object]] = []
     with Testbed(["bench"], settings=Settings.from_env(), repo_packages=BENCH_PACKAGES) as bed:
         bed.boot()
-        address = bed.hosts["bench"].address
-        # TLS has no bearing on a unix-socket client of one node, and its certificates have no stand-in here.
-        cluster = bench_cluster_config({"bench": address}, tlsReplication=False, tlsSst=False, tlsClients=False,
-                                       requireSecureTransport=False, gcacheSize="64M")
-        servers = SideBySide(bed, "bench", needed, cluster=cluster)
-        print("installing", flush=True)
-        servers.install()
+        # TLS has no bearing on a unix-socket client of one node: off, as a user turns it off in the config.
+        config = onprem_config(bed, ["bench"], gcacheSize="64M", **TLS_OFF)
+        print("deploying a one-node cluster by the program's plan", flush=True)
+        with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
+            deploy(bed, ProgramStack(kms), config)
+        servers = SideBySide(bed, "bench", needed)
+        servers.take_over()
         print("initialising and starting", ", ".join(v.name for v in needed), flush=True)
         servers.init_and_start()
         record["config_default"] = servers.config_text(next(v for v in VARIANTS if v.name == "default"))

@@ -1,19 +1,23 @@
 """What encryption in transit costs: two 3-node clusters side by side, TLS on every channel and plaintext.
 
-Six testbed hosts: ``p1..p3`` run a cluster with every TLS channel off, ``t1..t3`` one with the program's
-default (replication and IST over TLS, SST over TLS, client TLS required on TCP), both under the nodes'
-exact config as the program renders it (``components/mycnf.py``, files in ``/etc/mysql/mariadb.conf.d``,
-certificates of ClusterCa's shape from ``rehearsal/tls_certs.py``), encrypted at rest alike, started by
-systemd (``galera_new_cluster`` on the first node, the others joining by SST). Both stay up, so there is no
-restart between A and B: each round loads one cluster then the other (order reversed every other round)
-with sysbench ``oltp_write_only`` on its first node through the unix socket, so TLS is paid where the
-issue is, on replication (each commit's write-set reaches both other nodes before it returns).
+Six testbed hosts, two stacks deployed by the program's own plan (``rehearsal/runner``, one KMS key
+and data key each): ``t1..t3`` under the default config (replication and IST over TLS, SST over TLS,
+client TLS required on TCP, the program's own certificates), ``p1..p3`` under the same config with every
+TLS channel turned off by its stack config keys, as a user turns them off; both encrypted at rest alike.
+Both stay up, so there is no restart between A and B: each round loads one cluster then the other (order
+reversed every other round) on its first node through the unix socket, so TLS is paid on replication
+(each commit's write-set reaches both other nodes before it returns):
 
-Per run: TPS and the ``mariadbd`` CPU-seconds per 1,000 transactions summed over the cluster's three
-nodes (/proc). Also the cipher each Galera link negotiated (from the error log). Prints a table and
-writes JSON; asserts nothing; needs root.
+- ``wo-<n>t``: sysbench ``oltp_write_only`` at each ``--threads`` count, for ``--seconds``;
+- ``probe-small``: ``--small`` single-row INSERT transactions of a 100 B row (latency-bound);
+- ``probe-large``: ``--large`` single-row INSERT transactions of a 64 KiB row (bandwidth- and cipher-bound);
+  a probe's time runs from its first statement until the cluster's third node applied the last write-set.
 
-    python bench/in_transit.py [--rounds 7] [--seconds 12] [--threads 1,4,16] [--json FILE]
+Per run: TPS (and MB/s of row data for the probes) and the ``mariadbd`` CPU-seconds per 1,000
+transactions summed over the cluster's three nodes (/proc). Also the cipher each Galera link negotiated
+(from the error log). Prints progress and a summary, writes JSON; asserts nothing; needs root.
+
+    python -m bench.in_transit [--rounds 7] [--seconds 12] [--threads 1,4,16] [--probes small,large] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,27 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import secrets
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.single_node import _TX, BENCH_PACKAGES, CLK_TCK, _cpu_ticks, machine
+from bench.stats import compare, per_thousand
+from rehearsal.kms_server import KmsServer
+from rehearsal.mariadb_on_host import join, status, stop, tmp_on_disk
+from rehearsal.runner import TLS_OFF, ProgramStack, deploy, onprem_config
+from rehearsal.testbed import Settings, Testbed, TestbedError
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from single_node import _TX, BENCH_PACKAGES, CLK_TCK, _cpu_ticks, bench_cluster_config, machine  # noqa: E402
-from stats import compare, per_thousand  # noqa: E402
-
-from components.mycnf import render_mycnf  # noqa: E402
-from components.node_files import GCACHE_DIR, KEYFILE_PATH, RUNTIME_DIR  # noqa: E402
-from components.tls_material import tls_files  # noqa: E402
-from rehearsal.testbed import Settings, Testbed, TestbedError  # noqa: E402
-from rehearsal.tls_certs import LocalCa  # noqa: E402
-
 CLUSTERS = {"plain": ("p1", "p2", "p3"), "tls": ("t1", "t2", "t3")}
-TLS_OFF = {"tlsReplication": False, "tlsSst": False, "tlsClients": False, "requireSecureTransport": False}
 SOCKET = "/run/mysqld/mysqld.sock"
 _CIPHER = re.compile(r"cipher: (\S+)")
 
@@ -54,45 +53,17 @@ def sh(bed: Testbed, host: str, script: str, timeout: float = 900) -> str:
     return result.stdout
 
 
-def install_cluster(bed: Testbed, kind: str) -> None:
+def install_cluster(bed: Testbed, kms: KmsServer, kind: str) -> None:
+    """A 3-node cluster deployed by the program's own plan, a stack of its own; ``plain`` has TLS off by config."""
     names = CLUSTERS[kind]
-    addresses = [bed.hosts[n].address for n in names]
+    for name in names:
+        tmp_on_disk(bed, name)
     changes: dict[str, object] = {"gcacheSize": "64M", "clusterName": f"bench-{kind}"}
     if kind == "plain":
         changes.update(TLS_OFF)
-    cluster = bench_cluster_config(dict(zip(names, addresses, strict=True)), **changes)
-    key_line = f"1;{secrets.token_hex(32)}\n"  # one data key per cluster, the same on every node (SST)
-    ca = LocalCa(f"bench-{kind}")
-
-    def one(i: int) -> None:
-        name = names[i]
-        node = cluster.nodes[i]
-        files = render_mycnf(node, cluster, node_address=addresses[i], member_addresses=addresses, key_arn=None)
-        sh(bed, name, "if [ \"$(findmnt -n -o FSTYPE /tmp)\" = tmpfs ]; then umount /tmp; fi; "
-                      "id mysql >/dev/null 2>&1 || useradd --system --user-group --no-create-home "
-                      "--home-dir /nonexistent --shell /usr/sbin/nologin mysql")
-        sh(bed, name, f"install -d -m 0750 -o mysql -g mysql {RUNTIME_DIR} && install -d -o mysql -g mysql "
-                      f"{GCACHE_DIR} && install -d /etc/mysql/mariadb.conf.d")
-        bed.put_file(name, KEYFILE_PATH, key_line, 0o600, "mysql:mysql")
-        enc_path = next(p for p in files if p.endswith("90-mariadb-kms-encryption.cnf"))
-        bed.put_file(name, enc_path, files[enc_path], 0o644)
-        # The package's postinst initialises the datadir under the encryption config: born encrypted.
-        sh(bed, name, "export DEBIAN_FRONTEND=noninteractive; apt-get -q update >/dev/null && apt-get -q -y "
-                      "-o Dpkg::Options::=--force-confold install mariadb-server galera-4 mariadb-backup "
-                      "mariadb-client socat sysbench >/dev/null && systemctl stop mariadb && "
-                      "systemctl mask --now mariadb.socket mariadb-extra.socket >/dev/null 2>&1; true")
-        issued = ca.issue(name, addresses[i])
-        for path, (content, mode, owner) in tls_files(ca.cert_pem, issued.cert_pem, issued.key_pem).items():
-            bed.put_file(name, path, content, mode, owner)
-        node_path = next(p for p in files if p.endswith("91-mariadb-kms-node.cnf"))
-        bed.put_file(name, node_path, files[node_path], 0o644)
-
-    with ThreadPoolExecutor(3) as pool:
-        for future in [pool.submit(one, i) for i in range(3)]:
-            future.result()
-    sh(bed, names[0], "galera_new_cluster", timeout=600)
-    for name in names[1:]:
-        sh(bed, name, "systemctl start mariadb", timeout=900)
+    deploy(bed, ProgramStack(kms), onprem_config(bed, names, **changes))
+    sh(bed, names[0], "export DEBIAN_FRONTEND=noninteractive; apt-get -q update >/dev/null && "
+                      "apt-get -q -y install sysbench >/dev/null")
     size = sh(bed, names[0], "mariadb -N -B -e \"SHOW STATUS LIKE 'wsrep_cluster_size'\"").split()[-1]
     if size != "3":
         raise TestbedError(f"cluster {kind}: size {size}, expected 3")
@@ -116,51 +87,104 @@ def run(bed: Testbed, kind: str, threads: int, seconds: int) -> dict[str, object
             "cpu_per_1k": per_thousand(cpu, int(tx.group(1)))}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=int, default=12)
-    parser.add_argument("--threads", default="1,4,16")
-    parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "in_transit.json")
-    args = parser.parse_args()
-    record: dict[str, object] = {"machine_start": machine(), "goal_ratio": 0.90,
-                                 "command": " ".join(sys.argv), "seconds": args.seconds,
-                                 "rounds": args.rounds}
-    runs: list[dict[str, object]] = []
-    hosts = [*CLUSTERS["plain"], *CLUSTERS["tls"]]
-    with Testbed(hosts, settings=Settings.from_env(), repo_packages=BENCH_PACKAGES) as bed:
-        bed.boot()
-        for kind in CLUSTERS:
-            print(f"installing cluster {kind}", flush=True)
-            install_cluster(bed, kind)
-            first = CLUSTERS[kind][0]
-            sh(bed, first, "mariadb -e 'CREATE DATABASE IF NOT EXISTS sbtest'")
-            sh(bed, first, f"sysbench oltp_write_only --db-driver=mysql --mysql-socket={SOCKET} --mysql-user=root "
-                           "--mysql-db=sbtest --tables=4 --table-size=10000 --threads=4 prepare >/dev/null")
-        log = sh(bed, "t1", "cat /var/log/mysql/error.log 2>/dev/null; journalctl -u mariadb --no-pager -q "
-                            "2>/dev/null | tail -n 400")
-        record["galera_ciphers"] = sorted(set(_CIPHER.findall(log)))
-        print("Galera TLS ciphers seen on t1:", record["galera_ciphers"], flush=True)
-        for threads in (int(t) for t in args.threads.split(",")):
-            part = f"wo-{threads}t"
-            for kind in CLUSTERS:
-                run(bed, kind, threads, 5)  # warm-up
-            for rnd in range(args.rounds):
-                order = ("plain", "tls") if rnd % 2 == 0 else ("tls", "plain")
-                for kind in order:
-                    res = run(bed, kind, threads, args.seconds)
-                    load = open("/proc/loadavg").read().split()[0]
-                    runs.append({"part": part, "round": rnd, "variant": kind, **res, "load1": load})
-                    print(f"{part} round {rnd + 1} {kind:<5} {res['tps']:8.1f} tx/s "
-                          f"{res['cpu_per_1k']:.3f} CPU-s/1k tx (3 nodes)  load {load}", flush=True)
-    summary = []
+@dataclass(frozen=True)
+class Probe:
+    """Single-row INSERT transactions (autocommit) of ``row_bytes`` each, timed until the last node applied them."""
+
+    key: str
+    transactions: int
+    row_bytes: int
+
+
+def probe_script(probe: Probe) -> str:
+    """The SQL the probe sends: one INSERT per transaction (autocommit), each row ``row_bytes`` long."""
+    statement = f"INSERT INTO bench.{probe.key} (v) VALUES (REPEAT('x', {probe.row_bytes}));\n"  # noqa: S608
+    return statement * probe.transactions
+
+
+def last_committed(bed: Testbed, name: str) -> int:
+    return int(status(bed, name, "wsrep_last_committed") or 0)
+
+
+def run_probe(bed: Testbed, kind: str, probe: Probe) -> dict[str, object]:
+    """One probe on the cluster's first node: from the first statement until its last node has applied the last
+    write-set (so replication to both other nodes is in the time, not only the certification)."""
+    names = CLUSTERS[kind]
+    sh(bed, names[0], f"mariadb -e 'DROP TABLE IF EXISTS bench.{probe.key}; CREATE TABLE bench.{probe.key} "
+                      "(id INT AUTO_INCREMENT PRIMARY KEY, v LONGBLOB NOT NULL)'")
+    before = {n: _cpu_ticks(sh(bed, n, CPU_SCRIPT)) for n in names}
+    started = time.monotonic()
+    sh(bed, names[0], "mariadb < /root/probe-" + probe.key + ".sql", timeout=1800)
+    target = last_committed(bed, names[0])
+    deadline = time.monotonic() + 600
+    while last_committed(bed, names[-1]) < target:
+        if time.monotonic() > deadline:
+            raise TestbedError(f"{names[-1]} did not apply seqno {target} within 600 s")
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    after = {n: _cpu_ticks(sh(bed, n, CPU_SCRIPT)) for n in names}
+    cpu = sum(after[n] - before[n] for n in names) / CLK_TCK
+    return {"transactions": probe.transactions, "seconds": seconds, "tps": probe.transactions / seconds,
+            "mb_per_s": probe.transactions * probe.row_bytes / seconds / 1e6, "cpu_seconds": cpu,
+            "cpu_per_1k": per_thousand(cpu, probe.transactions)}
+
+
+SST_ROW = 4000
+SST_BATCH = 4096  # rows per INSERT ... SELECT: 16 MB write-sets, well under Galera's limits
+
+
+def load_for_sst(bed: Testbed, kind: str, mb: int) -> int:
+    """``mb`` MB of rows in bench.sst on the cluster, in batches; returns the joiner's datadir size before."""
+    first = CLUSTERS[kind][0]
+    batches = max(1, mb * 1_000_000 // (SST_ROW * SST_BATCH))
+    seed = (f"DROP TABLE IF EXISTS bench.sst, bench.seed; CREATE TABLE bench.seed (id INT PRIMARY KEY, "  # noqa: S608
+            f"v VARCHAR({SST_ROW}) NOT NULL); INSERT INTO bench.seed SELECT seq, REPEAT(MD5(RAND()), {SST_ROW // 32}) "
+            f"FROM seq_1_to_{SST_BATCH}; "
+            f"CREATE TABLE bench.sst (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR({SST_ROW}) NOT NULL);")
+    sh(bed, first, f"mariadb bench -e \"{seed}\"")
+    for i in range(batches):
+        sh(bed, first, "mariadb -e 'INSERT INTO bench.sst (v) SELECT v FROM bench.seed'", timeout=1800)
+        if (i + 1) % 8 == 0 or i + 1 == batches:
+            print(f"  {kind}: loaded {(i + 1) * SST_BATCH * SST_ROW / 1e6:.0f} of {mb} MB", flush=True)
+    return datadir_bytes(bed, CLUSTERS[kind][-1])
+
+
+def datadir_bytes(bed: Testbed, name: str) -> int:
+    return int(sh(bed, name, "du -sb /var/lib/mysql | cut -f1").strip())
+
+
+def run_sst(bed: Testbed, kind: str) -> dict[str, object]:
+    """The cluster's last node stopped, its Galera state removed (so it cannot rejoin by IST), started again:
+    the time from ``systemctl start`` until it is Synced, which is the whole SST (mariabackup) and the join."""
+    names = CLUSTERS[kind]
+    joiner = names[-1]
+    stop(bed, joiner, timeout=300)
+    sh(bed, joiner, "rm -f /var/lib/mysql/grastate.dat /var/lib/mysql/gvwstate.dat")
+    started = time.monotonic()
+    join(bed, joiner, 3)
+    seconds = time.monotonic() - started
+    size = datadir_bytes(bed, joiner)
+    return {"seconds": seconds, "datadir_bytes": size, "mb_per_s": size / seconds / 1e6,
+            "tps": 1 / seconds}  # SSTs per second, so its TLS/plaintext ratio reads as the others' do
+
+
+def summarize(runs: list[dict[str, object]]) -> list[dict[str, object]]:
+    summary: list[dict[str, object]] = []
     for part in dict.fromkeys(str(r["part"]) for r in runs):
         def series(kind: str, key: str, part: str = part) -> list[float]:
             return [float(str(r[key])) for r in sorted((r for r in runs if r["part"] == part and r["variant"] == kind),
                                                        key=lambda r: int(str(r["round"])))]
         tps = compare(series("plain", "tps"), series("tls", "tps"))
+        workload = "oltp_write_only" if part.startswith("wo-") else part
+        if part == "sst":
+            summary.append({"part": part, "workload": "sst", "variant": "tls", "speed_ratio": tps.as_dict(),
+                            "seconds_plain": statistics.median(series("plain", "seconds")),
+                            "seconds_tls": statistics.median(series("tls", "seconds"))})
+            print(f"sst: TLS/plaintext speed median {tps.median:.3f} (pairs {tps.minimum:.2f}..{tps.maximum:.2f}); "
+                  f"median seconds plain {summary[-1]['seconds_plain']:.1f} tls {summary[-1]['seconds_tls']:.1f}")
+            continue
         cpu = compare(series("plain", "cpu_per_1k"), series("tls", "cpu_per_1k"))
-        summary.append({"part": part, "workload": "oltp_write_only", "variant": "tls", "tps_ratio": tps.as_dict(),
+        summary.append({"part": part, "workload": workload, "variant": "tls", "tps_ratio": tps.as_dict(),
                         "cost_median": tps.cost, "cost_upper95": tps.cost_upper, "cpu_ratio": cpu.as_dict(),
                         "cpu_per_1k_plain": statistics.median(series("plain", "cpu_per_1k")),
                         "cpu_per_1k": statistics.median(series("tls", "cpu_per_1k"))})
@@ -168,8 +192,92 @@ def main() -> int:
               f"95% CI {tps.ci_low:.3f}..{tps.ci_high:.3f}); CPU-s/1k tx plain "
               f"{summary[-1]['cpu_per_1k_plain']:.3f} tls {summary[-1]['cpu_per_1k']:.3f} "
               f"(ratio median {cpu.median:.3f})")
-    record.update({"machine_end": machine(), "runs": runs, "summary": summary})
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    return summary
+
+
+def alternate(rnd: int) -> tuple[str, str]:
+    return ("plain", "tls") if rnd % 2 == 0 else ("tls", "plain")
+
+
+def measure(bed: Testbed, args: argparse.Namespace, chosen: list[Probe], record: dict[str, object],
+            runs: list[dict[str, object]]) -> None:
+    for kind in CLUSTERS:
+        first = CLUSTERS[kind][0]
+        sh(bed, first, "mariadb -e 'CREATE DATABASE IF NOT EXISTS sbtest; CREATE DATABASE IF NOT EXISTS bench'")
+        sh(bed, first, f"sysbench oltp_write_only --db-driver=mysql --mysql-socket={SOCKET} --mysql-user=root "
+                       "--mysql-db=sbtest --tables=4 --table-size=10000 --threads=4 prepare >/dev/null")
+        for probe in chosen:
+            bed.put_file(first, f"/root/probe-{probe.key}.sql", probe_script(probe))
+    # The program's nodes log to the journal; the handshake lines come early, before the SSTs' many lines.
+    log = sh(bed, "t1", "{ cat /var/log/mysql/error.log; journalctl -u mariadb --no-pager -q; } 2>/dev/null "
+                        "| grep -i 'cipher' | tail -n 50; true")
+    record["galera_ciphers"] = sorted(set(_CIPHER.findall(log)))
+    print("Galera TLS ciphers seen on t1:", record["galera_ciphers"], flush=True)
+
+    def rounds(part: str, count: int, one: Callable[[str], dict[str, object]], line: Callable[[dict], str]) -> None:
+        for rnd in range(count):
+            for kind in alternate(rnd):
+                res = one(kind)
+                load = open("/proc/loadavg").read().split()[0]
+                runs.append({"part": part, "round": rnd, "variant": kind, **res, "load1": load})
+                print(f"{part} round {rnd + 1}/{count} {kind:<5} {line(res)}  load {load}", flush=True)
+
+    for threads in (int(t) for t in args.threads.split(",") if t):
+        for kind in CLUSTERS:
+            run(bed, kind, threads, 5)  # warm-up
+        rounds(f"wo-{threads}t", args.rounds, lambda kind, t=threads: run(bed, kind, t, args.seconds),
+               lambda r: f"{r['tps']:8.1f} tx/s {r['cpu_per_1k']:.3f} CPU-s/1k tx (3 nodes)")
+    for probe in chosen:
+        for kind in CLUSTERS:
+            run_probe(bed, kind, Probe(probe.key, max(1, probe.transactions // 10), probe.row_bytes))  # warm-up
+        rounds(f"probe-{probe.key}", args.rounds, lambda kind, p=probe: run_probe(bed, kind, p),
+               lambda r: f"{r['seconds']:7.2f} s {r['tps']:8.1f} tx/s {r['mb_per_s']:7.2f} MB/s "
+                         f"{r['cpu_per_1k']:.3f} CPU-s/1k tx (3 nodes)")
+    if args.sst_mb > 0:
+        for kind in CLUSTERS:
+            print(f"loading {args.sst_mb} MB into cluster {kind} for the SST part", flush=True)
+            load_for_sst(bed, kind, args.sst_mb)
+        rounds("sst", args.sst_rounds, lambda kind: run_sst(bed, kind),
+               lambda r: f"SST and join {r['seconds']:7.1f} s, datadir {r['datadir_bytes'] / 1e6:.0f} MB "
+                         f"({r['mb_per_s']:.1f} MB/s)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=int, default=12)
+    parser.add_argument("--threads", default="1,4,16", help="sysbench thread counts; empty for none")
+    parser.add_argument("--probes", default="small,large", help="of small (100 B rows), large (64 KiB rows); "
+                                                               "empty for none")
+    parser.add_argument("--small", type=int, default=1000, help="transactions of the 100 B probe")
+    parser.add_argument("--large", type=int, default=150, help="transactions of the 64 KiB probe")
+    parser.add_argument("--sst-mb", type=int, default=0, help="MB loaded for the SST part (0: no SST part)")
+    parser.add_argument("--sst-rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "in_transit.json")
+    args = parser.parse_args()
+    probes = {"small": Probe("small", args.small, 100), "large": Probe("large", args.large, 64 * 1024)}
+    chosen = [probes[p] for p in args.probes.split(",") if p]
+    record: dict[str, object] = {"machine_start": machine(), "goal_ratio": 0.90,
+                                 "command": " ".join(sys.argv), "seconds": args.seconds,
+                                 "rounds": args.rounds, "probes": [p.__dict__ for p in chosen]}
+    runs: list[dict[str, object]] = []
+    hosts = [*CLUSTERS["plain"], *CLUSTERS["tls"]]
+    with Testbed(hosts, settings=Settings.from_env(), repo_packages=BENCH_PACKAGES) as bed:
+        bed.boot()
+        # The KMS stays up for the whole run: a joiner's start (SST part) unwraps the key first.
+        with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
+            for kind in CLUSTERS:
+                print(f"deploying cluster {kind} by the program's plan", flush=True)
+                t0 = time.monotonic()
+                install_cluster(bed, kms, kind)
+                print(f"cluster {kind} up in {time.monotonic() - t0:.0f} s", flush=True)
+            try:
+                measure(bed, args, chosen, record, runs)
+            finally:  # what was measured is kept, also when a later part fails
+                record.update({"machine_end": machine(), "runs": runs})
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(record, indent=1) + "\n")
+    record["summary"] = summarize(runs)
     args.json.write_text(json.dumps(record, indent=1) + "\n")
     print(f"raw runs: {args.json}")
     return 0

@@ -7,7 +7,7 @@ Per JSON file, two figures:
 - ``<stem>-cpu.png``: the same for mariadbd CPU-seconds per transaction (the goal line mirrored above 1);
 - ``<stem>-rounds.png``: throughput of every run in round order per variant, so drift and pairing show.
 
-    python bench/plots.py [docs/benchmarks/at_rest.json …] [--out DIR]
+    python -m bench.plots [docs/benchmarks/at_rest.json …] [--out DIR]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--goal", type=float, default=None,
                         help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
     args = parser.parse_args()
-    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json"]
+    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json", BENCH_DIR / "in_transit_probes.json"]
     for path in args.json or [p for p in default if p.is_file()]:
         data = json.loads(path.read_text())
         out = args.out or path.parent

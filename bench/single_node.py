@@ -1,18 +1,23 @@
-"""Several MariaDB servers side by side on one testbed host, each under a variant of a node's exact config.
+"""Several MariaDB servers side by side on one testbed host, each under a variant of a deployed node's config.
 
-Each variant is its own ``mariadbd`` with its own datadir, initialised under that variant's config (so an
-encrypted variant's system tables are born encrypted, as on a node, and a cipher change gets a fresh
-datadir). All of them run at once and stay warm; a benchmark loads one at a time, so switching A to B
-costs no restart and pairs can alternate quickly.
+The host is first a one-node cluster deployed by the program's own plan (``rehearsal/runner``: the
+same puts, install, bootstrap, config, pre-flight and roll as any node), so the config files are the
+ones the program rendered and placed, read back from the host. Its own server is then stopped and
+those files moved out of ``/etc/mysql/mariadb.conf.d`` (Debian's my.cnf would otherwise give every
+server the encryption file), and each variant runs its own ``mariadbd`` with its own datadir,
+initialised under that variant's config (an encrypted variant's system tables are born encrypted, as
+on a node, and a cipher change gets a fresh datadir). All of them run at once and stay warm; a
+benchmark loads one at a time, so switching A to B costs no restart and pairs can alternate quickly.
 
-A variant's config file is, in this order: Debian's own my.cnf (read first, as on a node), the node's
-``91-mariadb-kms-node.cnf`` and (unless plain) ``90-mariadb-kms-encryption.cnf`` as the program renders
-them (``components/mycnf.py``), then the variant's flag changes, then what lets several servers share a
-host (datadir, socket, port, Galera's listen port, gcache file) and the buffer pool size of the run. Each
-server is a one-node Galera cluster (``--wsrep-new-cluster``), so wsrep's commit path is measured too.
+A variant's config (``variant_config``) is, in this order: Debian's own my.cnf (read first, as on a
+node), the node's ``91-mariadb-kms-node.cnf`` and (unless plain) ``90-mariadb-kms-encryption.cnf``
+exactly as deployed, then the variant's flag changes, then what lets several servers share a host
+(datadir, socket, port, Galera's listen port and gcache directory, each edited into the node's own
+``wsrep_provider_options``) and the buffer pool size of the run. Each server is a one-node Galera
+cluster (``--wsrep-new-cluster``), so wsrep's commit path is measured too.
 
-The key: random 32 bytes in the keyfile the unwrap unit would write (``id;hex``, 0600, mysql), because
-unwrapping costs time once per start, never per transaction.
+The key: random 32 bytes in the keyfile the unwrap unit writes (``id;hex``, 0600, mysql), put there after
+the node's own server stopped, because unwrapping costs time once per start, never per transaction.
 """
 
 from __future__ import annotations
@@ -24,22 +29,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from components.config import ClusterConfig, NodeConfig, parse_config
-from components.mycnf import provider_options, render_mycnf
-from components.node_files import KEYFILE_PATH, MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH, RUNTIME_DIR
+from components.node_files import KEYFILE_PATH, MYCNF_DIR, MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH, RUNTIME_DIR
+from rehearsal.mariadb_on_host import stop, tmp_on_disk
 from rehearsal.pkgrepo import REPO_PACKAGES
 from rehearsal.testbed import Testbed, TestbedError
 
 BENCH_PACKAGES = (*REPO_PACKAGES, "sysbench")
 CONF_DIR = "/etc/mariadb-kms-bench"
+RENDERED_DIR = f"{CONF_DIR}/rendered"  # the program's files, moved out of Debian's include directory
 DATA_ROOT = "/var/lib/mariadb-kms-bench"
 RUN_ROOT = "/run/mariadb-kms-bench"
-ADMIN_ROLE = "arn:aws:iam::123456789012:role/kms-admin"
-# The testbed reaches hosts through nsenter; the config only needs a well-formed pin.
-DUMMY_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmAzJ0x7dGVzdGJlZCBkdW1teSBob3N0IGtleSEhISE="
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _TX = re.compile(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec")
 _ELAPSED = re.compile(r"total time:\s+([\d.]+)s")
+_PROVIDER_LINE = re.compile(r'^\s*wsrep_provider_options\s*=\s*"?([^"\n]*)"?\s*$', re.M)
 
 
 @dataclass(frozen=True)
@@ -57,32 +60,68 @@ class RunResult:
     cpu_seconds: float  # mariadbd user+system time during the run
 
 
-def bench_cluster_config(members: Mapping[str, str], **changes: object) -> ClusterConfig:
-    """The stack config of an on-prem cluster of ``members`` (name: address); every other key at its default."""
-    raw = {
-        "keyAdmins": [ADMIN_ROLE],
-        "clusterName": "mariadb-kms-bench",
-        "onPremNodes": [{"name": name, "address": address, "sshUser": "root", "hostKey": DUMMY_HOST_KEY}
-                        for name, address in members.items()],
-        **changes,
-    }
-    return parse_config(raw, stack="bench", region="us-east-1")
+def provider_options(node_cnf: str) -> dict[str, str]:
+    """The ``wsrep_provider_options`` the node's rendered file sets (the last one, as the server reads it)."""
+    found = _PROVIDER_LINE.findall(node_cnf)
+    if not found:
+        raise ValueError("the node's config sets no wsrep_provider_options")
+    out: dict[str, str] = {}
+    for item in found[-1].split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def variant_config(node_cnf: str, encryption_cnf: str, variant: Variant, *, index: int,
+                   buffer_pool: str) -> str:
+    """The config file of ``variant``: the node's rendered files, the variant's changes, what sharing a host needs.
+
+    ``index`` sets the variant's ports. Galera's options are the node's own with only the listen address,
+    IST receiver and gcache directory moved, so gcache size and recovery stay as rendered.
+    """
+    name = variant.name
+    options = provider_options(node_cnf)
+    options["gmcast.listen_addr"] = f"tcp://127.0.0.1:{4600 + 10 * index}"
+    options["ist.recv_addr"] = f"127.0.0.1:{4601 + 10 * index}"
+    options["gcache.dir"] = f"{RUN_ROOT}/{name}"
+    parts = [node_cnf]
+    if variant.encrypted:
+        parts.append(encryption_cnf)
+    lines = [f"{k} = {v}" for k, v in variant.changes.items()]
+    lines += [
+        "# several servers on one host",
+        f"datadir = {DATA_ROOT}/{name}",
+        f"socket = {socket_path(name)}",
+        f"pid_file = {RUN_ROOT}/{name}.pid",
+        f"port = {3310 + index}",
+        "bind_address = 127.0.0.1",
+        "wsrep_cluster_address = gcomm://",
+        "wsrep_node_address = 127.0.0.1",
+        "wsrep_provider_options = \"" + "; ".join(f"{k}={v}" for k, v in options.items()) + "\"",
+        f"log_error = /var/log/mysql/bench-{name}.err",
+        f"innodb_buffer_pool_size = {buffer_pool}",
+    ]
+    parts.append(f"[mariadb]\n# variant {name}\n" + "\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def socket_path(name: str) -> str:
+    return f"{RUN_ROOT}/{name}.sock"
 
 
 class SideBySide:
-    """The servers of ``variants`` on testbed host ``host``."""
+    """The servers of ``variants`` on testbed host ``host``, a node the program's plan deployed."""
 
-    def __init__(self, bed: Testbed, host: str, variants: Sequence[Variant], *, cluster: ClusterConfig,
-                 buffer_pool: str = "64M") -> None:
+    def __init__(self, bed: Testbed, host: str, variants: Sequence[Variant], *, buffer_pool: str = "64M") -> None:
         self.bed = bed
         self.host = host
         self.variants = {v.name: v for v in variants}
         self.index = {v.name: i for i, v in enumerate(variants)}
-        self.cluster = cluster
-        self.node: NodeConfig = cluster.nodes[0]
-        self.address = bed.hosts[host].address
         self.buffer_pool = buffer_pool
         self.pids: dict[str, int] = {}
+        self.node_cnf = ""
+        self.encryption_cnf = ""
 
     # ---------------------------------------------------------------- install and start
 
@@ -93,47 +132,27 @@ class SideBySide:
                                f"{result.stderr[-2000:]}")
         return result.stdout
 
-    def install(self) -> None:
+    def take_over(self) -> None:
+        """The deployed node's server stopped, its rendered files read and set aside; sysbench and a key added."""
+        self.node_cnf = self.bed.read_file(self.host, MYCNF_NODE_PATH).decode()
+        self.encryption_cnf = self.bed.read_file(self.host, MYCNF_ENCRYPTION_PATH).decode()
+        stop(self.bed, self.host, timeout=300)
+        self.sh("systemctl mask mariadb >/dev/null 2>&1; systemctl mask --now mariadb.socket "
+                "mariadb-extra.socket >/dev/null 2>&1; true")
+        self.sh(f"install -d {RENDERED_DIR} && mv {MYCNF_DIR}/*mariadb-kms*.cnf {RENDERED_DIR}/")
         self.sh("export DEBIAN_FRONTEND=noninteractive; apt-get -q update >/dev/null && "
-                "apt-get -q -y install mariadb-server galera-4 mariadb-client sysbench >/dev/null && "
-                "systemctl disable --now mariadb >/dev/null 2>&1; systemctl mask --now mariadb.socket "
-                "mariadb-extra.socket >/dev/null 2>&1; true", timeout=900)
-        # systemd-nspawn puts a tmpfs on /tmp; a node's /tmp (MariaDB's tmpdir) is on disk.
-        self.sh("if [ \"$(findmnt -n -o FSTYPE /tmp)\" = tmpfs ]; then umount /tmp; fi")
+                "apt-get -q -y install sysbench >/dev/null", timeout=900)
+        tmp_on_disk(self.bed, self.host)
         self.bed.exec(self.host, ["install", "-d", "-m", "0750", "-o", "mysql", "-g", "mysql", RUNTIME_DIR],
                       check=True)
         self.bed.put_file(self.host, KEYFILE_PATH, f"1;{secrets.token_hex(32)}\n", 0o600, "mysql:mysql")
 
     def config_text(self, variant: Variant) -> str:
-        i = self.index[variant.name]
-        files = render_mycnf(self.node, self.cluster, node_address=self.address, member_addresses=[self.address],
-                             key_arn=None)
-        options = dict(provider_options(self.node, self.cluster, node_address="127.0.0.1"))
-        options["gmcast.listen_addr"] = f"tcp://127.0.0.1:{4600 + 10 * i}"
-        options["ist.recv_addr"] = f"127.0.0.1:{4601 + 10 * i}"
-        options["gcache.dir"] = f"{RUN_ROOT}/{variant.name}"
-        parts = [files[MYCNF_NODE_PATH]]
-        if variant.encrypted:
-            parts.append(files[MYCNF_ENCRYPTION_PATH])
-        lines = [f"{k} = {v}" for k, v in variant.changes.items()]
-        lines += [
-            "# several servers on one host",
-            f"datadir = {DATA_ROOT}/{variant.name}",
-            f"socket = {self.socket(variant.name)}",
-            f"pid_file = {RUN_ROOT}/{variant.name}.pid",
-            f"port = {3310 + i}",
-            "bind_address = 127.0.0.1",
-            "wsrep_cluster_address = gcomm://",
-            "wsrep_node_address = 127.0.0.1",
-            "wsrep_provider_options = \"" + "; ".join(f"{k}={v}" for k, v in options.items()) + "\"",
-            f"log_error = /var/log/mysql/bench-{variant.name}.err",
-            f"innodb_buffer_pool_size = {self.buffer_pool}",
-        ]
-        parts.append(f"[mariadb]\n# variant {variant.name}\n" + "\n".join(lines) + "\n")
-        return "\n".join(parts)
+        return variant_config(self.node_cnf, self.encryption_cnf, variant, index=self.index[variant.name],
+                              buffer_pool=self.buffer_pool)
 
     def socket(self, name: str) -> str:
-        return f"{RUN_ROOT}/{name}.sock"
+        return socket_path(name)
 
     def conf_path(self, name: str) -> str:
         return f"{CONF_DIR}/{name}.cnf"

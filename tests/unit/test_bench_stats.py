@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import stats
+from bench import stats
 
 
 def test_pair_ratios_are_per_round() -> None:
@@ -81,15 +77,24 @@ def test_cpu_per_thousand_transactions() -> None:
 def test_at_rest_variants_add_one_flag_group_at_a_time_and_default_is_the_programs_file() -> None:
     from types import SimpleNamespace
 
-    import at_rest
-    from single_node import SideBySide, bench_cluster_config
+    from bench import at_rest
+    from bench.single_node import SideBySide
+    from components.config import parse_config
+    from components.mycnf import ENCRYPTION_FLAGS_ON, render_mycnf
+    from components.node_files import MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH
 
-    from components.mycnf import ENCRYPTION_FLAGS_ON, render_encryption_cnf
-
-    cluster = bench_cluster_config({"bench": "10.0.0.5"}, tlsReplication=False, tlsSst=False, tlsClients=False,
-                                   requireSecureTransport=False)
+    host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmAzJ0x7dGVzdGJlZCBkdW1teSBob3N0IGtleSEhISE="
+    cluster = parse_config({"keyAdmins": ["arn:aws:iam::123456789012:role/kms-admin"],
+                            "onPremNodes": [{"name": "bench", "address": "10.0.0.5", "sshUser": "root",
+                                             "hostKey": host_key}],
+                            "tlsReplication": False, "tlsSst": False, "tlsClients": False,
+                            "requireSecureTransport": False}, stack="bench", region="us-east-1")
+    files = render_mycnf(cluster.nodes[0], cluster, node_address="10.0.0.5", member_addresses=["10.0.0.5"],
+                         key_arn=None)
     bed = SimpleNamespace(hosts={"bench": SimpleNamespace(address="10.0.0.5")})
-    servers = SideBySide(bed, "bench", at_rest.VARIANTS, cluster=cluster)  # type: ignore[arg-type]
+    servers = SideBySide(bed, "bench", at_rest.VARIANTS)  # type: ignore[arg-type]
+    # What take_over reads back from a deployed node: the files the program rendered.
+    servers.node_cnf, servers.encryption_cnf = files[MYCNF_NODE_PATH], files[MYCNF_ENCRYPTION_PATH]
 
     def flags_on(name: str) -> set[str]:
         variant = next(v for v in at_rest.VARIANTS if v.name == name)
@@ -97,7 +102,7 @@ def test_at_rest_variants_add_one_flag_group_at_a_time_and_default_is_the_progra
         if not variant.encrypted:
             assert "file_key_management" not in text
             return set()
-        assert render_encryption_cnf(cluster, key_arn=None) in text  # the program's file, whole
+        assert files[MYCNF_ENCRYPTION_PATH] in text  # the program's file, whole
         return {f for f in ENCRYPTION_FLAGS_ON if f"{f} = OFF" not in text}
 
     assert flags_on("plain") == set()

@@ -1,0 +1,117 @@
+"""The pure parts of the benchmarks: variant configs derived from a node's rendered files, the encryption
+progress read from InnoDB's view, the probe scripts; each against known answers and a case that must fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import encrypt_existing as ee
+from bench import in_transit
+from bench.single_node import Variant, provider_options, variant_config
+
+NODE_CNF = """[mariadb]
+wsrep_on = ON
+wsrep_provider_options = "gmcast.listen_addr=tcp://10.0.0.5:4567; gmcast.segment=1; gcache.dir=/run/galera; \
+gcache.size=64M; gcache.recover=no"
+datadir = /var/lib/mysql
+"""
+ENC_CNF = "[mariadb]\nplugin_load_add = file_key_management\ninnodb_encrypt_tables = FORCE\n"
+
+
+def test_provider_options_are_the_rendered_ones() -> None:
+    assert provider_options(NODE_CNF) == {
+        "gmcast.listen_addr": "tcp://10.0.0.5:4567", "gmcast.segment": "1", "gcache.dir": "/run/galera",
+        "gcache.size": "64M", "gcache.recover": "no",
+    }
+
+
+def test_provider_options_take_the_last_line_as_the_server_does() -> None:
+    text = NODE_CNF + 'wsrep_provider_options = "gcache.size=1G"\n'
+    assert provider_options(text) == {"gcache.size": "1G"}
+
+
+def test_provider_options_refuse_a_config_without_them() -> None:
+    with pytest.raises(ValueError, match="no wsrep_provider_options"):
+        provider_options("[mariadb]\nwsrep_on = ON\n")
+
+
+def test_plain_variant_leaves_out_the_encryption_file_and_keeps_the_node_file() -> None:
+    text = variant_config(NODE_CNF, ENC_CNF, Variant("plain", encrypted=False), index=0, buffer_pool="64M")
+    assert text.startswith(NODE_CNF)
+    assert "file_key_management" not in text
+    encrypted = variant_config(NODE_CNF, ENC_CNF, Variant("default", encrypted=True), index=0, buffer_pool="64M")
+    assert "plugin_load_add = file_key_management" in encrypted  # control: the same call does include it
+
+
+def test_variant_moves_only_what_sharing_a_host_needs() -> None:
+    text = variant_config(NODE_CNF, ENC_CNF, Variant("cbc", True, {"innodb_encrypt_log": "OFF"}), index=2,
+                          buffer_pool="32M")
+    options = provider_options(text)
+    assert options["gmcast.listen_addr"] == "tcp://127.0.0.1:4620"
+    assert options["ist.recv_addr"] == "127.0.0.1:4621"
+    assert options["gcache.dir"].endswith("/cbc")
+    assert (options["gcache.size"], options["gcache.recover"], options["gmcast.segment"]) == ("64M", "no", "1")
+    tail = text.split("# variant cbc", 1)[1]
+    assert "innodb_encrypt_log = OFF" in tail and "port = 3312" in tail and "innodb_buffer_pool_size = 32M" in tail
+    assert tail.index("innodb_encrypt_log") < tail.index("datadir")  # the variant's change comes before the host's
+
+
+def _space(name: str, min_kv: int, page: int | None = None, rotating: bool = False) -> ee.Space:
+    return ee.Space(name, 1, min_kv, page, 100 if page is not None else None, rotating)
+
+
+def test_parse_spaces_reads_mariadb_batch_output_with_nulls() -> None:
+    text = "existing/t0\t1\t1\tNULL\tNULL\t0\nexisting/t1\t1\t0\t37\t400\t1\n"
+    assert ee.parse_spaces(text) == [ee.Space("existing/t0", 1, 1, None, None, False),
+                                     ee.Space("existing/t1", 1, 0, 37, 400, True)]
+
+
+def test_progress_counts_done_spaces_whole_and_rotating_ones_to_their_page() -> None:
+    sizes = {"existing/t0": 1_000_000, "existing/t1": 1_000_000}
+    spaces = [_space("existing/t0", 1), _space("existing/t1", 0, page=10, rotating=True)]
+    assert ee.progress(spaces, sizes, encrypt=True) == (1_000_000 + 10 * ee.PAGE, False)
+
+
+def test_progress_encrypting_is_complete_only_when_every_space_is_encrypted_and_settled() -> None:
+    sizes = {"existing/t0": 5, "existing/t1": 7}
+    assert ee.progress([_space("existing/t0", 1), _space("existing/t1", 1)], sizes, encrypt=True) == (12, True)
+    # Controls: one space missing from the view, one still flushing, one not yet at key version 1.
+    assert ee.progress([_space("existing/t0", 1)], sizes, encrypt=True)[1] is False
+    assert ee.progress([_space("existing/t0", 1), _space("existing/t1", 1, rotating=True)], sizes,
+                       encrypt=True)[1] is False
+    assert ee.progress([_space("existing/t0", 1), _space("existing/t1", 0)], sizes, encrypt=True)[1] is False
+
+
+def test_progress_decrypting_counts_spaces_without_crypt_data_as_plain() -> None:
+    sizes = {"existing/t0": 5, "existing/t1": 7}
+    assert ee.progress([_space("existing/t0", 0)], sizes, encrypt=False) == (12, True)
+    assert ee.progress([_space("existing/t0", 1)], sizes, encrypt=False) == (7, False)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 1000, 32_000, 32_768])
+def test_doubling_limits_reach_exactly_the_row_count(rows: int) -> None:
+    limits = ee.doubling_limits(rows)
+    assert 1 + sum(limits) == rows
+    count = 1
+    for n in limits:  # a pass can copy at most the rows already there
+        assert 0 < n <= count
+        count += n
+
+
+def test_dd_rate_reads_gnu_dd_and_refuses_other_output() -> None:
+    out = "1024+0 records in\n1024+0 records out\n1073741824 bytes (1.1 GB, 1.0 GiB) copied, 4.0 s, 268 MB/s\n"
+    assert ee.dd_rate(out) == pytest.approx(1073741824 / 4.0 / 1e6)
+    with pytest.raises(ValueError, match="no dd summary"):
+        ee.dd_rate("dd: failed to open 'x': No space left on device\n")
+
+
+def test_probe_script_is_one_autocommit_insert_per_transaction() -> None:
+    script = in_transit.probe_script(in_transit.Probe("large", 3, 65536))
+    lines = script.splitlines()
+    assert len(lines) == 3 and all(line == lines[0] for line in lines)
+    assert "REPEAT('x', 65536)" in lines[0] and "bench.large" in lines[0]
+    assert "BEGIN" not in script.upper() and "COMMIT" not in script.upper()
+
+
+def test_rounds_alternate_the_order() -> None:
+    assert [in_transit.alternate(r) for r in range(4)] == [("plain", "tls"), ("tls", "plain")] * 2
