@@ -149,6 +149,22 @@ class Host:
         return f"/run/netns/{self.machine}"
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_INSTANCES_WANTED = 1024
+
+
+def raise_inotify_instances(path: Path = INOTIFY_INSTANCES, wanted: int = INOTIFY_INSTANCES_WANTED) -> int:
+    """Every host's systemd (and its journald, udev-less units, logind) takes inotify instances from
+    the machine's one per-user budget; the kernel's default of 128 ran out with about 20 hosts up
+    ("Too many open files" at boot). Raised for this boot of the machine only, never lowered."""
+    current = int(path.read_text().strip())
+    if current < wanted:
+        path.write_text(f"{wanted}\n")
+        say(f"fs.inotify.max_user_instances raised from {current} to {wanted} for the testbed's hosts")
+        return wanted
+    return current
+
+
 class Testbed:
     """Hosts, their network and the package repository; a context manager that always cleans up."""
 
@@ -223,6 +239,7 @@ class Testbed:
         # One testbed per prefix at a time; a second one in the same process needs another prefix and subnet.
         self._lock.enter_context(file_lock(self.run_dir.with_suffix(".lock"), f"testbed {self.settings.prefix}"))
         cleanup(self.settings)
+        raise_inotify_instances()
         self.rootfs = self.rootfs or ensure_bare_rootfs()
         repo_dir = ensure_repo(ensure_bare_rootfs(), self.repo_packages)
         with phase(f"testbed network {self.settings.bridge} {self.settings.bridge_address}/{self.subnet_bits}"):
