@@ -130,6 +130,14 @@ class ClusterConfig:
     jump_host: JumpHost | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
     decommission_data: str = "keep"  # keep | wipe
+    ssh_next_authorized_key: str | None = None  # accepted besides ssh_authorized_key during a rotation
+
+    @property
+    def login_keys(self) -> tuple[str, ...]:
+        """The public keys the login user accepts on every node (the current one first); empty: unmanaged."""
+        if self.ssh_authorized_key is None:
+            return ()
+        return tuple(k for k in (self.ssh_authorized_key, self.ssh_next_authorized_key) if k)
 
     @property
     def nodes(self) -> tuple[NodeConfig, ...]:

@@ -323,6 +323,11 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     authorized = (v["sshAuthorizedKey"] or "").strip() or None
     if ec2 and authorized is None:
         c.missing("sshAuthorizedKey", "the public half of the login key (ec2Nodes is not empty)")
+    next_key = (v["sshNextAuthorizedKey"] or "").strip() or None
+    if next_key is not None and authorized is None:
+        c.bad("sshNextAuthorizedKey", next_key, "no value unless sshAuthorizedKey is set (the key accepted now)")
+    elif next_key is not None and authorized is not None and next_key.split()[:2] == authorized.split()[:2]:
+        c.bad("sshNextAuthorizedKey", next_key, "a key other than sshAuthorizedKey (the next login key)")
 
     leaving = [(p, n.name) for p, n in ec2 if n.decommission] + [(p, n.name) for p, n in onprem if n.decommission]
     staying = [n for n in names if n not in {name for _, name in leaving}]
@@ -391,4 +396,5 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         tls=tls,
         jump_host=jump_host,
         decommission_data=str(v["decommissionData"]),
+        ssh_next_authorized_key=next_key,
     )

@@ -359,7 +359,18 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "sshAuthorizedKey",
         "string",
-        "Public half of the login key (sshPrivateKey or the agent's), installed on EC2 nodes.",
+        "Public half of the login key (sshPrivateKey or the agent's): placed by EC2 first boot, and kept in the "
+        "login user's authorized_keys on every node (EC2 and on-prem) by the login-keys step. Empty: that step "
+        "is left out and on-prem login keys are the administrator's.",
+        default="",
+        check=checks.login_key,
+    ),
+    ConfigKey(
+        "sshNextAuthorizedKey",
+        "string",
+        "A second public key the login user accepts, for a login-key rotation in two `pulumi up`s: set it "
+        "(the nodes accept both keys), then move sshPrivateKey and sshAuthorizedKey to the new pair and unset "
+        "it (the old key is removed). Needs sshAuthorizedKey; docs/runbooks/credentials.md.",
         default="",
         check=checks.login_key,
     ),
