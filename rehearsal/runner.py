@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import subprocess
 import threading
 import time
@@ -125,6 +126,10 @@ def host_key(testbed: Testbed, name: str) -> str:
 # --------------------------------------------------------------------------
 
 
+_TLS_TYPES = frozenset({Types.TLS_PRIVATE_KEY, Types.TLS_SELF_SIGNED_CERT, Types.TLS_CERT_REQUEST,
+                        Types.TLS_LOCALLY_SIGNED_CERT})
+
+
 class LastingMocks(EmulatedMocks):
     """The emulator's mocks, keeping what they made across recordings, as a stack's state does.
 
@@ -155,6 +160,14 @@ class LastingMocks(EmulatedMocks):
 
     def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
         return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
+
+    def computed(self, typ: str, name: str, inputs: dict[str, Any]) -> Computed:
+        # A pulumi-tls key or certificate whose inputs did not change keeps its outputs (every input of
+        # those types replaces), so a second recording installs the same certificates: what the engine does.
+        if typ not in _TLS_TYPES:
+            return super().computed(typ, name, inputs)
+        given = json.dumps(inputs, sort_keys=True, default=str)
+        return self._keep(f"{typ}\0{given}", name, lambda: super(LastingMocks, self).computed(typ, name, inputs))
 
 
 @dataclass

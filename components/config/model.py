@@ -105,6 +105,13 @@ class TlsConfig:
     validity_days: int = default_of("tlsValidityDays")
     early_renewal_days: int = default_of("tlsEarlyRenewalDays")
     ca_validity_days: int = default_of("tlsCaValidityDays")
+    ca_generation: int = default_of("tlsCaGeneration")  # the CA key that issues node certificates
+    ca_other_generation: int = default_of("tlsCaOtherGeneration")  # also trusted during a CA rotation; 0: none
+
+    @property
+    def ca_generations(self) -> tuple[int, ...]:
+        """Every CA generation the nodes trust, the issuing one first."""
+        return (self.ca_generation, *((self.ca_other_generation,) if self.ca_other_generation else ()))
 
     @property
     def any_channel(self) -> bool:

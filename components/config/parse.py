@@ -160,6 +160,9 @@ def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
         c.bad("requireSecureTransport", True, "false when tlsClients is false (no client could connect over TCP)")
     elif v["requireSecureTransport"] is False and v["tlsClients"]:
         c.warnings.append("requireSecureTransport is false: clients may still connect without TLS")
+    if v["tlsCaOtherGeneration"] and v["tlsCaOtherGeneration"] == v["tlsCaGeneration"]:
+        c.bad("tlsCaOtherGeneration", v["tlsCaOtherGeneration"],
+              "0 or a generation other than tlsCaGeneration (the CA trusted beside it during a rotation)")
     return TlsConfig(
         replication=bool(v["tlsReplication"]),
         sst=bool(v["tlsSst"]),
@@ -168,6 +171,8 @@ def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
         validity_days=int(v["tlsValidityDays"]),
         early_renewal_days=int(v["tlsEarlyRenewalDays"]),
         ca_validity_days=int(v["tlsCaValidityDays"]),
+        ca_generation=int(v["tlsCaGeneration"]),
+        ca_other_generation=int(v["tlsCaOtherGeneration"]),
     )
 
 

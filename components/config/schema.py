@@ -436,6 +436,24 @@ SCHEMA: tuple[ConfigKey, ...] = (
         bounds=Bounds(3, 36500, above="tlsValidityDays"),
     ),
     ConfigKey(
+        "tlsCaGeneration",
+        "integer",
+        "Generation of the cluster CA key that issues node certificates ({range}). A new generation is a new CA "
+        "key: rotate with tlsCaOtherGeneration, one stage per `pulumi up` (docs/runbooks/credentials.md).",
+        default=1,
+        bounds=Bounds(1, 99),
+    ),
+    ConfigKey(
+        "tlsCaOtherGeneration",
+        "integer",
+        "A second CA generation every node trusts besides tlsCaGeneration during a CA rotation ({range}; unset: "
+        "none). Stages, one `pulumi up` each: set it to the new generation (both trusted); swap the two (node "
+        "certificates from the new CA); unset it (the old CA dropped). Each stage reloads one node at a time "
+        "without a restart.",
+        default=0,
+        bounds=Bounds(0, 99),
+    ),
+    ConfigKey(
         "sshJumpHost",
         None,
         "Optional bastion every SSH connection goes through: {fields}; its host key is pinned too.",

@@ -482,6 +482,7 @@ EVERY_ERROR: list[tuple[str, dict[str, Any]]] = [
     ("dev", with_(sshAuthorizedKey="ssh-rsa AAAA")),
     ("dev", with_(ec2Nodes=..., vpcId=..., amiId=..., sshAuthorizedKey=..., sshNextAuthorizedKey=KEYS["ssh-rsa"])),
     ("dev", with_(sshNextAuthorizedKey=AUTH_KEY + " again")),
+    ("dev", with_(tlsCaGeneration=3, tlsCaOtherGeneration=3)),
     ("dev", with_(ec2Nodes=..., onPremNodes=onprem(decommission=True))),
     ("dev", with_(ec2Nodes=ec2(decommission=True), onPremNodes=onprem(), bootstrapNode="aws-a")),
 ]
