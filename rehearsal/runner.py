@@ -285,6 +285,21 @@ def changed_commands(old: Program, new: Program) -> list[str]:
     return [c.name for c in new.commands if c.name not in before or shape(before[c.name]) != shape(c)]
 
 
+def engine_runs(base: Program, head: Program) -> list[str]:
+    """The remote commands a `pulumi up` from ``base`` (the state) to ``head`` runs, by the engine's rules
+    (``rehearsal/engine_rules``: create, update or replace with a script to run), in ``head``'s order."""
+    from rehearsal.engine_rules import plan_changes, remote_runs
+
+    running = set()
+    for change in plan_changes(base.recording, head.recording):
+        if change.type != Types.REMOTE_COMMAND or change.action == "delete":
+            continue
+        res = head.recording.by_urn(change.urn)
+        if remote_runs(change, res):
+            running.add(res.name)
+    return [c.name for c in head.commands if c.name in running]
+
+
 # --------------------------------------------------------------------------
 # Carrying it out
 # --------------------------------------------------------------------------
@@ -331,6 +346,19 @@ class Deployment:
                 continue
             after = tuple(d for d in s.command.after if d not in done)
             chosen.append(dataclasses.replace(s, command=dataclasses.replace(s.command, after=after)))
+        result = replay(chosen, progress=self._progress(), timeout=timeout, run=self._run_one)
+        self._take(result)
+        return result.outcomes
+
+    def run_only(self, names: Sequence[str], timeout: float = 1800.0) -> list[Outcome]:
+        """Only these recorded commands, in the recorded order, each after those of them it waits for: what a
+        `pulumi up` runs when the engine found only them changed (``engine_rules``); raises on a failure."""
+        chosen_names = set(names)
+        for name in chosen_names:
+            self.program.command(name)
+        chosen = [dataclasses.replace(s, command=dataclasses.replace(
+            s.command, after=tuple(a for a in s.command.after if a in chosen_names)))
+            for s in self.program.sent if s.command.name in chosen_names]
         result = replay(chosen, progress=self._progress(), timeout=timeout, run=self._run_one)
         self._take(result)
         return result.outcomes

@@ -35,12 +35,10 @@ import paramiko
 import pytest
 
 from components.tls_material import CA_CERT_PATH
-from rehearsal.engine_rules import plan_changes, remote_runs
 from rehearsal.kms_server import KmsServer
 from rehearsal.mariadb_on_host import sql, wait_synced
-from rehearsal.recorder import Types
 from rehearsal.replay import Outcome, login_key, pinned_key, replay
-from rehearsal.runner import Deployment, Program, ProgramStack, deploy, onprem_config
+from rehearsal.runner import Deployment, Program, ProgramStack, deploy, engine_runs, onprem_config
 from rehearsal.stack import KeyPair, new_ed25519
 from rehearsal.testbed import Testbed
 from rehearsal.workload import DATABASE, PORT, BankWorkload, setup_sql
@@ -64,21 +62,9 @@ def logs_in(address: str, host_key: str, key: KeyPair) -> bool:
             transport.auth_publickey(LOGIN_USER, login_key(key.private_openssh))
         except paramiko.AuthenticationException:
             return False
-        return transport.is_authenticated()
+        return bool(transport.is_authenticated())
     finally:
         transport.close()
-
-
-def engine_runs(base: Program, head: Program) -> list[str]:
-    """The remote commands a `pulumi up` from ``base``'s state to ``head`` runs (create, update or replace)."""
-    out = []
-    for change in plan_changes(base.recording, head.recording):
-        if change.type != Types.REMOTE_COMMAND:
-            continue
-        res = head.recording.by_urn(change.urn) if change.action != "delete" else None
-        if res is not None and remote_runs(change, res):
-            out.append(res.name)
-    return out
 
 
 def up_over_ssh(head: Program, names: list[str]) -> list[Outcome]:
@@ -123,7 +109,7 @@ def ssl_connect(user: str, password: str, ca: Path) -> Any:
 
         return pymysql.connect(host=address, port=PORT, user=user, password=password, database=DATABASE,
                                autocommit=False, connect_timeout=5, read_timeout=10, write_timeout=10,
-                               ssl={"ca": str(ca)}, ssl_verify_cert=True, ssl_verify_identity=False)
+                               ssl_ca=str(ca), ssl_verify_cert=True)
 
     return connect
 
