@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from components.tls_material import CA_CERT_PATH, CERT_PATH
+from components.tls_material import CA_CERT_PATH, CERT_PATH, KEY_PATH
 from rehearsal.kms_server import KmsServer
 from rehearsal.mariadb_on_host import sql, wait_synced, wsrep_status
 from rehearsal.packet_capture import capture, read_streams
@@ -55,10 +55,11 @@ def mariadbd_pid(testbed: Testbed, host: str) -> str:
 def issuer_cn(testbed: Testbed, host: str, port: int) -> str:
     """The issuer CN of the certificate the node serves on ``port`` (its Galera port or, over the MySQL
     protocol's STARTTLS, its client port), read from a handshake on the node itself."""
-    starttls = ["-starttls", "mysql"] if port == PORT else []
-    shake = testbed.exec(host, ["sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} {' '.join(starttls)} "
-                                "</dev/null 2>/dev/null | openssl x509 -noout -issuer -nameopt RFC2253"],
-                         timeout=60)
+    starttls = "-starttls mysql" if port == PORT else ""
+    # Galera authenticates both ends: the node's own certificate is the client's.
+    shake = testbed.exec(host, ["sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} {starttls} "
+                                f"-cert {CERT_PATH} -key {KEY_PATH} </dev/null 2>/dev/null "
+                                "| openssl x509 -noout -issuer -nameopt RFC2253"], timeout=60)
     return shake.stdout.strip()
 
 
