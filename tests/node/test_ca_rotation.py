@@ -57,7 +57,8 @@ def issuer_cn(testbed: Testbed, host: str, port: int) -> str:
     protocol's STARTTLS, its client port), read from a handshake on the node itself."""
     starttls = "-starttls mysql" if port == PORT else ""
     # Galera authenticates both ends: the node's own certificate is the client's.
-    shake = testbed.exec(host, ["sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} {starttls} "
+    address = testbed.hosts[host].address  # Galera listens on the node's address
+    shake = testbed.exec(host, ["sh", "-c", f"openssl s_client -connect {address}:{port} {starttls} "
                                 f"-cert {CERT_PATH} -key {KEY_PATH} </dev/null 2>/dev/null "
                                 "| openssl x509 -noout -issuer -nameopt RFC2253"], timeout=60)
     return shake.stdout.strip()
