@@ -45,6 +45,7 @@ from components.plan.files import (
     restart_digest,
     seed_files,
 )
+from components.plan.order import login_keys_stdin
 from components.plan.steps import FileSpec, files_digest, put_payload
 from components.tls_material import tls_files
 from components.verification import Verification
@@ -181,6 +182,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 run_stamp=run_stamp,
                 version=version or None,
                 key_digest=key_digest,
+                login_keys=login_keys_stdin(cluster),
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],

@@ -11,6 +11,11 @@ Wiring only; names, SANs and lifetimes come from ``components/tls_material``.
   one node at a time. The CA certificate renews the same way, keeping its key
   and subject, so certificates under the old and the new CA certificate
   verify against either while the nodes roll over.
+- A new CA key is a new generation (``tlsCaGeneration``), rolled in three
+  stages: every node trusts both generations' certificates (one bundle file),
+  then gets a certificate from the new one, then trusts only the new one.
+  Each stage is a change of the node's TLS files, which the node path
+  installs and reloads one node at a time, without a restart.
 - Private keys live in secret state only. ``key_pem`` outputs are secret; the
   node path hands them to nodes on stdin.
 """
@@ -31,7 +36,9 @@ from components.tls_material import (
     KEY_CURVE,
     NODE_CERT_USES,
     Sans,
+    ca_bundle,
     ca_early_renewal_hours,
+    ca_resource_suffix,
     ca_subject,
     hours,
     node_sans,
@@ -68,27 +75,35 @@ class ClusterCa(pulumi.ComponentResource):
         super().__init__(COMPONENT_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm=KEY_ALGORITHM, ecdsa_curve=KEY_CURVE, opts=child)
-        subject = ca_subject(cluster_name, stack)
-        ca_cert = tls.SelfSignedCert(
-            f"{name}-ca-cert",
-            private_key_pem=ca_key.private_key_pem,
-            is_ca_certificate=True,
-            # Leaves only: nothing may chain through an intermediate below this root.
-            max_path_length=0,
-            allowed_uses=list(CA_CERT_USES),
-            subject=tls.SelfSignedCertSubjectArgs(
-                common_name=subject.common_name,
-                organization=subject.organization,
-                organizational_unit=subject.organizational_unit,
-            ),
-            validity_period_hours=hours(settings.ca_validity_days),
-            early_renewal_hours=ca_early_renewal_hours(settings),
-            # The key id follows the key, so a renewed CA certificate still matches old leaves' authority key id.
-            set_subject_key_id=True,
-            set_authority_key_id=True,
-            opts=child,
-        )
+        # One key and certificate per trusted generation; the first (tlsCaGeneration) issues.
+        cas: list[tuple[tls.PrivateKey, tls.SelfSignedCert]] = []
+        for generation in settings.ca_generations:
+            suffix = ca_resource_suffix(generation)
+            gen_key = tls.PrivateKey(
+                f"{name}-ca-key{suffix}", algorithm=KEY_ALGORITHM, ecdsa_curve=KEY_CURVE, opts=child
+            )
+            subject = ca_subject(cluster_name, stack, generation)
+            gen_cert = tls.SelfSignedCert(
+                f"{name}-ca-cert{suffix}",
+                private_key_pem=gen_key.private_key_pem,
+                is_ca_certificate=True,
+                # Leaves only: nothing may chain through an intermediate below this root.
+                max_path_length=0,
+                allowed_uses=list(CA_CERT_USES),
+                subject=tls.SelfSignedCertSubjectArgs(
+                    common_name=subject.common_name,
+                    organization=subject.organization,
+                    organizational_unit=subject.organizational_unit,
+                ),
+                validity_period_hours=hours(settings.ca_validity_days),
+                early_renewal_hours=ca_early_renewal_hours(settings),
+                # The key id follows the key, so a renewed CA certificate still matches old leaves' authority key id.
+                set_subject_key_id=True,
+                set_authority_key_id=True,
+                opts=child,
+            )
+            cas.append((gen_key, gen_cert))
+        ca_key, ca_cert = cas[0]
 
         self.certificates = {}
         for node_name, address in nodes.items():
@@ -122,7 +137,11 @@ class ClusterCa(pulumi.ComponentResource):
                 cert_pem=cert.cert_pem, key_pem=pulumi.Output.secret(key.private_key_pem)
             )
 
-        self.ca_cert_pem = ca_cert.cert_pem
+        # What nodes and clients trust: every generation's certificate, the issuing one first.
+        # One generation: the certificate itself, byte for byte as before generations existed (no reload).
+        self.ca_cert_pem = ca_cert.cert_pem if len(cas) == 1 else pulumi.Output.all(
+            *(c.cert_pem for _, c in cas)
+        ).apply(lambda pems: ca_bundle(list(pems)))
         self.register_outputs({
             "caCertPem": self.ca_cert_pem,
             "nodeCertPems": {n: c.cert_pem for n, c in self.certificates.items()},

@@ -139,6 +139,7 @@ class StepInputs:
     run_stamp: str | None = None  # differs on every run (verifyOnEveryUp)
     version: str | None = None  # mariadbVersion, when set
     key_digest: pulumi.Input[str] | None = None  # of the key ARN and the blob (ciphertext)
+    login_keys: str | None = None  # the login user's public keys (sshAuthorizedKey, sshNextAuthorizedKey)
 
     def stdin(self, which: Stdin) -> pulumi.Input[str] | None:
         values: Mapping[Stdin, pulumi.Input[str] | None] = {
@@ -148,6 +149,7 @@ class StepInputs:
             Stdin.CREDENTIALS: self.credentials,
             Stdin.CONFIG_FILES: self.config_files,
             Stdin.TLS_FILES: self.tls_files,
+            Stdin.LOGIN_KEYS: self.login_keys,
         }
         return values[which]
 

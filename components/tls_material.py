@@ -62,12 +62,24 @@ class Sans:
     ip_addresses: tuple[str, ...]
 
 
-def ca_subject(cluster_name: str, stack: str) -> Subject:
+def ca_subject(cluster_name: str, stack: str, generation: int = 1) -> Subject:
+    """Each CA key generation has its own name, so a chain never has two candidate issuers of one name."""
+    suffix = "" if generation == 1 else f" g{generation}"
     return Subject(
-        common_name=f"mariadb-kms root CA {cluster_name}"[:_NAME_LIMIT],
+        common_name=f"mariadb-kms root CA {cluster_name}"[:_NAME_LIMIT - len(suffix)] + suffix,
         organization="mariadb-kms",
         organizational_unit=f"stack {stack}"[:_NAME_LIMIT],
     )
+
+
+def ca_resource_suffix(generation: int) -> str:
+    """Generation 1 keeps the names (and so the URNs) the CA had before generations existed."""
+    return "" if generation == 1 else f"-g{generation}"
+
+
+def ca_bundle(pems: list[str]) -> str:
+    """The trusted CA certificates as one PEM file (the issuing generation first), each ending in a newline."""
+    return "".join(p if p.endswith("\n") else p + "\n" for p in pems)
 
 
 def node_subject(node_name: str, cluster_name: str) -> Subject:

@@ -959,6 +959,15 @@ def compressed_canary_tables(rows: Sequence[Row]) -> list[str]:
     return [str(r[0]) for r in rows if re.search(r"page_compressed`?\s*=\s*'?(1|on)", (r[1] or ""), re.I)]
 
 
+def _global_status(sql: Sql, name: str) -> int | None:
+    """One numeric global status value (``name`` is one of this file's constants), or None when absent."""
+    query = f"SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'"  # noqa: S608
+    rows = sql.rows(query)
+    if not rows or rows[0][0] in (None, ""):
+        return None
+    return _int(rows[0][0])
+
+
 def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_wait: float = 60.0,
                say: Callable[[str], None] | None = None, spill: bool = True,
                datadir_encrypted: bool | None = None, allow_plain_datadir: bool = False) -> tuple[dict[str, Any], Gaps]:
@@ -994,6 +1003,9 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
             finally:
                 stop.set()
                 watcher.join(timeout=120)
+        # Every page the canary dirtied was written once a checkpoint passes this LSN (the checkpoint is the
+        # oldest modification still unflushed). Under client writes the dirty count never reaches 0; this does.
+        canary_lsn = _global_status(sql, "INNODB_LSN_CURRENT")
         old_pct = sql.rows("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")[0][0] or "90"
         sql.execute(
             f"FLUSH LOCAL TABLES {schema}.canary_aria;\n"
@@ -1003,9 +1015,11 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
         try:
             deadline = time.monotonic() + flush_wait
             while time.monotonic() < deadline:
-                dirty = sql.rows("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-                                 "WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_PAGES_DIRTY'")
-                if dirty and _int(dirty[0][0]) == 0:
+                if _global_status(sql, "INNODB_BUFFER_POOL_PAGES_DIRTY") == 0:
+                    flushed = True
+                    break
+                checkpoint = _global_status(sql, "INNODB_LSN_LAST_CHECKPOINT")
+                if canary_lsn is not None and checkpoint is not None and checkpoint >= canary_lsn:
                     flushed = True
                     break
                 time.sleep(0.5)

@@ -105,6 +105,13 @@ class TlsConfig:
     validity_days: int = default_of("tlsValidityDays")
     early_renewal_days: int = default_of("tlsEarlyRenewalDays")
     ca_validity_days: int = default_of("tlsCaValidityDays")
+    ca_generation: int = default_of("tlsCaGeneration")  # the CA key that issues node certificates
+    ca_other_generation: int = default_of("tlsCaOtherGeneration")  # also trusted during a CA rotation; 0: none
+
+    @property
+    def ca_generations(self) -> tuple[int, ...]:
+        """Every CA generation the nodes trust, the issuing one first."""
+        return (self.ca_generation, *((self.ca_other_generation,) if self.ca_other_generation else ()))
 
     @property
     def any_channel(self) -> bool:
@@ -130,6 +137,14 @@ class ClusterConfig:
     jump_host: JumpHost | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
     decommission_data: str = "keep"  # keep | wipe
+    ssh_next_authorized_key: str | None = None  # accepted besides ssh_authorized_key during a rotation
+
+    @property
+    def login_keys(self) -> tuple[str, ...]:
+        """The public keys the login user accepts on every node (the current one first); empty: unmanaged."""
+        if self.ssh_authorized_key is None:
+            return ()
+        return tuple(k for k in (self.ssh_authorized_key, self.ssh_next_authorized_key) if k)
 
     @property
     def nodes(self) -> tuple[NodeConfig, ...]:

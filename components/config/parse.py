@@ -160,6 +160,9 @@ def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
         c.bad("requireSecureTransport", True, "false when tlsClients is false (no client could connect over TCP)")
     elif v["requireSecureTransport"] is False and v["tlsClients"]:
         c.warnings.append("requireSecureTransport is false: clients may still connect without TLS")
+    if v["tlsCaOtherGeneration"] and v["tlsCaOtherGeneration"] == v["tlsCaGeneration"]:
+        c.bad("tlsCaOtherGeneration", v["tlsCaOtherGeneration"],
+              "0 or a generation other than tlsCaGeneration (the CA trusted beside it during a rotation)")
     return TlsConfig(
         replication=bool(v["tlsReplication"]),
         sst=bool(v["tlsSst"]),
@@ -168,6 +171,8 @@ def _tls(c: _Collector, v: Mapping[str, Any]) -> TlsConfig:
         validity_days=int(v["tlsValidityDays"]),
         early_renewal_days=int(v["tlsEarlyRenewalDays"]),
         ca_validity_days=int(v["tlsCaValidityDays"]),
+        ca_generation=int(v["tlsCaGeneration"]),
+        ca_other_generation=int(v["tlsCaOtherGeneration"]),
     )
 
 
@@ -323,6 +328,11 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
     authorized = (v["sshAuthorizedKey"] or "").strip() or None
     if ec2 and authorized is None:
         c.missing("sshAuthorizedKey", "the public half of the login key (ec2Nodes is not empty)")
+    next_key = (v["sshNextAuthorizedKey"] or "").strip() or None
+    if next_key is not None and authorized is None:
+        c.bad("sshNextAuthorizedKey", next_key, "no value unless sshAuthorizedKey is set (the key accepted now)")
+    elif next_key is not None and authorized is not None and next_key.split()[:2] == authorized.split()[:2]:
+        c.bad("sshNextAuthorizedKey", next_key, "a key other than sshAuthorizedKey (the next login key)")
 
     leaving = [(p, n.name) for p, n in ec2 if n.decommission] + [(p, n.name) for p, n in onprem if n.decommission]
     staying = [n for n in names if n not in {name for _, name in leaving}]
@@ -391,4 +401,5 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
         tls=tls,
         jump_host=jump_host,
         decommission_data=str(v["decommissionData"]),
+        ssh_next_authorized_key=next_key,
     )

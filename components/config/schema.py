@@ -359,7 +359,18 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "sshAuthorizedKey",
         "string",
-        "Public half of the login key (sshPrivateKey or the agent's), installed on EC2 nodes.",
+        "Public half of the login key (sshPrivateKey or the agent's): placed by EC2 first boot, and kept in the "
+        "login user's authorized_keys on every node (EC2 and on-prem) by the login-keys step. Empty: that step "
+        "is left out and on-prem login keys are the administrator's.",
+        default="",
+        check=checks.login_key,
+    ),
+    ConfigKey(
+        "sshNextAuthorizedKey",
+        "string",
+        "A second public key the login user accepts, for a login-key rotation in two `pulumi up`s: set it "
+        "(the nodes accept both keys), then move sshPrivateKey and sshAuthorizedKey to the new pair and unset "
+        "it (the old key is removed). Needs sshAuthorizedKey; docs/runbooks/credentials.md.",
         default="",
         check=checks.login_key,
     ),
@@ -423,6 +434,24 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "with the same key when less than tlsValidityDays remain.",
         default=3650,
         bounds=Bounds(3, 36500, above="tlsValidityDays"),
+    ),
+    ConfigKey(
+        "tlsCaGeneration",
+        "integer",
+        "Generation of the cluster CA key that issues node certificates ({range}). A new generation is a new CA "
+        "key: rotate with tlsCaOtherGeneration, one stage per `pulumi up` (docs/runbooks/credentials.md).",
+        default=1,
+        bounds=Bounds(1, 99),
+    ),
+    ConfigKey(
+        "tlsCaOtherGeneration",
+        "integer",
+        "A second CA generation every node trusts besides tlsCaGeneration during a CA rotation ({range}; unset: "
+        "none). Stages, one `pulumi up` each: set it to the new generation (both trusted); swap the two (node "
+        "certificates from the new CA); unset it (the old CA dropped). Each stage reloads one node at a time "
+        "without a restart.",
+        default=0,
+        bounds=Bounds(0, 99),
     ),
     ConfigKey(
         "sshJumpHost",

@@ -17,6 +17,10 @@ step                  kinds     what
                                 what first boot left undone (IMDS guard, data volume) until its
                                 marker is written; cloud-init's own error status is not fatal.
 ``node-files``        both      ``node/`` (per ``node/MANIFEST``) from a tarball on stdin.
+``login-keys``        both      ``mariadb-kms-login-keys``: the login user's authorized_keys
+                                holds ``sshAuthorizedKey`` (and ``sshNextAuthorizedKey`` during a
+                                rotation) in a managed block; a key no longer listed is removed.
+                                Only when ``sshAuthorizedKey`` is set. Keys on stdin (public).
 ``seed``              both      unwrap.conf, the blob and the encryption config, only where
                                 missing: what the install path needs first (EC2 user-data
                                 already placed the first two; afterwards ``config`` owns these
@@ -93,7 +97,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig
+from components.cloud_config import LOGIN_USER
+from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig, OnPremNodeConfig
 from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
 from components.plan.steps import (
     BOOTSTRAP,
@@ -102,6 +107,7 @@ from components.plan.steps import (
     FIRST_BOOT,
     FIRST_BOOT_STEP,
     INSTALL,
+    LOGIN_KEYS,
     ROLL,
     ROLL_TIMEOUT_S,
     TLS_TOOL,
@@ -147,6 +153,8 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
         "node-files", put_command(), Phase.INSTALL, stdin=Stdin.NODE_FILES, triggers=(Trigger.IDENTITY,),
         after=before_files,
     ))
+    if cluster.login_keys and not node.decommission:
+        steps.append(login_keys_step(node))
     if node.decommission:
         # The node's other steps leave the program: the engine deletes them from state after everything
         # else ran, and none has a delete command, so nothing runs on the host for them.
@@ -234,6 +242,32 @@ def escrow_command() -> str:
         "this copy lives on the root filesystem\" >&2"
     )
     return f"sudo -n /bin/bash -c {shlex.quote(script)} mariadb-kms-escrow"
+
+
+def login_user(node: NodeConfig) -> str:
+    """The user every connection to ``node`` logs in as (EC2: the user first boot makes)."""
+    return node.ssh_user if isinstance(node, OnPremNodeConfig) else LOGIN_USER
+
+
+def login_keys_stdin(cluster: ClusterConfig) -> str | None:
+    """What the login-keys step reads: one public key line each, the current key first (None: no step)."""
+    if not cluster.login_keys:
+        return None
+    return "".join(f"{key.strip()}\n" for key in cluster.login_keys)
+
+
+def login_keys_step(node: NodeConfig) -> Step:
+    """``mariadb-kms-login-keys``: the login user accepts the program's login keys and no retired one.
+
+    Its input is its stdin (the public keys), so a key change re-runs it as an
+    update, with no trigger; it restarts nothing (sshd reads authorized_keys
+    at each login). In the install phase: every node takes a new key at once,
+    before any step that a later `pulumi up` could run with the new key.
+    """
+    return Step(
+        "login-keys", f"sudo -n {LOGIN_KEYS} --user {shlex.quote(login_user(node))}", Phase.INSTALL,
+        stdin=Stdin.LOGIN_KEYS, triggers=(Trigger.IDENTITY,), after=("node-files",),
+    )
 
 
 def upgrade_step(version: str) -> Step:

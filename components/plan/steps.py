@@ -51,6 +51,7 @@ FIRST_BOOT_STEP = (
 TLS_TOOL = f"{SBIN}/mariadb-kms-tls"
 DECOMMISSION = f"{SBIN}/mariadb-kms-decommission"
 UPGRADE = f"{SBIN}/mariadb-kms-upgrade"
+LOGIN_KEYS = f"{SBIN}/mariadb-kms-login-keys"
 
 ROLL_TIMEOUT_S = 1800  # an SST of a large datadir over a WAN takes a while
 VERIFY_WAIT_S = 600  # InnoDB encryption threads still rotating after a settings change
@@ -76,6 +77,7 @@ class Stdin(Enum):
     CREDENTIALS = "credentials"
     CONFIG_FILES = "config-files"
     TLS_FILES = "tls-files"  # the CA certificate, the node's certificate and its private key
+    LOGIN_KEYS = "login-keys"  # the login user's public keys, one line each (not secret)
 
 
 class Trigger(Enum):

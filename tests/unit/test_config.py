@@ -366,6 +366,22 @@ def test_rsa_and_dsa_host_keys_are_refused_saying_why_and_how_to_read_the_right_
     assert "ssh-keyscan -t ed25519 HOST" in error
 
 
+def test_the_next_login_key_is_accepted_beside_the_current_one() -> None:
+    cfg = parse(with_(sshNextAuthorizedKey=KEYS["ssh-ed25519"] + " next"))
+    assert cfg.login_keys == (AUTH_KEY, KEYS["ssh-ed25519"] + " next")
+    assert parse(VALID).login_keys == (AUTH_KEY,)
+
+
+def test_the_next_login_key_needs_a_current_one_and_must_differ_from_it() -> None:
+    alone = with_(ec2Nodes=..., vpcId=..., amiId=..., sshAuthorizedKey=..., sshNextAuthorizedKey=KEYS["ssh-rsa"])
+    [error] = [e for e in errors_of(alone) if "sshNextAuthorizedKey" in e]
+    assert "no value unless sshAuthorizedKey is set" in error
+    # The same key with another comment is the same key.
+    [same] = [e for e in errors_of(with_(sshNextAuthorizedKey=AUTH_KEY + " again")) if "sshNextAuthorizedKey" in e]
+    assert "a key other than sshAuthorizedKey" in same
+    assert errors_of(with_(sshNextAuthorizedKey="ssh-ed25519 AAAA")) != []
+
+
 def test_an_rsa_login_key_is_fine_it_is_the_client_that_signs() -> None:
     assert parse(with_(sshAuthorizedKey=KEYS["ssh-rsa"] + " deploy")).ssh_authorized_key
 
@@ -464,6 +480,9 @@ EVERY_ERROR: list[tuple[str, dict[str, Any]]] = [
     ("dev", with_(tags="team=db")),
     ("dev", with_(tags={**tags(60), "aws:x": None, "owner": True})),
     ("dev", with_(sshAuthorizedKey="ssh-rsa AAAA")),
+    ("dev", with_(ec2Nodes=..., vpcId=..., amiId=..., sshAuthorizedKey=..., sshNextAuthorizedKey=KEYS["ssh-rsa"])),
+    ("dev", with_(sshNextAuthorizedKey=AUTH_KEY + " again")),
+    ("dev", with_(tlsCaGeneration=3, tlsCaOtherGeneration=3)),
     ("dev", with_(ec2Nodes=..., onPremNodes=onprem(decommission=True))),
     ("dev", with_(ec2Nodes=ec2(decommission=True), onPremNodes=onprem(), bootstrapNode="aws-a")),
 ]

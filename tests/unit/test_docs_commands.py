@@ -32,7 +32,7 @@ SEPARATORS = re.compile(r"\s(?:&&|\|\||\||;)\s")
 EXTERNAL = {
     "pulumi", "aws", "jq", "ssh", "nsenter", "journalctl", "systemctl", "getent", "curl", "findmnt", "swapoff",
     "chown", "chmod", "nft", "mariadb", "galera_new_cluster", "cat", "time", "export", "cd", "git", "apt-get",
-    "tar", "wc", "ls", "sed", "grep", "sudo", "python3",
+    "tar", "wc", "ls", "sed", "grep", "sudo", "python3", "ssh-keygen",
 }
 VENV_ONLY = {"python", "pytest", "pip", "ruff", "mypy", "moto_server"}
 

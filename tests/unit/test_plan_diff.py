@@ -63,8 +63,8 @@ def test_adding_a_node_restarts_nobody() -> None:
     assert p.config_changes == ["`onPremNodes`: added dc-2"]
     assert p.restarts == []
     assert {k: v for k, v in steps(p).items() if k[0] == "dc-2"} == {
-        ("dc-2", s): "create" for s in ("credentials", "node-files", "seed", "install", "tls", "tls-reload", "config",
-                                          "escrow", "preflight", "roll", "verification-run")}
+        ("dc-2", s): "create" for s in ("credentials", "node-files", "login-keys", "seed", "install", "tls",
+                                          "tls-reload", "config", "escrow", "preflight", "roll", "verification-run")}
     assert {(n, "config") for n in NODES} <= set(steps(p))
     assert not any(k[0] in NODES and k[1] == "roll" for k in steps(p))
     assert not p.bootstrap_runs

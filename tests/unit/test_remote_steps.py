@@ -74,16 +74,18 @@ def test_onprem_plan_steps_and_order() -> None:
     cfg = cluster()
     plan = node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps] == [
-        "node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "escrow", "preflight", "roll",
+        "node-files", "login-keys", "seed", "credentials", "install", "tls", "tls-reload", "config", "escrow",
+        "preflight", "roll",
     ]
     assert plan.step("install").after == ("node-files", "seed", "credentials")
+    assert plan.step("login-keys").after == ("node-files",)
     # The certificates after install (the key belongs to mysql) and before the config that names them.
     assert plan.step("tls").after == ("install",)
     assert plan.step("tls-reload").after == ("tls",)
     assert plan.step("config").after == ("install", "tls-reload")
     assert set(plan.step("preflight").after) == {"config", "credentials"}
     assert plan.step("roll").after == ("preflight",)
-    assert [s.key for s in plan.phase(Phase.INSTALL)] == ["node-files", "seed", "credentials", "install"]
+    assert [s.key for s in plan.phase(Phase.INSTALL)] == ["node-files", "login-keys", "seed", "credentials", "install"]
     assert [s.key for s in plan.phase(Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "escrow", "preflight"]
     assert [s.key for s in plan.phase(Phase.ROLL)] == ["roll"]
 
@@ -92,7 +94,8 @@ def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     cfg = cluster()
     plan = node_plan(node(cfg, "aws-a"), cfg)
     assert [s.key for s in plan.steps] == [
-        "first-boot", "node-files", "seed", "install", "tls", "tls-reload", "config", "escrow", "preflight", "roll",
+        "first-boot", "node-files", "login-keys", "seed", "install", "tls", "tls-reload", "config", "escrow",
+        "preflight", "roll",
     ]
     assert plan.step("first-boot").create == FIRST_BOOT_STEP
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)

@@ -108,8 +108,11 @@ def test_private_keys_appear_nowhere_but_on_their_own_nodes_tls_stdin(recorded: 
         stdin = stdin_text(res)
         if stdin is None or "-ssh-" not in res.name:
             continue
-        payload = b"".join(c for c, _m, _o in decode_put(stdin).values()).decode("latin-1")
         node, step = res.name.split("-ssh-")
+        # The login-keys step reads public key lines, not a put payload.
+        payload = stdin if step == "login-keys" else b"".join(
+            c for c, _m, _o in decode_put(stdin).values()
+        ).decode("latin-1")
         for owner, lines in needles.items():
             present = any(line in payload for line in lines)
             assert present == (owner == node and step == "tls"), (res.name, owner)

@@ -545,6 +545,21 @@ def test_canary_finds_a_plaintext_marker_and_always_deletes_it(tmp_path: Path, l
     assert fake.executed[-1].count("DELETE FROM") == 3  # the marker rows go, found or not
 
 
+@pytest.mark.parametrize(("checkpoint", "flushed"), [("1200", True), ("1000", True), ("999", False), ("", False)])
+def test_under_client_writes_a_checkpoint_past_the_canary_proves_its_pages_flushed(
+    tmp_path: Path, checkpoint: str, flushed: bool
+) -> None:
+    # Dirty pages never reach 0 while clients write; a checkpoint at or past the LSN read after the canary's
+    # writes means each page they dirtied was written. A checkpoint short of it (or none reported) proves nothing.
+    fake = _canary_sql(tmp_path, leaks=False)
+    fake.answers["INNODB_BUFFER_POOL_PAGES_DIRTY"] = "7\n"
+    fake.answers["INNODB_LSN_CURRENT"] = "1000\n"
+    fake.answers["INNODB_LSN_LAST_CHECKPOINT"] = f"{checkpoint}\n" if checkpoint else ""
+    _section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(tmp_path)}, "/dev/vda / ext4 rw 0 0\n",
+                                       spill=False, flush_wait=1.0)
+    assert ("canary: InnoDB dirty pages were not all flushed in time; the proof is incomplete" in gaps) is not flushed
+
+
 def test_canary_transaction_inserts_updates_and_deletes_enough_to_spill() -> None:
     text = verify.canary_transaction("s", "host-1-ab", "mariadb-kms-canary-" + "0" * 32)
     steps = [line.split()[0] for line in text.splitlines()]
