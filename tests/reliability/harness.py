@@ -200,19 +200,18 @@ def all_synced(testbed: Testbed, hosts: Iterable[str]) -> bool:
 
 
 IST_LINE = re.compile(r"Receiving IST|IST received")
-# MariaDB starts its SST script as joiner before every state transfer, IST included; the donor is told
-# "--bypass" when it sends IST. So a joiner's SST is: the joiner script ran, and no IST arrived.
+# The joiner runs its SST script before every state transfer, IST included, and after a full copy by
+# mariabackup it usually catches up by IST as well. Only a full copy makes the joiner prepare a backup.
+SST_LINE = re.compile(r"Preparing the backup at")
 JOINER_LINE = re.compile(r"--role 'joiner'")
 
 
 def state_transfer(log: str) -> tuple[str, str]:
     """SST, IST or none, and the line that says so, from a node's MariaDB error log."""
-    for line in log.splitlines():
-        if IST_LINE.search(line):
-            return "IST", line.strip()[:200]
-    for line in log.splitlines():
-        if JOINER_LINE.search(line):
-            return "SST", line.strip()[:200]
+    for pattern, kind in ((SST_LINE, "SST"), (IST_LINE, "IST")):
+        for line in log.splitlines():
+            if pattern.search(line):
+                return kind, line.strip()[:200]
     return "none", ""
 
 
