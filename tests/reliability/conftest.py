@@ -28,7 +28,7 @@ for path in (REPO_ROOT, HERE):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from harness import RESULTS, ReliabilityCluster, stand_up, table  # noqa: E402
+from harness import RESULTS, VERIFY_RETRIED, ReliabilityCluster, stand_up, table  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,6 +46,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if VERIFY_RETRIED:
+        terminalreporter.write_line(f"verification failed once at stand-up and passed again: {VERIFY_RETRIED}")
     if not RESULTS:
         return
     terminalreporter.write_line("")
