@@ -208,7 +208,7 @@ def test_donor_killed_during_an_sst(reliability_cluster: ReliabilityCluster) -> 
         sc.wait_all_synced(timeout=600)
         log = sc.error_log(joiner)
         sc.note(f"donor {donor} killed mid-SST; {joiner} ran the joiner script {len(JOINER_LINE.findall(log))} "
-                f"times and prepared {len(SST_LINE.findall(log))} full copy")
+                f"times and asked for a full copy {len(SST_LINE.findall(log))} times")
     assert_whole(sc)
     assert sc.figures is not None and sc.figures.state_transfer[joiner] == "SST"
 
