@@ -158,7 +158,7 @@ def test_packet_loss_on_the_inter_segment_link(reliability_cluster: ReliabilityC
 
 
 def test_credentials_revoked_on_one_node(reliability_cluster: ReliabilityCluster) -> None:
-    """Expected: the node refuses at once, naming the cause; a human issues a new key (timed runbook)."""
+    """Expected: the node refuses at once, naming the cause; a human makes a new key (timed runbook)."""
     rc = reliability_cluster
     tb, kms, host = rc.testbed, rc.kms, rc.onprem
     with Scenario(rc, f"credentials revoked on {host}") as sc:
