@@ -103,6 +103,13 @@ class KmsServer:
                 self._enable_iam_auth()
         return self
 
+    def switch_on_iam_auth(self) -> None:
+        """IAM authentication from now on, for a server started without it (the keys it holds stay): what
+        was made under any credentials (the program's key and data key) keeps working for signed requests."""
+        if self._admin is None:
+            self.iam_auth = True
+            self._enable_iam_auth()
+
     def _enable_iam_auth(self) -> None:
         iam = self.client(service="iam")
         iam.create_user(UserName=ADMIN_USER)
