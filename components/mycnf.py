@@ -316,12 +316,20 @@ def render_mycnf(
 
 def datadir_encryption(node: NodeConfig, cluster: ClusterConfig) -> str:
     """EC2: the EBS volume, encrypted by AWS with the cluster's KMS key. On premises: the stack config."""
-    return "ebs" if node.kind == "ec2" else cluster.mariadb.onprem_datadir_encryption
+    return datadir_encryption_of(on_premises=node.kind == "onprem", cluster=cluster)
+
+
+def datadir_encryption_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
+    return cluster.mariadb.onprem_datadir_encryption if on_premises else "ebs"
 
 
 def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
     """``/etc/mariadb-kms/datadir.conf``: ``encryption=`` for the node's installer and datadir key unit."""
-    mode = datadir_encryption(node, cluster)
+    return render_datadir_conf_of(on_premises=node.kind == "onprem", cluster=cluster)
+
+
+def render_datadir_conf_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
+    mode = datadir_encryption_of(on_premises=on_premises, cluster=cluster)
     if mode == "ebs":
         # The node encrypts nothing itself: EBS does, below the filesystem.
         return "# mariadb-kms: the data volume is EBS, encrypted by AWS with the cluster's KMS key.\nencryption=none\n"

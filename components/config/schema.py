@@ -271,10 +271,11 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "onPremDatadirEncryption",
         "string",
-        "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (ext4 volume made with "
-        "-O encrypt, key derived from the cluster data key), `luks` (your dm-crypt volume) or `none` (stated as a "
-        "gap). Pre-release: the node tools implement it and are tested on real hosts, but `pulumi up` does not yet "
-        "hand it to the nodes, which install with `none` (docs/at-rest.md).",
+        "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (an ext4 volume made with "
+        "-O encrypt mounted at /srv/mariadb-kms, checked before the install; key derived from the cluster data key), "
+        "`luks` (your dm-crypt volume there) or `none` (verification reports it as a gap). Placed on a node once, "
+        "before its install: a later change reaches a node by the SST runbook (docs/at-rest.md). EC2 nodes: their "
+        "EBS volumes are encrypted with the cluster's KMS key.",
         default="fscrypt",
         choices=DATADIR_ENCRYPTION_MODES,
     ),
