@@ -337,8 +337,11 @@ def render_datadir_conf_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
 
 
 def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
-    """What mariadb-kms-verify is told about the datadir; ``none`` stays a gap (the config said so explicitly)."""
-    return ["--datadir-encryption", datadir_encryption(node, cluster)]
+    """What mariadb-kms-verify is told about the datadir; ``none`` is a gap unless ``allowPlainDatadir`` says
+    the stack accepts it."""
+    mode = datadir_encryption(node, cluster)
+    allowed = ["--allow-plain-datadir"] if mode == "none" and cluster.mariadb.allow_plain_datadir else []
+    return ["--datadir-encryption", mode, *allowed]
 
 
 def restart_relevant(text: str) -> str:

@@ -280,6 +280,13 @@ SCHEMA: tuple[ConfigKey, ...] = (
         choices=DATADIR_ENCRYPTION_MODES,
     ),
     ConfigKey(
+        "allowPlainDatadir",
+        "boolean",
+        "With onPremDatadirEncryption `none`: verification states the unencrypted datadir (Galera spill pages, "
+        "GRA_*.log, .frm, the Aria log, ddl_recovery.log in plaintext) instead of failing on it.",
+        default=False,
+    ),
+    ConfigKey(
         "mariadbVersion",
         "string",
         "The MariaDB package version every node runs (Debian's version string, as `apt-cache policy mariadb-server` "

@@ -227,3 +227,11 @@ def test_datadir_encryption_per_node_kind(full_config: dict[str, Any]) -> None:
     assert verify_datadir_args(onprem, cluster) == ["--datadir-encryption", "luks"]
     default = _cluster(full_config)
     assert verify_datadir_args(default.nodes[2], default) == ["--datadir-encryption", "fscrypt"]
+    # none is a gap unless the stack config accepts it; the allowance changes nothing else.
+    plain = _cluster(full_config, onPremDatadirEncryption="none")
+    assert verify_datadir_args(plain.nodes[2], plain) == ["--datadir-encryption", "none"]
+    allowed = _cluster(full_config, onPremDatadirEncryption="none", allowPlainDatadir=True)
+    assert verify_datadir_args(allowed.nodes[2], allowed) == ["--datadir-encryption", "none", "--allow-plain-datadir"]
+    assert verify_datadir_args(allowed.nodes[0], allowed) == ["--datadir-encryption", "ebs"]
+    fscrypt_allowed = _cluster(full_config, allowPlainDatadir=True)
+    assert verify_datadir_args(fscrypt_allowed.nodes[2], fscrypt_allowed) == ["--datadir-encryption", "fscrypt"]
