@@ -422,7 +422,7 @@ def attach_volumes(testbed: Testbed, names: Sequence[str] | None = None, *, encr
     prepares one (docs/at-rest.md): a loop-backed ext4 image made here (``-O encrypt`` unless ``encrypt`` is
     false), bound into the host (rehearsal/volumes.py). The program's default ``onPremDatadirEncryption``,
     fscrypt, needs it; the testbed's teardown removes it."""
-    chosen = list(names or testbed.hosts)
+    chosen = list(testbed.hosts if names is None else names)
     if any(testbed.hosts[n].nspawn_pid for n in chosen):
         raise TestbedError("attach_volumes: a volume is bound at boot; call it before testbed.boot()")
     volumes = make_volumes(testbed.run_dir, {n: encrypt for n in chosen}, size_mib=size_mib)

@@ -139,6 +139,19 @@ def test_canary_absent_from_every_file_at_rest(demo: DemoRun) -> None:
         assert canary["found_in"] == [], name
 
 
+def test_the_onprem_datadir_is_fscrypt_on_its_volume_and_ec2_says_ebs(demo: DemoRun) -> None:
+    for name, node in demo.report["nodes"].items():
+        datadir = node["verify"]["datadir_encryption"]
+        if node["kind"] == "onprem":
+            assert (datadir["mode"], datadir["state"]) == ("fscrypt", "encrypted (fscrypt v2, AES-256-XTS)"), name
+            assert len(datadir["fscrypt_policy"]) == 32, name  # a v2 key identifier
+            mount = demo.node_exec(name, "findmnt", "-n", "-o", "FSTYPE,FSROOT", "/var/lib/mysql").stdout.split()
+            assert mount == ["ext4", "/data"], name  # the volume's data/ subdirectory, bound while the key is in
+        else:
+            # The rehearsal's stand-in for the EBS volume is not encrypted: EBS's encryption is AWS's.
+            assert datadir["mode"] == "ebs" and datadir["state"].startswith("encrypted by EBS"), name
+
+
 def test_the_key_came_from_the_emulator_and_stays_on_tmpfs(demo: DemoRun) -> None:
     key_arn = demo.report["kms"]["key_arn"]
     assert key_arn.startswith("arn:aws:kms:")
