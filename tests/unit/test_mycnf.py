@@ -11,13 +11,16 @@ from components.config import ClusterConfig, parse_config
 from components.mycnf import (
     ENCRYPTION_FLAGS_ON,
     ERROR_LOG,
+    MAX_WRITE_SET_BYTES,
     SECURE_FILE_PRIV_DIR,
     VOLUME_DATADIR,
     VOLUME_ROOT,
+    gcache_tmpfs_bytes,
     render_datadir_conf,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
+    size_bytes,
     verify_datadir_args,
 )
 from components.node_files import (
@@ -27,6 +30,7 @@ from components.node_files import (
     KEYFILE_PATH,
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
+    render_unwrap_conf,
 )
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -235,3 +239,16 @@ def test_datadir_encryption_per_node_kind(full_config: dict[str, Any]) -> None:
     assert verify_datadir_args(allowed.nodes[0], allowed) == ["--datadir-encryption", "ebs"]
     fscrypt_allowed = _cluster(full_config, allowPlainDatadir=True)
     assert verify_datadir_args(fscrypt_allowed.nodes[2], fscrypt_allowed) == ["--datadir-encryption", "fscrypt"]
+
+
+def test_the_gcache_tmpfs_has_room_for_the_ring_buffer_and_two_of_the_largest_write_sets(
+    full_config: dict[str, Any],
+) -> None:
+    cluster = _cluster(full_config, gcacheSize="256M")
+    assert size_bytes("256M") == 256 << 20 and size_bytes("2G") == 2 << 30 and size_bytes("4096") == 4096
+    assert gcache_tmpfs_bytes(cluster) == (256 << 20) + 2 * MAX_WRITE_SET_BYTES
+    node_cnf = render_node_cnf(cluster.nodes[2], cluster, node_address="10.0.0.3", member_addresses=["10.0.0.3"])
+    assert f"wsrep_max_ws_size = {MAX_WRITE_SET_BYTES}\n" in node_cnf  # what the tmpfs size counts on
+    conf = render_unwrap_conf(mode="kms-envelope", key_arn="arn:k", region="eu-west-1", on_premises=True,
+                              gcache_tmpfs_bytes=gcache_tmpfs_bytes(cluster))
+    assert f"gcache_tmpfs_size = {gcache_tmpfs_bytes(cluster)}\n" in conf
