@@ -52,8 +52,8 @@ from rehearsal.pkgrepo import APT_SOURCE_PATH
 from rehearsal.plan import RecordedCommand, recorded_commands
 from rehearsal.recorder import Recording, Types, config_for_pulumi, record
 from rehearsal.replay import Outcome, Progress, Sent, replay
-from rehearsal.stack import SECRET_KEYS, STACK, RehearsalStack, StackError, load_file, prepare
 from rehearsal.runner import attach_volumes
+from rehearsal.stack import SECRET_KEYS, STACK, RehearsalStack, StackError, load_file, prepare
 from rehearsal.testbed import DEBIAN_SOURCES_PATH, SEED_DIR, Settings, Testbed, cleanup
 
 PREFIX_ENV = "MARIADB_KMS_DEMO_PREFIX"

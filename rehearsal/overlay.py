@@ -157,7 +157,7 @@ def user_data(cloud_config: str, settings: Settings) -> str:
         "path": DATA_VOLUME_OVERRIDE_PATH,
         "permissions": "0644",
         "owner": "root:root",
-        "content": "# mariadb-kms rehearsal: no EBS volume; the testbed binds an unencrypted stand-in at the mount point.\n"
+        "content": "# mariadb-kms rehearsal: no EBS volume; the testbed binds an unencrypted stand-in there.\n"
                    "device=none\n",
     })
     return cloud_config_text(data)
