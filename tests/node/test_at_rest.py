@@ -238,7 +238,7 @@ def at_rest(request: pytest.FixtureRequest) -> Iterator[AtRest]:
     _require_testbed(request.config)
     with Testbed(HOSTS, settings=Settings.from_env()) as bed:
         volumes = attach_volumes(bed, size_mib=VOLUME_MIB)
-        bed.boot()
+        bed.boot(timeout=900)  # four hosts at once on a loaded machine
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
             config = onprem_config(bed, FSCRYPT_NODES, gcacheSize=GCACHE_SIZE)
             assert "onPremDatadirEncryption" not in config  # the program's default, fscrypt

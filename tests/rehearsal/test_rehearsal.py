@@ -31,8 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 UNWRAP_CONF = "/etc/mariadb-kms/unwrap.conf"
 CREDENTIALS = "/etc/mariadb-kms/aws-credentials"
 DATA_VOLUME_OVERRIDE = "/etc/mariadb-kms/data-volume.conf.d/rehearsal.conf"
-# Its own testbed: a user's `make demo` (mkdemo, 10.231.5.0/24) and the node tests (mk) keep running.
-TEST_ENV = {"MARIADB_KMS_DEMO_PREFIX": "mkdt", "MARIADB_KMS_DEMO_SUBNET": "10.231.8.0/24"}
+# Its own testbed: a user's `make demo` (mkdemo, 10.231.5.0/24) and the node tests (mk) keep running. A
+# demo prefix and subnet set in the environment are taken instead (several checkouts on one machine).
+TEST_ENV = {
+    "MARIADB_KMS_DEMO_PREFIX": os.environ.get("MARIADB_KMS_DEMO_PREFIX", "mkdt"),
+    "MARIADB_KMS_DEMO_SUBNET": os.environ.get("MARIADB_KMS_DEMO_SUBNET", "10.231.8.0/24"),
+}
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "nsenter", "ip", "apt-ftparchive")
 
 
