@@ -53,7 +53,6 @@ import os
 import pwd
 import re
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -176,7 +175,6 @@ class Settings:
     endpoint_url: str | None
     credentials_file: Path | None
     profile: str | None
-    gcache_tmpfs_size: int | None = None  # bytes: the gcache tmpfs's size= (components/mycnf.py)
 
 
 def load_settings(path: Path) -> Settings:
@@ -197,9 +195,6 @@ def load_settings(path: Path) -> Settings:
         raise UnwrapError(CONFIG, f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
     creds = s.get("credentials_file", "").strip() or None
     gcache = s.get("gcache_dir", "").strip() or None
-    tmpfs_size = s.get("gcache_tmpfs_size", "").strip()
-    if tmpfs_size and not tmpfs_size.isdigit():
-        raise UnwrapError(CONFIG, f"{path}: gcache_tmpfs_size {tmpfs_size!r} is not a number of bytes")
     return Settings(
         mode=mode,
         key_arn=s["key_arn"].strip(),
@@ -212,7 +207,6 @@ def load_settings(path: Path) -> Settings:
         endpoint_url=s.get("endpoint_url", "").strip() or None,
         credentials_file=Path(creds) if creds else None,
         profile=(s.get("profile", "").strip() or "default") if creds else None,
-        gcache_tmpfs_size=int(tmpfs_size) if tmpfs_size else None,
     )
 
 
@@ -528,20 +522,11 @@ def filesystem_type(path: Path, mounts_text: str) -> str:
     return best_type
 
 
-def prepare_gcache_dir(path: Path, uid: int, gid: int, mounts_text: str, size: int | None = None) -> None:
-    """Galera's gcache holds rows in plaintext: refuse to let MariaDB start unless it is on tmpfs.
-
-    With ``size``, its own tmpfs mount gets that size= (a remount keeps what it holds): room for the ring
-    buffer and the page files of the largest write-sets, never half of RAM by default.
-    """
+def prepare_gcache_dir(path: Path, uid: int, gid: int, mounts_text: str) -> None:
+    """Galera's gcache holds rows in plaintext: refuse to let MariaDB start unless it is on tmpfs."""
     fstype = filesystem_type(path, mounts_text)
     if fstype not in ("tmpfs", "ramfs"):
         raise UnwrapError(GCACHE_NOT_TMPFS, f"gcache dir {path} is on {fstype}, not tmpfs: it would hold rows at rest")
-    if size and fstype == "tmpfs" and os.path.ismount(path):
-        done = subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], capture_output=True, text=True,
-                              check=False, timeout=60)
-        if done.returncode != 0:
-            raise UnwrapError(LOCAL, f"cannot size the gcache tmpfs {path} to {size} bytes: {done.stderr.strip()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chown(path, uid, gid)
     os.chmod(path, 0o700)
@@ -629,8 +614,7 @@ def reuse_after_crash(settings: Settings, mounts_path: Path) -> str | None:
     else:
         write_plugin_blobs(settings.datadir, read_blob(settings.blob), uid, gid)
     if settings.gcache_dir is not None:
-        prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"),
-                           settings.gcache_tmpfs_size)
+        prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"))
     return f"restart after mariadbd ended abnormally ({reason}): reusing the key this node holds; KMS not called"
 
 
@@ -670,8 +654,7 @@ def unwrap(
     uid, gid = owner_ids(settings.owner)
     try:
         if settings.gcache_dir is not None:
-            prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"),
-                           settings.gcache_tmpfs_size)
+            prepare_gcache_dir(settings.gcache_dir, uid, gid, mounts_path.read_text(encoding="utf-8"))
         if settings.mode == "kms-envelope":
             write_keyfile(settings.keyfile, plaintext, uid, gid)
             return f"data key unwrapped into {settings.keyfile} (key id {KEY_ID}, tmpfs, 0600 {settings.owner})"

@@ -42,7 +42,7 @@ from components.node_files import BLOB_PATH, CREDENTIALS_PATH, KEYFILE_PATH
 from rehearsal.kms_server import KmsServer
 from rehearsal.mariadb_on_host import check, sql, start, unit_state, wait_synced
 from rehearsal.overlay import DPKG_UNSAFE_IO, DPKG_UNSAFE_IO_PATH
-from rehearsal.runner import Deployment, ProgramStack, attach_volumes, deploy, onprem_config
+from rehearsal.runner import DeployFailed, Deployment, ProgramStack, attach_volumes, deploy, onprem_config
 from rehearsal.testbed import Settings, Testbed
 from rehearsal.volumes import LoopVolume, scan_image
 
@@ -133,6 +133,17 @@ def _require_testbed(config: pytest.Config) -> None:
             plugin.require_testbed()
             return
     raise AssertionError(f"{path} is not loaded")
+
+
+def _units_journal(bed: Testbed, hosts: tuple[str, ...]) -> str:
+    """What a failed step hides (its output may hold secrets): the units' journal and the error log's tail."""
+    out = []
+    for host in hosts:
+        journal = bed.exec(host, ["journalctl", "--no-pager", "-o", "cat", "-n", "60", "-u", "mariadb-kms-unwrap",
+                                  "-u", "mariadb-kms-datadir-key", "-u", "mariadb"]).stdout
+        log = bed.exec(host, ["tail", "-n", "30", ERROR_LOG]).stdout
+        out.append(f"--- {host}: journal\n{journal}\n--- {host}: {ERROR_LOG}\n{log}")
+    return "\n".join(out)
 
 
 def _big_transaction(marker: str) -> str:
@@ -252,8 +263,11 @@ def at_rest(request: pytest.FixtureRequest) -> Iterator[AtRest]:
                 bed.put_file(CONTROL, DPKG_UNSAFE_IO_PATH, DPKG_UNSAFE_IO, 0o644, "root:root")
                 control = Deployment(bed, control_program, quiet=True)
                 control_run = pool.submit(control.run)
-                cluster = deploy(bed, ProgramStack(kms), config, stop_before=f"{JOINER}-ssh-roll", quiet=True)
-                control_run.result()
+                try:
+                    cluster = deploy(bed, ProgramStack(kms), config, stop_before=f"{JOINER}-ssh-roll", quiet=True)
+                    control_run.result()
+                except DeployFailed as failed:
+                    raise DeployFailed(f"{failed}\n{_units_journal(bed, HOSTS)}") from None
             data_keys = {
                 name: kms.client().decrypt(CiphertextBlob=d.program.data_key_blob)["Plaintext"]
                 for name, d in (("cluster", cluster), ("control", control))
