@@ -56,9 +56,9 @@ FAILS_APPLY = "atr2"
 # The large transaction: 200 MB with MARIADB_KMS_ATREST_FULL=1 (make test-at-rest-full), 32 MB in make test
 # (still eight times Galera's in-memory write-set, so it spills the same way; 14 min against 10 here).
 FULL = os.environ.get("MARIADB_KMS_ATREST_FULL") == "1"
-BIG_ROWS = 25_600 if FULL else 4_096  # x 8000 bytes of payload in one INSERT
+BIG_ROWS = 25_600 if FULL else 4_096  # x ROW_BYTES of payload in one INSERT: 204.8 MB, or 32.8 MB
 VOLUME_MIB = 3072 if FULL else 1536  # sparse: the datadir, redo, undo, binlog and spill pages fit
-PAYLOAD_REPEAT = 200  # x the 40-character marker
+ROW_BYTES = 8000  # each row's payload: the marker repeated to this length
 GCACHE_SIZE = "128M"  # smaller than the write-set: it goes to a page file on the gcache tmpfs
 PROBE_DIR = "/run/mariadb-kms-test"  # tmpfs in the host
 
@@ -159,7 +159,7 @@ CREATE DATABASE IF NOT EXISTS atrest;
 CREATE TABLE IF NOT EXISTS atrest.big (id INT PRIMARY KEY, marker VARCHAR(100) NOT NULL, pad MEDIUMTEXT NOT NULL)
   ENGINE=InnoDB;
 START TRANSACTION;
-INSERT INTO atrest.big SELECT seq, {m}, REPEAT({m}, {PAYLOAD_REPEAT}) FROM atrest.seq_1_to_{BIG_ROWS};
+INSERT INTO atrest.big SELECT seq, {m}, RPAD({m}, {ROW_BYTES}, {m}) FROM atrest.seq_1_to_{BIG_ROWS};
 COMMIT;
 SELECT SUM(LENGTH(pad)) FROM atrest.big;
 DELETE FROM atrest.big;
@@ -374,7 +374,7 @@ def test_the_workload_joined_by_sst_failed_an_apply_and_spilled_the_large_transa
     gra = at_rest.gra_logs
     assert gra["logs"], "no GRA_*.log appeared on the node whose apply failed"
     assert gra["marker_in_log"], "the GRA_*.log did not hold the row image (the scan's control for it)"
-    assert at_rest.big_bytes >= BIG_ROWS * PAYLOAD_REPEAT * 40
+    assert at_rest.big_bytes == BIG_ROWS * ROW_BYTES
     # The writer built the large write-set in spill pages in its datadir, on the fscrypt cluster and the control.
     assert any("_data." in page for page in at_rest.watch["atr1"]["seen"]), at_rest.watch
     assert any("_data." in page for page in at_rest.watch[CONTROL]["seen"]), at_rest.watch
