@@ -26,7 +26,7 @@ import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
 from components.config import ClusterConfig, Ec2NodeConfig, JumpHost, NodeConfig
-from components.mycnf import GALERA_PORT, gcache_tmpfs_bytes
+from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
     COMMAND_INPUTS,
@@ -311,7 +311,6 @@ class MariaDbCluster(pulumi.ComponentResource):
         unwrap_conf = self._key_arn.apply(
             lambda arn: render_unwrap_conf(
                 mode=cfg.mariadb.key_management, key_arn=arn, region=cfg.region, on_premises=False,
-                gcache_tmpfs_bytes=gcache_tmpfs_bytes(cfg),
             )
         )
         return {

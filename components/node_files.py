@@ -118,7 +118,6 @@ def render_unwrap_conf(
     region: str,
     on_premises: bool,
     endpoint_url: str | None = None,
-    gcache_tmpfs_bytes: int | None = None,
 ) -> str:
     """``/etc/mariadb-kms/unwrap.conf``: what the unwrap unit decrypts, with whose credentials, and where it writes.
 
@@ -141,9 +140,6 @@ def render_unwrap_conf(
     if on_premises:
         cp["unwrap"]["credentials_file"] = CREDENTIALS_PATH
         cp["unwrap"]["profile"] = CREDENTIALS_PROFILE
-    if gcache_tmpfs_bytes:
-        # The unwrap remounts the gcache tmpfs with this size before each start (components/mycnf.py).
-        cp["unwrap"]["gcache_tmpfs_size"] = str(gcache_tmpfs_bytes)
     if endpoint_url:
         cp["unwrap"]["endpoint_url"] = endpoint_url
     out = io.StringIO()

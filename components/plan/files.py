@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from components.config import ClusterConfig, NodeConfig
 from components.mycnf import (
     DATADIR_CONF_PATH,
-    gcache_tmpfs_bytes,
     render_datadir_conf_of,
     render_encryption_cnf,
     render_mycnf,
@@ -65,7 +64,6 @@ def _rolled_seed_files(
                 key_arn=key_arn,
                 region=cluster.region,
                 on_premises=on_premises,
-                gcache_tmpfs_bytes=gcache_tmpfs_bytes(cluster),
             ),
             UNWRAP_CONF_MODE,
             ROOT,

@@ -30,7 +30,6 @@ from components.node_files import (
     KEYFILE_PATH,
     MYCNF_ENCRYPTION_PATH,
     MYCNF_NODE_PATH,
-    render_unwrap_conf,
 )
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -249,6 +248,5 @@ def test_the_gcache_tmpfs_has_room_for_the_ring_buffer_and_two_of_the_largest_wr
     assert gcache_tmpfs_bytes(cluster) == (256 << 20) + 2 * MAX_WRITE_SET_BYTES
     node_cnf = render_node_cnf(cluster.nodes[2], cluster, node_address="10.0.0.3", member_addresses=["10.0.0.3"])
     assert f"wsrep_max_ws_size = {MAX_WRITE_SET_BYTES}\n" in node_cnf  # what the tmpfs size counts on
-    conf = render_unwrap_conf(mode="kms-envelope", key_arn="arn:k", region="eu-west-1", on_premises=True,
-                              gcache_tmpfs_bytes=gcache_tmpfs_bytes(cluster))
-    assert f"gcache_tmpfs_size = {gcache_tmpfs_bytes(cluster)}\n" in conf
+    # The roll reads both from the node's config to size the tmpfs (node/mariadb-kms-roll).
+    assert "gcache.size=256M;" in node_cnf
