@@ -12,7 +12,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # pytest exits 5 when it collected nothing: count that as a failure.
 PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc' pytest
 
-.PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
+.PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host test-at-rest-full pytest lint demo demo-down testbed-down \
 	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy \
 	reliability
 
@@ -78,6 +78,10 @@ test-fresh-host: deps
 # Faults under load on a 3-node testbed cluster (tests/reliability; figures in docs/RELIABILITY.md).
 reliability: deps
 	$(PYTEST) -m reliability tests/reliability
+
+# Nothing in plaintext at rest, at full size: the 200 MB transaction (make test runs it at 32 MB).
+test-at-rest-full: deps
+	MARIADB_KMS_ATREST_FULL=1 $(PYTEST) -m node tests/node/test_at_rest.py
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).

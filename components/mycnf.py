@@ -47,6 +47,27 @@ SECURE_FILE_PRIV_DIR = f"{VOLUME_ROOT}/secure-file-priv"
 # The error log on the data volume, not in the journal: applier errors quote row values.
 ERROR_LOG_DIR = f"{VOLUME_ROOT}/log"
 ERROR_LOG = f"{ERROR_LOG_DIR}/mariadb.err"
+# Galera keeps a write-set that does not fit its ring buffer (gcache.size) in a page file of its own, in the
+# gcache dir: on tmpfs, so it must be sized for it. wsrep_max_ws_size caps a write-set (a larger transaction
+# fails with an error instead of filling the tmpfs), and the tmpfs gets gcache.size plus two such pages: a
+# local write-set while it replicates and one received meanwhile (docs/at-rest.md). A tmpfs size is a limit,
+# not a reservation: only what is written uses memory.
+MAX_WRITE_SET_BYTES = 1 << 30
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def size_bytes(text: str) -> int:
+    """``256M`` -> bytes (the gcacheSize form: digits and an optional K, M or G)."""
+    text = text.strip().upper()
+    unit = text[-1] if text and text[-1] in "KMG" else ""
+    return int(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit]
+
+
+def gcache_tmpfs_bytes(cluster: ClusterConfig) -> int:
+    """The gcache tmpfs's size= : the ring buffer plus a page file each for two of the largest write-sets."""
+    return size_bytes(cluster.mariadb.gcache_size) + 2 * MAX_WRITE_SET_BYTES
+
+
 # Read by mariadb-kms-install and mariadb-kms-fscrypt: how the datadir is encrypted below MariaDB.
 DATADIR_CONF_PATH = "/etc/mariadb-kms/datadir.conf"
 
@@ -254,6 +275,8 @@ def render_node_cnf(
         ("wsrep_node_address", node_address),
         ("wsrep_node_name", node.name),
         ("wsrep_provider_options", f'"{options}"'),
+        # The largest write-set a transaction may make; the gcache tmpfs has room for two of them.
+        ("wsrep_max_ws_size", str(MAX_WRITE_SET_BYTES)),
         "# Physical SST copies encrypted pages (every node holds the same key); it logs in as the",
         "# unix_socket account mysql@localhost, so no password exists anywhere.",
         ("wsrep_sst_method", "mariabackup"),
@@ -310,12 +333,20 @@ def render_mycnf(
 
 def datadir_encryption(node: NodeConfig, cluster: ClusterConfig) -> str:
     """EC2: the EBS volume, encrypted by AWS with the cluster's KMS key. On premises: the stack config."""
-    return "ebs" if node.kind == "ec2" else cluster.mariadb.onprem_datadir_encryption
+    return datadir_encryption_of(on_premises=node.kind == "onprem", cluster=cluster)
+
+
+def datadir_encryption_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
+    return cluster.mariadb.onprem_datadir_encryption if on_premises else "ebs"
 
 
 def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
     """``/etc/mariadb-kms/datadir.conf``: ``encryption=`` for the node's installer and datadir key unit."""
-    mode = datadir_encryption(node, cluster)
+    return render_datadir_conf_of(on_premises=node.kind == "onprem", cluster=cluster)
+
+
+def render_datadir_conf_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
+    mode = datadir_encryption_of(on_premises=on_premises, cluster=cluster)
     if mode == "ebs":
         # The node encrypts nothing itself: EBS does, below the filesystem.
         return "# mariadb-kms: the data volume is EBS, encrypted by AWS with the cluster's KMS key.\nencryption=none\n"
@@ -323,8 +354,11 @@ def render_datadir_conf(node: NodeConfig, cluster: ClusterConfig) -> str:
 
 
 def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
-    """What mariadb-kms-verify is told about the datadir; ``none`` stays a gap (the config said so explicitly)."""
-    return ["--datadir-encryption", datadir_encryption(node, cluster)]
+    """What mariadb-kms-verify is told about the datadir; ``none`` is a gap unless ``allowPlainDatadir`` says
+    the stack accepts it."""
+    mode = datadir_encryption(node, cluster)
+    allowed = ["--allow-plain-datadir"] if mode == "none" and cluster.mariadb.allow_plain_datadir else []
+    return ["--datadir-encryption", mode, *allowed]
 
 
 def restart_relevant(text: str) -> str:

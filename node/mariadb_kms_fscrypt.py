@@ -240,14 +240,42 @@ def prepare(volume: Path, key: bytes) -> str:
     identifier = add_key(volume, key)
     existing = get_policy(datadir)
     if existing == identifier:
-        return f"{datadir} is encrypted under {identifier.hex()}"
+        return "; ".join([f"{datadir} is encrypted under {identifier.hex()}", *protect_siblings(volume, identifier)])
     if existing is not None:
         raise FscryptError(f"{datadir} is encrypted under another key ({existing.hex()}), not this cluster's")
     if any(datadir.iterdir()):
         raise FscryptError(f"{datadir} holds files but is not encrypted: a policy can only be set on an empty "
                            "directory; move the node by SST into a new empty one (docs/at-rest.md)")
     set_policy(datadir, identifier)
-    return f"{datadir} encrypted under {identifier.hex()} (fscrypt v2, AES-256-XTS)"
+    done = f"{datadir} encrypted under {identifier.hex()} (fscrypt v2, AES-256-XTS)"
+    return "; ".join([done, *protect_siblings(volume, identifier)])
+
+
+# Beside the datadir, on the same volume: the error log (applier errors quote row values) and
+# secure_file_priv (SELECT ... INTO OUTFILE writes rows there). Under the same key as the datadir; while it
+# is absent (MariaDB stopped) they read as ciphertext too.
+SIBLINGS = ("log", "secure-file-priv")
+
+
+def protect_siblings(volume: Path, identifier: bytes) -> list[str]:
+    said = []
+    for name in SIBLINGS:
+        directory = volume / name
+        if not directory.is_dir():
+            continue
+        existing = get_policy(directory)
+        if existing == identifier:
+            continue
+        if existing is not None:
+            raise FscryptError(f"{directory} is encrypted under another key ({existing.hex()}), not this cluster's")
+        if any(directory.iterdir()):
+            # Not fatal: the datadir is what must be encrypted from its first byte; this one is moved by hand.
+            said.append(f"warning: {directory} holds files but is not encrypted (a policy needs an empty "
+                        "directory): move its files out, re-run the install, move them back")
+            continue
+        set_policy(directory, identifier)
+        said.append(f"{directory} encrypted under {identifier.hex()}")
+    return said
 
 
 # The datadir is bound at DATADIR only while its key is present. A mount pins the directory it shows: bound

@@ -52,6 +52,7 @@ from rehearsal.pkgrepo import APT_SOURCE_PATH
 from rehearsal.plan import RecordedCommand, recorded_commands
 from rehearsal.recorder import Recording, Types, config_for_pulumi, record
 from rehearsal.replay import Outcome, Progress, Sent, replay
+from rehearsal.runner import attach_volumes
 from rehearsal.stack import SECRET_KEYS, STACK, RehearsalStack, StackError, load_file, prepare
 from rehearsal.testbed import DEBIAN_SOURCES_PATH, SEED_DIR, Settings, Testbed, cleanup
 
@@ -278,6 +279,10 @@ def boot_hosts(run: Run, tb: Testbed, overlaid: Overlaid) -> dict[str, str]:
             tb.seed(n.name, user_data=overlaid.user_data[n.name])
         else:
             tb.seed(n.name, user_data=onprem_seed(run, n.name, shown=False))
+    # Data volumes at /srv/mariadb-kms: on premises what its administrator prepares (ext4 -O encrypt, for
+    # fscrypt); on "EC2" the stand-in for the EBS volume, unencrypted (the data-volume overlay item).
+    attach_volumes(tb, [n.name for n in stack.nodes if n.kind != "ec2"])
+    attach_volumes(tb, [n.name for n in stack.nodes if n.kind == "ec2"], encrypt=False)
     states = tb.boot(timeout=300)
     for n in stack.nodes:
         tb.put_file(n.name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")

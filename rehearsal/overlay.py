@@ -18,8 +18,10 @@ The items, and why each is needed on this machine:
   reads it; ``mariadb.service`` and ``mariadbd`` see nothing new.
 - ``data-volume``: ``device=none`` in
   ``/etc/mariadb-kms/data-volume.conf.d/rehearsal.conf`` (added to EC2
-  user-data): there is no EBS volume; ``/var/lib/mysql`` stays on the host's
-  root filesystem.
+  user-data): there is no EBS volume to find and format; the testbed binds a
+  loop-backed ext4 image, unencrypted, at ``/srv/mariadb-kms`` instead. EBS
+  encryption is AWS's and is not rehearsed. (The on-prem host's volume is
+  what its administrator prepares, ``onprem-admin``.)
 - ``package-repository``: the local Debian repository's apt source, and
   Debian's own sources emptied (hosts have no internet route).
 - ``addresses``: ``/etc/hosts`` and ``/etc/hostname`` (a cloud's DNS and
@@ -32,7 +34,9 @@ The items, and why each is needed on this machine:
 - ``onprem-admin``: what an on-prem administrator provides before the first
   ``pulumi up``: the SSH user with passwordless sudo, the program's public
   key in its ``authorized_keys``, and the host key that config pins (made
-  with cloud-init's NoCloud seed on that host).
+  with cloud-init's NoCloud seed on that host); and the data volume, an ext4
+  filesystem made with ``-O encrypt`` mounted at ``/srv/mariadb-kms`` (a
+  loop-backed image made on this machine and bound into the host).
 """
 
 from __future__ import annotations
@@ -67,14 +71,15 @@ DECLARED: tuple[Item, ...] = (
     Item("kms-endpoint", "endpoint_url in unwrap.conf: the unwrap unit talks to moto's KMS server on the bridge"),
     Item("ec2-credentials", "EC2 nodes: a root 0600 credentials file named in unwrap.conf, instead of an instance "
                             "profile (no IMDS here); read by the unwrap unit only, as on premises"),
-    Item("data-volume", f"EC2 nodes: device=none in {DATA_VOLUME_OVERRIDE_PATH}: no EBS volume, the datadir stays "
-                        "on the root filesystem"),
+    Item("data-volume", f"EC2 nodes: device=none in {DATA_VOLUME_OVERRIDE_PATH}: no EBS volume; an unencrypted "
+                        "loop-backed ext4 stand-in is bound at /srv/mariadb-kms (EBS encryption is not rehearsed)"),
     Item("package-repository", "the local Debian repository's apt source; Debian's sources emptied (no internet)"),
     Item("addresses", "/etc/hosts and /etc/hostname of the testbed hosts"),
     Item("dpkg-unsafe-io", f"{DPKG_UNSAFE_IO_PATH}: dpkg does not sync each unpacked file (speed only; the hosts "
                            "share one disk)"),
-    Item("onprem-admin", "on-prem host: the SSH user with passwordless sudo, the program's authorized key and the "
-                         "host key config pins (what its administrator provides)"),
+    Item("onprem-admin", "on-prem host: the SSH user with passwordless sudo, the program's authorized key, the "
+                         "host key config pins and an ext4 -O encrypt data volume at /srv/mariadb-kms (what its "
+                         "administrator provides)"),
 )
 DECLARED_KEYS = frozenset(i.key for i in DECLARED)
 
@@ -152,7 +157,7 @@ def user_data(cloud_config: str, settings: Settings) -> str:
         "path": DATA_VOLUME_OVERRIDE_PATH,
         "permissions": "0644",
         "owner": "root:root",
-        "content": "# mariadb-kms rehearsal: no EBS volume; /var/lib/mysql stays on the root filesystem.\n"
+        "content": "# mariadb-kms rehearsal: no EBS volume; the testbed binds an unencrypted stand-in there.\n"
                    "device=none\n",
     })
     return cloud_config_text(data)

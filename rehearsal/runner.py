@@ -39,6 +39,7 @@ fixed one, stdin written and then closed, no terminal, and one trailing
 newline trimmed from stdout and stderr, as pulumi-command does.
 
     stack = ProgramStack(kms)
+    attach_volumes(testbed)   # before testbed.boot(): the data volumes fscrypt needs
     deployed = deploy(testbed, stack, onprem_config(testbed, ["node1", "node2", "node3"]))
     deployed.outcomes["node1-verification-run"].stdout   # the program's verify report
 """
@@ -69,8 +70,11 @@ from rehearsal.recorder import Computed, Recording, Types, config_for_pulumi, re
 from rehearsal.replay import Outcome, Progress, Replay, Sent, replay
 from rehearsal.stack import SECRET_KEYS, new_ed25519
 from rehearsal.testbed import Testbed
+from rehearsal.volumes import LoopVolume, make_volumes
 
 STACK = "nodetest"
+# A host's data volume stand-in: sparse, so only what is written takes room on this machine's disk.
+VOLUME_MIB = 2048
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
 # Every TLS channel off, as a user turns them off in the stack config (a control for encryption in transit).
 TLS_OFF: Mapping[str, Any] = {
@@ -93,7 +97,9 @@ def onprem_config(testbed: Testbed, names: Sequence[str] | None = None, **change
     """A stack config (keys as in Pulumi.<stack>.yaml, without the namespace) whose nodes are these hosts.
 
     Every node is on premises, reached as root, and pinned to the host key its
-    sshd really has, so the recorded connections are true ones. ``changes``
+    sshd really has, so the recorded connections are true ones. Hosts with a
+    data volume (``attach_volumes``) keep the default datadir encryption,
+    fscrypt; hosts without one get ``none``, allowed. ``changes``
     set or override keys (``tlsReplication=False``, ``gcacheSize="64M"``).
     The deploying identity the mocks report is a key admin, as README asks.
     """
@@ -109,6 +115,14 @@ def onprem_config(testbed: Testbed, names: Sequence[str] | None = None, **change
         "sshPrivateKey": login.private_openssh,
         "sshAuthorizedKey": login.public_line,
     }
+    unbacked = [n for n in chosen if n not in testbed.volumes]
+    if unbacked:
+        if len(unbacked) != len(chosen):
+            raise TestbedError(f"hosts {unbacked} have no data volume and the others do: attach_volumes to all")
+        # Hosts booted without a data volume (attach_volumes): the datadir stays on the root overlay, where
+        # the node tests' upper-dir scans read it; what they prove is MariaDB's own encryption. Stated, and
+        # accepted by verification, as a stack config would say it.
+        config.update({"onPremDatadirEncryption": "none", "allowPlainDatadir": True})
     config.update(changes)
     return config
 
@@ -438,10 +452,42 @@ class Deployment:
         return outcome
 
 
+# --------------------------------------------------------------------------
+# The hosts' data volumes
+# --------------------------------------------------------------------------
+
+
+def attach_volumes(testbed: Testbed, names: Sequence[str] | None = None, *, encrypt: bool = True,
+                   size_mib: int = VOLUME_MIB) -> dict[str, LoopVolume]:
+    """Before ``testbed.boot()``: each host gets a data volume at /srv/mariadb-kms, as an on-prem administrator
+    prepares one (docs/at-rest.md): a loop-backed ext4 image made here (``-O encrypt`` unless ``encrypt`` is
+    false), bound into the host (rehearsal/volumes.py). The program's default ``onPremDatadirEncryption``,
+    fscrypt, needs it; the testbed's teardown removes it."""
+    chosen = list(testbed.hosts if names is None else names)
+    if any(testbed.hosts[n].nspawn_pid for n in chosen):
+        raise TestbedError("attach_volumes: a volume is bound at boot; call it before testbed.boot()")
+    volumes = make_volumes(testbed.run_dir, {n: encrypt for n in chosen}, size_mib=size_mib)
+    for name, volume in volumes.items():
+        testbed.volumes[name] = volume.mount_point
+    return volumes
+
+
+def _check_volumes(testbed: Testbed, program: Program) -> None:
+    """fscrypt needs a volume of its own on each node; say so before the install fails on a host without one."""
+    if program.config.get("onPremDatadirEncryption", "fscrypt") != "fscrypt":
+        return
+    missing = sorted({s.node for s in program.sent} - set(testbed.volumes))
+    if missing:
+        raise DeployFailed(f"hosts {missing} have no data volume at /srv/mariadb-kms, which onPremDatadirEncryption "
+                           "fscrypt needs: call rehearsal.runner.attach_volumes before booting them (or deploy "
+                           "with onPremDatadirEncryption none)")
+
+
 def deploy(testbed: Testbed, stack: ProgramStack, config: Mapping[str, Any], *, stop_before: str | None = None,
            timeout: float = 1800.0, quiet: bool = False) -> Deployment:
     """Record the program for ``config`` and run its plan on the testbed's hosts (up to ``stop_before``)."""
     program = stack.record(config, testbed)
+    _check_volumes(testbed, program)
     for name in {s.node for s in program.sent}:
         # Declared in the overlay (dpkg-unsafe-io): the hosts share one disk; packages and MariaDB are unchanged.
         testbed.put_file(name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")

@@ -79,6 +79,7 @@ class MariaDbSettings:
     slow_query_log: bool
     cluster_name: str
     onprem_datadir_encryption: str = default_of("onPremDatadirEncryption")
+    allow_plain_datadir: bool = default_of("allowPlainDatadir")
     version: str = ""  # mariadbVersion: empty = the distribution's current at install, never upgraded
 
 

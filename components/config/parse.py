@@ -378,6 +378,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             slow_query_log=bool(v["slowQueryLog"]),
             cluster_name=str(v["clusterName"]),
             onprem_datadir_encryption=str(v["onPremDatadirEncryption"]),
+            allow_plain_datadir=bool(v["allowPlainDatadir"]),
             version=str(v["mariadbVersion"] or ""),
         ),
         network=NetworkConfig(

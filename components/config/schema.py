@@ -271,12 +271,20 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "onPremDatadirEncryption",
         "string",
-        "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (ext4 volume made with "
-        "-O encrypt, key derived from the cluster data key), `luks` (your dm-crypt volume) or `none` (stated as a "
-        "gap). Pre-release: the node tools implement it and are tested on real hosts, but `pulumi up` does not yet "
-        "hand it to the nodes, which install with `none` (docs/at-rest.md).",
+        "How on-prem nodes encrypt the datadir below MariaDB, one of {choices}: `fscrypt` (an ext4 volume made with "
+        "-O encrypt mounted at /srv/mariadb-kms, checked before the install; key derived from the cluster data key), "
+        "`luks` (your dm-crypt volume there) or `none` (verification reports it as a gap). Placed on a node once, "
+        "before its install: a later change reaches a node by the SST runbook (docs/at-rest.md). EC2 nodes: their "
+        "EBS volumes are encrypted with the cluster's KMS key.",
         default="fscrypt",
         choices=DATADIR_ENCRYPTION_MODES,
+    ),
+    ConfigKey(
+        "allowPlainDatadir",
+        "boolean",
+        "With onPremDatadirEncryption `none`: verification states the unencrypted datadir (Galera spill pages, "
+        "GRA_*.log, .frm, the Aria log, ddl_recovery.log in plaintext) instead of failing on it.",
+        default=False,
     ),
     ConfigKey(
         "mariadbVersion",

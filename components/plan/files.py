@@ -7,7 +7,13 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from components.config import ClusterConfig, NodeConfig
-from components.mycnf import render_encryption_cnf, render_mycnf, restart_relevant
+from components.mycnf import (
+    DATADIR_CONF_PATH,
+    render_datadir_conf_of,
+    render_encryption_cnf,
+    render_mycnf,
+    restart_relevant,
+)
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
@@ -34,8 +40,23 @@ def seed_files(
     """What the install path needs before it runs and that holds nothing about membership.
 
     The same set EC2 user-data places at first boot (unwrap.conf, the blob, the
-    encryption config), so both kinds of node start the install from one state.
+    encryption config), so both kinds of node start the install from one state;
+    plus datadir.conf, which the installer reads before it makes the datadir (on
+    premises: ``onPremDatadirEncryption``; EC2: ``none`` below the node, as EBS
+    encrypts the volume).
     """
+    return {
+        **_rolled_seed_files(cluster, key_arn=key_arn, blob_b64=blob_b64, on_premises=on_premises),
+        # Seeded only, never rolled: the datadir key unit reads it at every start, so rewriting it under a
+        # datadir encrypted the other way would stop the node. A new mode reaches a node by the SST runbook
+        # (docs/at-rest.md); until then verify, told the new mode, reports the datadir as a gap.
+        DATADIR_CONF_PATH: (render_datadir_conf_of(on_premises=on_premises, cluster=cluster), MYCNF_MODE, ROOT),
+    }
+
+
+def _rolled_seed_files(
+    cluster: ClusterConfig, *, key_arn: str, blob_b64: str, on_premises: bool
+) -> dict[str, FileSpec]:
     return {
         UNWRAP_CONF_PATH: (
             render_unwrap_conf(
@@ -65,8 +86,9 @@ def config_files(
     node_address: str,
     member_addresses: Sequence[str],
 ) -> dict[str, FileSpec]:
-    """Everything a restart applies that the program renders: the seed files plus the node's Galera config."""
-    files = seed_files(cluster, key_arn=key_arn, blob_b64=blob_b64, on_premises=node.kind == "onprem")
+    """Everything a restart applies that the program renders: the seed files (datadir.conf aside) plus the
+    node's Galera config."""
+    files = _rolled_seed_files(cluster, key_arn=key_arn, blob_b64=blob_b64, on_premises=node.kind == "onprem")
     mycnf = render_mycnf(
         node, cluster, node_address=node_address, member_addresses=member_addresses, key_arn=key_arn,
     )

@@ -99,6 +99,7 @@ from enum import Enum
 
 from components.cloud_config import LOGIN_USER
 from components.config import ClusterConfig, Ec2NodeConfig, NodeConfig, OnPremNodeConfig
+from components.mycnf import verify_datadir_args
 from components.node_files import BLOB_PATH, UNWRAP_CONF_PATH
 from components.plan.steps import (
     BOOTSTRAP,
@@ -319,7 +320,10 @@ def bootstrap_step() -> Step:
 
 def verify_step(node: NodeConfig, cluster: ClusterConfig, *, expect_size: int) -> Step:
     """The verify tool with the canary; its JSON report is the step's stdout, a gap is a non-zero exit."""
-    args = ["--canary", "--wait", str(VERIFY_WAIT_S), "--expect-size", str(expect_size)]
+    # EC2: ebs (AWS encrypts the volume; nothing to see from the node). On premises: the config's mode, and
+    # none stays a gap, as the stack config chose it.
+    args = ["--canary", "--wait", str(VERIFY_WAIT_S), *verify_datadir_args(node, cluster),
+            "--expect-size", str(expect_size)]
     if cluster.mariadb.general_log or cluster.mariadb.slow_query_log:
         args.append("--allow-query-logs")
     # Only a channel the stack config turned off may be plaintext.

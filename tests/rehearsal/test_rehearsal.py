@@ -31,8 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 UNWRAP_CONF = "/etc/mariadb-kms/unwrap.conf"
 CREDENTIALS = "/etc/mariadb-kms/aws-credentials"
 DATA_VOLUME_OVERRIDE = "/etc/mariadb-kms/data-volume.conf.d/rehearsal.conf"
-# Its own testbed: a user's `make demo` (mkdemo, 10.231.5.0/24) and the node tests (mk) keep running.
-TEST_ENV = {"MARIADB_KMS_DEMO_PREFIX": "mkdt", "MARIADB_KMS_DEMO_SUBNET": "10.231.8.0/24"}
+# Its own testbed: a user's `make demo` (mkdemo, 10.231.5.0/24) and the node tests (mk) keep running. A
+# demo prefix and subnet set in the environment are taken instead (several checkouts on one machine).
+TEST_ENV = {
+    "MARIADB_KMS_DEMO_PREFIX": os.environ.get("MARIADB_KMS_DEMO_PREFIX", "mkdt"),
+    "MARIADB_KMS_DEMO_SUBNET": os.environ.get("MARIADB_KMS_DEMO_SUBNET", "10.231.8.0/24"),
+}
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "nsenter", "ip", "apt-ftparchive")
 
 
@@ -137,6 +141,19 @@ def test_canary_absent_from_every_file_at_rest(demo: DemoRun) -> None:
         assert canary is not None, f"{name}: the verification ran without the canary"
         assert canary["files_scanned"] > 0 and canary["bytes_scanned"] > 0, name
         assert canary["found_in"] == [], name
+
+
+def test_the_onprem_datadir_is_fscrypt_on_its_volume_and_ec2_says_ebs(demo: DemoRun) -> None:
+    for name, node in demo.report["nodes"].items():
+        datadir = node["verify"]["datadir_encryption"]
+        if node["kind"] == "onprem":
+            assert (datadir["mode"], datadir["state"]) == ("fscrypt", "encrypted (fscrypt v2, AES-256-XTS)"), name
+            assert len(datadir["fscrypt_policy"]) == 32, name  # a v2 key identifier
+            mount = demo.node_exec(name, "findmnt", "-n", "-o", "FSTYPE,FSROOT", "/var/lib/mysql").stdout.split()
+            assert mount == ["ext4", "/data"], name  # the volume's data/ subdirectory, bound while the key is in
+        else:
+            # The rehearsal's stand-in for the EBS volume is not encrypted: EBS's encryption is AWS's.
+            assert datadir["mode"] == "ebs" and datadir["state"].startswith("encrypted by EBS"), name
 
 
 def test_the_key_came_from_the_emulator_and_stays_on_tmpfs(demo: DemoRun) -> None:

@@ -376,7 +376,9 @@ def test_verification_commands(recorded: dict[bool, Recording]) -> None:
     rec = recorded[False]
     for node in NODES:
         create = str(cmd(rec, f"{node}-verification-run").input("create"))
-        assert create.endswith("mariadb-kms-verify --canary --wait 600 --expect-size 3")
+        # EC2: EBS encrypts the volume; on premises: onPremDatadirEncryption (default fscrypt).
+        mode = "ebs" if node in EC2 else "fscrypt"
+        assert create.endswith(f"mariadb-kms-verify --canary --wait 600 --datadir-encryption {mode} --expect-size 3")
         assert create.startswith(f"sudo -n {FIRST_BOOT} --check >/dev/null && ") == (node in EC2)
 
 

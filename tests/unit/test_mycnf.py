@@ -11,13 +11,16 @@ from components.config import ClusterConfig, parse_config
 from components.mycnf import (
     ENCRYPTION_FLAGS_ON,
     ERROR_LOG,
+    MAX_WRITE_SET_BYTES,
     SECURE_FILE_PRIV_DIR,
     VOLUME_DATADIR,
     VOLUME_ROOT,
+    gcache_tmpfs_bytes,
     render_datadir_conf,
     render_encryption_cnf,
     render_mycnf,
     render_node_cnf,
+    size_bytes,
     verify_datadir_args,
 )
 from components.node_files import (
@@ -227,3 +230,23 @@ def test_datadir_encryption_per_node_kind(full_config: dict[str, Any]) -> None:
     assert verify_datadir_args(onprem, cluster) == ["--datadir-encryption", "luks"]
     default = _cluster(full_config)
     assert verify_datadir_args(default.nodes[2], default) == ["--datadir-encryption", "fscrypt"]
+    # none is a gap unless the stack config accepts it; the allowance changes nothing else.
+    plain = _cluster(full_config, onPremDatadirEncryption="none")
+    assert verify_datadir_args(plain.nodes[2], plain) == ["--datadir-encryption", "none"]
+    allowed = _cluster(full_config, onPremDatadirEncryption="none", allowPlainDatadir=True)
+    assert verify_datadir_args(allowed.nodes[2], allowed) == ["--datadir-encryption", "none", "--allow-plain-datadir"]
+    assert verify_datadir_args(allowed.nodes[0], allowed) == ["--datadir-encryption", "ebs"]
+    fscrypt_allowed = _cluster(full_config, allowPlainDatadir=True)
+    assert verify_datadir_args(fscrypt_allowed.nodes[2], fscrypt_allowed) == ["--datadir-encryption", "fscrypt"]
+
+
+def test_the_gcache_tmpfs_has_room_for_the_ring_buffer_and_two_of_the_largest_write_sets(
+    full_config: dict[str, Any],
+) -> None:
+    cluster = _cluster(full_config, gcacheSize="256M")
+    assert size_bytes("256M") == 256 << 20 and size_bytes("2G") == 2 << 30 and size_bytes("4096") == 4096
+    assert gcache_tmpfs_bytes(cluster) == (256 << 20) + 2 * MAX_WRITE_SET_BYTES
+    node_cnf = render_node_cnf(cluster.nodes[2], cluster, node_address="10.0.0.3", member_addresses=["10.0.0.3"])
+    assert f"wsrep_max_ws_size = {MAX_WRITE_SET_BYTES}\n" in node_cnf  # what the tmpfs size counts on
+    # The roll reads both from the node's config to size the tmpfs (node/mariadb-kms-roll).
+    assert "gcache.size=256M;" in node_cnf

@@ -23,6 +23,7 @@ from remote_plan import command as cmd
 from remote_plan import connection, decode_put, remote_commands, runs_after, stdin_text
 
 from components.config import JumpHost
+from components.mycnf import DATADIR_CONF_PATH
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
@@ -114,14 +115,17 @@ def test_credentials_reach_the_node_on_stdin_only(config: dict[str, Any]) -> Non
 def test_seed_and_config_files(config: dict[str, Any]) -> None:
     rec = up(config)
     seed = decode_put(str(stdin_text(cmd(rec, "dc-1-ssh-seed"))))
-    assert set(seed) == {UNWRAP_CONF_PATH, BLOB_PATH, MYCNF_ENCRYPTION_PATH}
+    assert set(seed) == {UNWRAP_CONF_PATH, BLOB_PATH, MYCNF_ENCRYPTION_PATH, DATADIR_CONF_PATH}
+    # The installer reads it before it makes the datadir: the default mode, fscrypt.
+    assert seed[DATADIR_CONF_PATH][0].decode().splitlines()[-1] == "encryption=fscrypt"
     assert cmd(rec, "dc-1-ssh-seed").input("create").endswith(" mariadb-kms-put --if-missing")
     blob = rec.one(Types.DATA_KEY).state["ciphertext_blob"]
     assert seed[BLOB_PATH] == (base64.b64decode(blob), 0o600, "root:root")
     assert f"credentials_file = {CREDENTIALS_PATH}" in seed[UNWRAP_CONF_PATH][0].decode()
     assert rec.one(Types.KMS_KEY).state["arn"] in seed[UNWRAP_CONF_PATH][0].decode()
     config_files = decode_put(str(stdin_text(cmd(rec, "dc-2-ssh-config"))))
-    assert set(config_files) == {*seed, MYCNF_NODE_PATH}
+    # datadir.conf is seeded, never rolled: rewriting it under a datadir encrypted the other way stops the node.
+    assert set(config_files) == {*seed, MYCNF_NODE_PATH} - {DATADIR_CONF_PATH}
     node_cnf = config_files[MYCNF_NODE_PATH][0].decode()
     assert "wsrep_cluster_address = gcomm://192.0.2.21:4567,dc-2.db.example.net:4567" in node_cnf
     assert "wsrep_node_address = dc-2.db.example.net" in node_cnf and "gmcast.segment=1" in node_cnf

@@ -25,7 +25,7 @@ from mocks import PLANTED_ACCESS_KEY_SECRET, full_config
 from remote_plan import decode_put
 
 from components.config import ClusterConfig, parse_config
-from components.mycnf import GALERA_PORT
+from components.mycnf import DATADIR_CONF_PATH, GALERA_PORT
 from components.node_files import (
     BLOB_PATH,
     CREDENTIALS_PATH,
@@ -163,7 +163,12 @@ def test_verify_step() -> None:
     ec2 = verify_step(node(cfg, "aws-a"), cfg, expect_size=3)
     onprem = verify_step(node(cfg, "dc-1"), cfg, expect_size=3)
     assert ec2.create.startswith(f"sudo -n {FIRST_BOOT} --check >/dev/null && sudo -n ")
-    assert onprem.create == f"sudo -n {VERIFY} --canary --wait {VERIFY_WAIT_S} --expect-size 3"
+    assert onprem.create == (
+        f"sudo -n {VERIFY} --canary --wait {VERIFY_WAIT_S} --datadir-encryption fscrypt --expect-size 3"
+    )
+    assert " --datadir-encryption ebs " in ec2.create  # EBS encrypts the volume with the cluster's key
+    plain = cluster(onPremDatadirEncryption="none")
+    assert " --datadir-encryption none " in verify_step(node(plain, "dc-1"), plain, expect_size=3).create
     assert Trigger.EVERY_UP not in onprem.triggers
     assert {Trigger.CONFIG, Trigger.MEMBERS} <= set(onprem.triggers)
     every = verify_step(node(cluster(verifyOnEveryUp=True), "dc-1"), cluster(verifyOnEveryUp=True), expect_size=3)
@@ -223,7 +228,13 @@ def test_config_files_of_a_node() -> None:
 def test_seed_files_hold_nothing_about_membership() -> None:
     cfg = cluster()
     seed = seed_files(cfg, key_arn=KEY_ARN, blob_b64=BLOB_B64, on_premises=True)
-    assert set(seed) == {UNWRAP_CONF_PATH, BLOB_PATH, MYCNF_ENCRYPTION_PATH}
+    assert set(seed) == {UNWRAP_CONF_PATH, BLOB_PATH, MYCNF_ENCRYPTION_PATH, DATADIR_CONF_PATH}
+    assert str(seed[DATADIR_CONF_PATH][0]).splitlines()[-1] == "encryption=fscrypt"
+    luks = cluster(onPremDatadirEncryption="luks")
+    on_prem = seed_files(luks, key_arn=KEY_ARN, blob_b64=BLOB_B64, on_premises=True)[DATADIR_CONF_PATH]
+    ec2 = seed_files(luks, key_arn=KEY_ARN, blob_b64=BLOB_B64, on_premises=False)[DATADIR_CONF_PATH]
+    assert str(on_prem[0]).splitlines()[-1] == "encryption=luks" and on_prem[1:] == (0o644, "root:root")
+    assert str(ec2[0]).splitlines()[-1] == "encryption=none"  # EBS encrypts below the node
     assert "192.0.2.21" not in "".join(str(c) for c, _, _ in seed.values())
 
 

@@ -7,13 +7,23 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from components.node_files import UNWRAP_CONF_PATH
+from rehearsal import TestbedError
 from rehearsal.kms_server import KmsServer
 from rehearsal.plan import decode_put
-from rehearsal.runner import TLS_OFF, DeployFailed, Deployment, ProgramStack, changed_commands, onprem_config
+from rehearsal.runner import (
+    TLS_OFF,
+    DeployFailed,
+    Deployment,
+    ProgramStack,
+    changed_commands,
+    deploy,
+    onprem_config,
+)
 from rehearsal.testbed import ExecResult, Testbed
 
 HOSTS = ("node1", "node2", "node3")
@@ -32,6 +42,7 @@ class HostsStandIn:
     def __init__(self, fail: str | None = None) -> None:
         self.hosts = {n: _Host(n, f"10.231.99.{10 + i}") for i, n in enumerate(HOSTS, start=1)}
         self.fail = fail  # a command line containing this exits 1
+        self.volumes: dict[str, Any] = {}  # host -> its data volume stand-in's directory (none here)
         self.ran: list[tuple[str, list[str], bytes | None]] = []
         self.lock = threading.Lock()
 
@@ -137,3 +148,25 @@ def test_a_stack_with_ec2_nodes_is_refused_by_name(kms: KmsServer) -> None:
     config = {**onprem_config(_testbed(tb)), "ec2Nodes": ec2}
     with pytest.raises(ValueError, match="ec2Nodes"):
         ProgramStack(kms).record(config, _testbed(tb))
+
+
+def test_hosts_without_a_data_volume_get_datadir_encryption_none_stated_and_with_one_the_default() -> None:
+    bare = HostsStandIn()
+    config = onprem_config(_testbed(bare))
+    assert (config["onPremDatadirEncryption"], config["allowPlainDatadir"]) == ("none", True)
+    assert onprem_config(_testbed(bare), onPremDatadirEncryption="luks")["onPremDatadirEncryption"] == "luks"
+    backed = HostsStandIn()
+    backed.volumes = {n: f"/volumes/{n}" for n in HOSTS}
+    assert "onPremDatadirEncryption" not in onprem_config(_testbed(backed))  # the program's default, fscrypt
+    half = HostsStandIn()
+    half.volumes = {HOSTS[0]: "/volumes/x"}
+    with pytest.raises(TestbedError, match="no data volume"):
+        onprem_config(_testbed(half))
+
+
+def test_deploying_fscrypt_to_hosts_without_a_volume_fails_before_any_command(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    config = {**onprem_config(_testbed(tb)), "onPremDatadirEncryption": "fscrypt"}
+    with pytest.raises(DeployFailed, match="attach_volumes"):
+        deploy(_testbed(tb), ProgramStack(kms), config)
+    assert tb.ran == []
