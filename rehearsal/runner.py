@@ -22,7 +22,9 @@ The same steps as ``make demo``, minus the EC2 side:
 A stack keeps what it made across recordings, as a Pulumi stack's state keeps
 its resources across updates: record again with a changed config and the KMS
 key, its alias, the data key and the on-prem access key stay the same, so the
-nodes' datadirs stay readable. ``changed_commands`` names what a new
+nodes' datadirs stay readable (a changed encryption context goes through the
+provider's ``diff`` and ``update``, as the engine calls them: the same data key,
+re-wrapped). ``changed_commands`` names what a new
 recording would run differently.
 
 Transport: ``Testbed.exec`` (nsenter into the host), not SSH. The node tests'
@@ -57,7 +59,7 @@ from typing import Any
 
 from pulumi.runtime import rpc
 
-from components.data_key_provider import P_BLOB
+from components.data_key_provider import P_BLOB, P_CONTEXT
 from rehearsal import TestbedError, say
 from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID
@@ -151,7 +153,14 @@ class LastingMocks(EmulatedMocks):
         return self._keep("kms_alias", name, lambda: super(LastingMocks, self).kms_alias(name, inputs))
 
     def data_key(self, name: str, inputs: dict[str, Any]) -> Computed:
-        return self._keep("data_key", name, lambda: super(LastingMocks, self).data_key(name, inputs))
+        kept = self.kept.get(("data_key", name))
+        if kept is None:
+            return self._keep("data_key", name, lambda: super(LastingMocks, self).data_key(name, inputs))
+        # A later up: the engine diffs the kept state against the new inputs and updates in place
+        # (a new encryption context re-wraps the same data key), never mints another.
+        outputs = self.emulator.update_data_key(kept.id, kept.outputs, inputs)
+        self.kept[("data_key", name)] = Computed(kept.id, outputs, kept.known_in_preview)
+        return self.kept[("data_key", name)]
 
     def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
         return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
@@ -206,6 +215,12 @@ class Program:
         """The cluster data key's CiphertextBlob, as the program stores it."""
         encoded = rpc.unwrap_rpc_secret(self.recording.one(Types.DATA_KEY).state[P_BLOB])
         return base64.b64decode(str(encoded))
+
+    @property
+    def encryption_context(self) -> dict[str, str]:
+        """The context the blob is wrapped with ({} for none): KMS decrypts it only with this."""
+        context = self.recording.one(Types.DATA_KEY).state.get(P_CONTEXT) or {}
+        return {str(k): str(v) for k, v in dict(context).items()}
 
     @property
     def onprem_access_key(self) -> tuple[str, str]:
