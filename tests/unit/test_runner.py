@@ -137,3 +137,26 @@ def test_a_stack_with_ec2_nodes_is_refused_by_name(kms: KmsServer) -> None:
     config = {**onprem_config(_testbed(tb)), "ec2Nodes": ec2}
     with pytest.raises(ValueError, match="ec2Nodes"):
         ProgramStack(kms).record(config, _testbed(tb))
+
+
+def test_recording_again_with_the_context_rewraps_the_same_data_key_in_the_nodes_files(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(kms)
+    first = stack.record(onprem_config(_testbed(tb), dataKeyEncryptionContext=False), _testbed(tb))
+    assert first.encryption_context == {}
+    data_key = kms.client().decrypt(CiphertextBlob=first.data_key_blob)["Plaintext"]
+
+    second = stack.record({**first.config, "dataKeyEncryptionContext": True}, _testbed(tb))
+    context = second.encryption_context
+    assert context == {"mariadb-kms:stack": stack.stack, "mariadb-kms:cluster": first.config["clusterName"]}
+    assert second.data_key_blob != first.data_key_blob and second.key_arn == first.key_arn
+    assert kms.client().decrypt(CiphertextBlob=second.data_key_blob, EncryptionContext=context)["Plaintext"] == data_key
+    changed = changed_commands(first, second)
+    for node in HOSTS:
+        assert f"{node}-ssh-config" in changed and f"{node}-ssh-seed" in changed
+        files = decode_put(str(second.command(f"{node}-ssh-config").stdin))
+        assert f"encryption_context = {{\"mariadb-kms:cluster\": \"{context['mariadb-kms:cluster']}\"".encode() in \
+            files[UNWRAP_CONF_PATH][0]
+    # Control: recording once more with the same config re-wraps nothing.
+    third = stack.record(dict(second.config), _testbed(tb))
+    assert third.data_key_blob == second.data_key_blob
