@@ -50,6 +50,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import subprocess
 import threading
 import time
@@ -164,6 +165,19 @@ class LastingMocks(EmulatedMocks):
 
     def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
         return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
+
+    def computed(self, typ: str, name: str, inputs: dict[str, Any]) -> Computed:
+        if not typ.startswith("tls:"):
+            return super().computed(typ, name, inputs)
+        # The cluster CA, node keys and certificates: the engine keeps each until one of its inputs changes
+        # (every input of a pulumi-tls resource forces a new one), so a later recording with the same inputs
+        # gets the same key or certificate, and a node's roll does not install a CA the others do not trust.
+        digest = hashlib.sha256(json.dumps(_plain_inputs(inputs), sort_keys=True, default=str).encode()).hexdigest()
+        return self._keep(f"{typ}#{digest}", name, lambda: super(LastingMocks, self).computed(typ, name, inputs))
+
+
+def _plain_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: rpc.unwrap_rpc_secret(v) for k, v in inputs.items() if not k.startswith("__")}
 
 
 @dataclass

@@ -160,3 +160,15 @@ def test_recording_again_with_the_context_rewraps_the_same_data_key_in_the_nodes
     # Control: recording once more with the same config re-wraps nothing.
     third = stack.record(dict(second.config), _testbed(tb))
     assert third.data_key_blob == second.data_key_blob
+
+
+def test_recording_again_keeps_the_tls_material_whose_inputs_did_not_change(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(kms)
+    first = stack.record(onprem_config(_testbed(tb)), _testbed(tb))
+    second = stack.record(dict(first.config), _testbed(tb))
+    ca = "tls:index/selfSignedCert:SelfSignedCert"
+    assert first.recording.one(ca).state["certPem"] == second.recording.one(ca).state["certPem"]
+    # Control: another stack (a fresh state) gets a CA of its own.
+    other = ProgramStack(kms).record(dict(first.config), _testbed(tb))
+    assert other.recording.one(ca).state["certPem"] != first.recording.one(ca).state["certPem"]
