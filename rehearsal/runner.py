@@ -335,15 +335,17 @@ class Deployment:
     def pending(self) -> list[str]:
         return [s.command.name for s in self.program.sent if s.command.name not in self.done]
 
-    def run(self, *, stop_before: str | None = None, timeout: float = 1800.0) -> list[Outcome]:
-        """Every command not yet done, except ``stop_before`` and what waits for it; raises on a failure."""
-        if stop_before is not None:
-            self.program.command(stop_before)  # a typo must not run the whole plan
+    def run(self, *, stop_before: str | Sequence[str] | None = None, timeout: float = 1800.0) -> list[Outcome]:
+        """Every command not yet done, except ``stop_before`` (one name or several) and what waits for it;
+        raises on a failure."""
+        held = {stop_before} if isinstance(stop_before, str) else set(stop_before or ())
+        for name in held:
+            self.program.command(name)  # a typo must not run the whole plan
         chosen: list[Sent] = []
         done = self.done
         for s in self.program.sent:
             name = s.command.name
-            if name in done or name == stop_before or (stop_before is not None and stop_before in s.command.after):
+            if name in done or name in held or held & set(s.command.after):
                 continue
             after = tuple(d for d in s.command.after if d not in done)
             chosen.append(dataclasses.replace(s, command=dataclasses.replace(s.command, after=after)))
