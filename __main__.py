@@ -14,6 +14,7 @@ from components.cluster import MariaDbCluster
 from components.cluster_data_key import ClusterDataKey
 from components.config import ConfigError
 from components.deployer import deployer_arns, deploying_identity
+from components.encryption_context import cluster_context
 from components.encryption_key import EncryptionKey
 from components.key_policy import onprem_source_cidrs
 from components.node_identity import NodeIdentity
@@ -27,6 +28,10 @@ except ConfigError as err:
     raise pulumi.RunError(f"{len(err.errors)} configuration error(s), listed above") from None
 
 identity = deploying_identity()
+# Binds the blob to this stack and cluster (None in aws-plugin mode, whose plugin decrypts without one).
+context = cluster_context(
+    cfg.stack, cfg.mariadb.cluster_name, cfg.mariadb.key_management, enabled=cfg.key.encryption_context
+)
 
 node_identity = (
     NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags)
@@ -60,6 +65,7 @@ key = EncryptionKey(
     onprem_egress_cidrs=egress_cidrs,
     tags=cfg.tags,
     created_vpc_endpoint_id=created_vpce_id,
+    encryption_context=context,
 )
 
 # Explicitly after the whole key component: the deployer may call
@@ -69,6 +75,7 @@ data_key = ClusterDataKey(
     key_arn=key.arn,
     escrow_in_ssm=cfg.key.escrow_in_ssm,
     tags=cfg.tags,
+    encryption_context=context,
     opts=pulumi.ResourceOptions(depends_on=[key]),
 )
 

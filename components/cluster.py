@@ -26,6 +26,7 @@ import pulumi_command as command
 
 from components.cluster_ca import ClusterCa
 from components.config import ClusterConfig, Ec2NodeConfig, JumpHost, NodeConfig
+from components.encryption_context import cluster_context
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
@@ -313,6 +314,10 @@ class MariaDbCluster(pulumi.ComponentResource):
         unwrap_conf = self._key_arn.apply(
             lambda arn: render_unwrap_conf(
                 mode=cfg.mariadb.key_management, key_arn=arn, region=cfg.region, on_premises=False,
+                encryption_context=cluster_context(
+                    cfg.stack, cfg.mariadb.cluster_name, cfg.mariadb.key_management,
+                    enabled=cfg.key.encryption_context,
+                ),
             )
         )
         return {

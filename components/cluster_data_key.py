@@ -36,9 +36,14 @@ class ClusterDataKey(pulumi.ComponentResource):
         tags: Mapping[str, str],
         escrow_parameter_name: str | None = None,
         endpoint_url: str | None = None,
+        encryption_context: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """``endpoint_url`` points boto3 at a local KMS stand-in (moto) for tests and the rehearsal only."""
+        """``endpoint_url`` points boto3 at a local KMS stand-in (moto) for tests and the rehearsal only.
+
+        ``encryption_context`` binds the blob to the cluster; changing it (an existing
+        stack gaining one) re-wraps the same data key in place, never a new key.
+        """
         super().__init__(COMPONENT_TYPE, name, None, opts)
         if escrow_in_ssm and escrow_parameter_name is None:
             escrow_parameter_name = default_escrow_parameter_name(pulumi.get_stack())
@@ -49,6 +54,7 @@ class ClusterDataKey(pulumi.ComponentResource):
             escrow_parameter_name=escrow_parameter_name if escrow_in_ssm else None,
             tags=tags,
             endpoint_url=endpoint_url,
+            encryption_context=encryption_context,
             # The caller's depends_on (the key policy) is repeated on the child so the engine, not
             # only the SDK's ordering, knows the data key must wait for it: KMS refuses the deployer
             # GenerateDataKeyWithoutPlaintext until the policy grants it.

@@ -22,6 +22,11 @@ What it does, and what it will not do:
 - ``diff`` replaces only when the key ARN changes (see ``DataKeyProvider.diff``
   for why that replacement must never actually happen, and why
   ``protect=True`` makes Pulumi refuse it).
+- The encryption context (``encryption_context``) binds the blob to its stack
+  and cluster. A change of it is an update: ``update`` re-wraps the existing
+  blob with a same-key ``ReEncrypt`` (``components.encryption_context``), so the
+  data key itself never changes and no plaintext is ever returned. The resource
+  id stays the digest of the first blob; ``blob_sha256`` names the current one.
 - ``delete`` does nothing: a data key is not a KMS resource, and an escrowed
   blob is retained on purpose.
 """
@@ -58,8 +63,10 @@ P_ESCROW = "escrow_in_ssm"
 P_ESCROW_NAME = "escrow_parameter_name"
 P_ENDPOINT = "endpoint_url"
 P_TAGS = "tags"
-# Changing these touches no key, so they are updates, never replacements.
-_UPDATABLE = (P_ESCROW, P_ESCROW_NAME, P_ENDPOINT, P_TAGS)
+P_CONTEXT = "encryption_context"  # absent in stacks made before it existed: read as no context
+P_BLOB_DIGEST = "blob_sha256"  # set once a re-wrap has changed the blob; absent, the id is the blob's digest
+# Changing these keeps the data key, so they are updates, never replacements.
+_UPDATABLE = (P_ESCROW, P_ESCROW_NAME, P_ENDPOINT, P_TAGS, P_CONTEXT)
 
 _KEY_ARN = re.compile(
     r"^arn:(?P<partition>aws(?:-cn|-us-gov|-iso|-iso-[a-z])?)"
@@ -104,8 +111,8 @@ class Cause(Enum):
     INVALID_STATE = "the key is not usable yet or any more (creating, disabled or pending deletion)"
     ACCESS_DENIED = (
         "access denied: the identity running pulumi needs kms:GenerateDataKeyWithoutPlaintext and "
-        "kms:DescribeKey on the key (and, for the escrow, ssm:PutParameter, ssm:GetParameter and "
-        "ssm:AddTagsToResource in its IAM policy); "
+        "kms:DescribeKey on the key, kms:ReEncryptFrom and kms:ReEncryptTo to re-wrap (and, for the escrow, "
+        "ssm:PutParameter, ssm:GetParameter and ssm:AddTagsToResource in its IAM policy); "
         "a key policy or IAM change can take minutes to apply"
     )
     THROTTLED = "throttled by the AWS API"
@@ -207,6 +214,7 @@ class DataKeyInputs:
     escrow_parameter_name: str | None
     endpoint_url: str | None
     tags: Mapping[str, str]
+    encryption_context: Mapping[str, str] | None = None
 
     @property
     def region(self) -> str:
@@ -248,6 +256,15 @@ def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
         not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
     ):
         problems.append((P_TAGS, f"expected a map of string to string, got {tags!r}"))
+    context = props.get(P_CONTEXT)
+    if context is not None and context != UNKNOWN and (
+        not isinstance(context, Mapping)
+        or not context
+        or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in context.items())
+    ):
+        problems.append(
+            (P_CONTEXT, f"expected a non-empty map of non-empty strings (or none), got {context!r}")
+        )
     return problems
 
 
@@ -261,7 +278,14 @@ def parse_inputs(props: Mapping[str, Any]) -> DataKeyInputs:
         escrow_parameter_name=props.get(P_ESCROW_NAME),
         endpoint_url=props.get(P_ENDPOINT),
         tags=dict(props.get(P_TAGS) or {}),
+        encryption_context=_context_of(props),
     )
+
+
+def _context_of(props: Mapping[str, Any]) -> dict[str, str] | None:
+    """The context a state or input names; None for none (and for every state older than the property)."""
+    context = props.get(P_CONTEXT)
+    return dict(context) if isinstance(context, Mapping) and context else None
 
 
 # --------------------------------------------------------------------------
@@ -346,8 +370,11 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         inputs = parse_inputs(props)
         kms = self._client("kms", inputs.region, inputs.endpoint_url)
+        request: dict[str, Any] = {"KeyId": inputs.key_arn, "KeySpec": KEY_SPEC}
+        if inputs.encryption_context:
+            request["EncryptionContext"] = dict(inputs.encryption_context)
         response = self._retrying(
-            lambda: kms.generate_data_key_without_plaintext(KeyId=inputs.key_arn, KeySpec=KEY_SPEC),
+            lambda: kms.generate_data_key_without_plaintext(**request),
             what="GenerateDataKeyWithoutPlaintext",
             key_arn=inputs.key_arn,
             retry_on=RETRY_ON_CREATE,
@@ -381,9 +408,12 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
             blob = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise DataKeyError(f"cluster data key under {key_arn}: the stored blob is not valid base64") from exc
-        if not blob or blob_id(blob) != id_:
+        recorded = props.get(P_BLOB_DIGEST)
+        expected = recorded if isinstance(recorded, str) and recorded else id_
+        if not blob or blob_id(blob) != expected:
             raise DataKeyError(
-                f"cluster data key under {key_arn}: the stored blob does not match the resource id {id_}; "
+                f"cluster data key under {key_arn}: the stored blob does not match the resource id {id_}"
+                f"{'' if expected == id_ else ' (and its recorded re-wrap digest)'}; "
                 "the state was altered. Restore it from a backup or the SSM escrow before anything else"
             )
         endpoint = props.get(P_ENDPOINT)
@@ -427,8 +457,9 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         resource is ``protect=True``, so Pulumi refuses the replacement (and
         ``retain_on_delete`` keeps the old one even if unprotected). The way to
         move to another KMS key is a deliberate ``kms:ReEncrypt`` of the blob,
-        which keeps the data key itself; deployers hold no ReEncrypt outside EC2,
-        so that stays an operator procedure, not something ``up`` does.
+        which keeps the data key itself; deployers hold ReEncrypt only onto the
+        same key (``kms:ReEncryptOnSameKey``, for the encryption context), so a
+        move to another key stays an operator procedure.
 
         An unknown new key ARN (preview while the key itself is being replaced)
         may differ, so it is reported as a replacement too.
@@ -442,22 +473,55 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
                 "refuses; to change keys, re-wrap the blob with kms:ReEncrypt instead"
             )
             return pulumi.dynamic.DiffResult(changes=True, replaces=[P_KEY_ARN], delete_before_replace=False)
-        changed = [p for p in _UPDATABLE if olds.get(p) != news.get(p)]
+        changed = [p for p in _UPDATABLE if _comparable(p, olds) != _comparable(p, news)]
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=[])
 
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
-        """Never touches KMS: the blob stays. Turning escrow on (or renaming it) writes the existing blob there.
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        """Keep the data key; re-wrap its blob when the encryption context changes, and follow with the escrow.
 
-        Turning escrow off leaves the parameter in place: it is a retained copy of ciphertext.
+        - A changed context (an existing stack gaining one, or leaving it for
+          aws-plugin mode) re-wraps the stored blob with a same-key ``ReEncrypt``:
+          new ciphertext, the same data key, no plaintext anywhere.
+        - Turning escrow on (or renaming it) writes the blob there. A re-wrap
+          overwrites the escrowed blob only if it holds the blob being replaced;
+          SSM keeps the earlier value in the parameter's history.
+        - Turning escrow off leaves the parameter in place: it is a retained copy of ciphertext.
         """
         inputs = parse_inputs(news)
-        key_arn, encoded = str(olds[P_KEY_ARN]), str(olds[P_BLOB])
-        newly_escrowed = inputs.escrow_in_ssm and (
-            not olds.get(P_ESCROW) or olds.get(P_ESCROW_NAME) != inputs.escrow_parameter_name
+        key_arn, old_encoded = str(olds[P_KEY_ARN]), str(olds[P_BLOB])
+        old_context = _context_of(olds)
+        encoded = old_encoded
+        if old_context != inputs.encryption_context:
+            encoded = self.rewrap(inputs, key_arn, old_encoded, old_context)
+        same_escrow = bool(olds.get(P_ESCROW)) and olds.get(P_ESCROW_NAME) == inputs.escrow_parameter_name
+        if inputs.escrow_in_ssm:
+            if not same_escrow:
+                self.escrow(inputs, encoded)
+            elif encoded != old_encoded:
+                self.escrow(inputs, encoded, replacing=old_encoded)
+        state = _state(inputs, key_arn, encoded)
+        digest = blob_id(base64.b64decode(encoded))
+        if digest != id_ or olds.get(P_BLOB_DIGEST):
+            state[P_BLOB_DIGEST] = digest
+        return pulumi.dynamic.UpdateResult(state)
+
+    def rewrap(
+        self, inputs: DataKeyInputs, key_arn: str, encoded_blob: str, old_context: Mapping[str, str] | None
+    ) -> str:
+        """The stored blob wrapped again under the same key with the new context (base64)."""
+        # Imported here: that module imports this one, and keeping ReEncrypt out of this module's
+        # source lets a unit test hold it to "no call that could see or move key material".
+        from components.encryption_context import rewrap_blob
+
+        kms = self._client("kms", region_of(key_arn), inputs.endpoint_url)
+        new_blob = rewrap_blob(
+            kms, base64.b64decode(encoded_blob), key_arn,
+            new_context=inputs.encryption_context or {}, old_context=old_context,
+            policy=self.retry_policy, sleep=self._sleep,
+            # Run right after the key policy gained the re-wrap statement: a denial can be a delay.
+            retry_on=RETRY_ON_CREATE,
         )
-        if newly_escrowed:
-            self.escrow(inputs, encoded)
-        return pulumi.dynamic.UpdateResult(_state(inputs, key_arn, encoded))
+        return base64.b64encode(new_blob).decode("ascii")
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # Nothing exists in KMS to delete, and the SSM escrow is retained on purpose.
@@ -465,16 +529,20 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
 
     # -- escrow -------------------------------------------------------------
 
-    def escrow(self, inputs: DataKeyInputs, encoded_blob: str) -> None:
+    def escrow(self, inputs: DataKeyInputs, encoded_blob: str, *, replacing: str | None = None) -> None:
         """Write the blob to an SSM SecureString, never overwriting a different one.
 
         The same value already there is accepted, so a retried create or update
-        whose first write landed does not fail.
+        whose first write landed does not fail. ``replacing`` (a re-wrap) is the
+        one value that may be overwritten: the same data key's previous blob.
         """
         name = inputs.escrow_parameter_name
         if name is None:
             raise DataKeyError(f"escrow of the cluster data key under {inputs.key_arn}: no SSM parameter name")
         ssm = self._client("ssm", inputs.region, inputs.endpoint_url)
+        if replacing is not None:
+            self._replace_escrow(ssm, inputs, name, encoded_blob, replacing)
+            return
         try:
             self._retrying(
                 lambda: ssm.put_parameter(
@@ -503,6 +571,33 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         if existing != encoded_blob:
             _refuse_overwrite(name, inputs.key_arn)
 
+    def _replace_escrow(self, ssm: Any, inputs: DataKeyInputs, name: str, encoded_blob: str, replacing: str) -> None:
+        try:
+            existing: str | None = self._retrying(
+                lambda: ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"],
+                what=f"SSM GetParameter {name}",
+                key_arn=inputs.key_arn,
+                retry_on=RETRY_ON_READ,
+            )
+        except DataKeyError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ClientError) and cause.response["Error"]["Code"] == "ParameterNotFound"):
+                raise
+            existing = None
+        if existing == encoded_blob:
+            return
+        if existing is None:
+            self.escrow(inputs, encoded_blob)
+            return
+        if existing != replacing:
+            _refuse_overwrite(name, inputs.key_arn)
+        self._retrying(
+            lambda: ssm.put_parameter(Name=name, Value=encoded_blob, Type="SecureString", Overwrite=True),
+            what=f"SSM PutParameter {name} (re-wrapped blob)",
+            key_arn=inputs.key_arn,
+            retry_on=RETRY_ON_READ,
+        )
+
 
 def _refuse_overwrite(name: str, key_arn: str) -> NoReturn:
     raise DataKeyError(
@@ -512,8 +607,13 @@ def _refuse_overwrite(name: str, key_arn: str) -> NoReturn:
     )
 
 
+def _comparable(prop: str, props: Mapping[str, Any]) -> Any:
+    # An empty context and none are the same blob; a state older than the property has none.
+    return _context_of(props) if prop == P_CONTEXT else props.get(prop)
+
+
 def _state(inputs: DataKeyInputs, reported_key_arn: str, encoded_blob: str) -> dict[str, Any]:
-    return {
+    state: dict[str, Any] = {
         P_KEY_ARN: reported_key_arn,
         P_BLOB: encoded_blob,
         P_ESCROW: inputs.escrow_in_ssm,
@@ -521,6 +621,10 @@ def _state(inputs: DataKeyInputs, reported_key_arn: str, encoded_blob: str) -> d
         P_ENDPOINT: inputs.endpoint_url,
         P_TAGS: dict(inputs.tags),
     }
+    # Left out when there is none, so a stack without a context keeps the state it always had.
+    if inputs.encryption_context:
+        state[P_CONTEXT] = dict(inputs.encryption_context)
+    return state
 
 
 # --------------------------------------------------------------------------
@@ -544,6 +648,7 @@ class DataKeyResource(pulumi.dynamic.Resource, module=RESOURCE_MODULE, name=RESO
         escrow_parameter_name: str | None,
         tags: Mapping[str, str],
         endpoint_url: str | None,
+        encryption_context: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
@@ -554,4 +659,7 @@ class DataKeyResource(pulumi.dynamic.Resource, module=RESOURCE_MODULE, name=RESO
             P_TAGS: dict(tags),
             P_BLOB: None,  # an output: declared so Pulumi exposes it as an attribute
         }
+        if encryption_context:
+            # Only when there is one: a stack without a context keeps byte-identical inputs.
+            props[P_CONTEXT] = dict(encryption_context)
         super().__init__(DataKeyProvider(), name, props, opts)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from components.data_key_provider import (
-    DEFAULT_RETRY,
-    KEY_SPEC,
-    RETRY_ON_READ,
-    DataKeyError,
-    RetryPolicy,
-    call_with_retries,
-)
+if TYPE_CHECKING:
+    from components.data_key_provider import Cause, RetryPolicy
+
+# The data key provider (boto3, pulumi) is imported only where a call is made: the
+# renderers of unwrap.conf and the key policy use this module's pure half.
+KEY_SPEC = "AES_256"
 
 # Keys of the context. KMS compares them exactly, and the key policy names them in
 # ``kms:EncryptionContext:<key>`` conditions, so they are part of every stack's blob.
@@ -37,6 +35,18 @@ def encryption_context(stack: str, cluster_name: str) -> dict[str, str]:
     if not stack or not cluster_name:
         raise ValueError("an encryption context needs both the stack and the cluster name")
     return {CONTEXT_STACK: stack, CONTEXT_CLUSTER: cluster_name}
+
+
+def cluster_context(
+    stack: str, cluster_name: str, key_management: str, *, enabled: bool = True
+) -> dict[str, str] | None:
+    """The context a cluster's blob carries, or None in aws-plugin mode (or with ``dataKeyEncryptionContext`` off).
+
+    MariaDB's aws_key_management plugin calls Decrypt with no encryption context,
+    so a blob with one would not open there: that mode keeps a context-free blob
+    and an unconditioned node Decrypt (the weaker mode, docs/security.md).
+    """
+    return encryption_context(stack, cluster_name) if enabled and key_management == "kms-envelope" else None
 
 
 def generate_request(key_arn: str, context: Mapping[str, str] | None) -> dict[str, Any]:
@@ -74,16 +84,19 @@ def rewrap_blob(
     *,
     new_context: Mapping[str, str],
     old_context: Mapping[str, str] | None,
-    policy: RetryPolicy = DEFAULT_RETRY,
+    policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    retry_on: frozenset[Cause] | None = None,
 ) -> bytes:
     """The same data key, wrapped again with ``new_context``; refuses a result under another key."""
+    from components.data_key_provider import DEFAULT_RETRY, RETRY_ON_READ, DataKeyError, call_with_retries
+
     response = call_with_retries(
         lambda: kms.re_encrypt(**rewrap_request(blob, key_arn, new_context=new_context, old_context=old_context)),
         what="ReEncrypt (same key, new encryption context)",
         key_arn=key_arn,
-        retry_on=RETRY_ON_READ,
-        policy=policy,
+        retry_on=RETRY_ON_READ if retry_on is None else retry_on,
+        policy=DEFAULT_RETRY if policy is None else policy,
         sleep=sleep,
     )
     used = str(response.get("KeyId", ""))

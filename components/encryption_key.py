@@ -16,7 +16,34 @@ import pulumi
 import pulumi_aws as aws
 
 from components.config import KeyConfig
-from components.key_policy import key_policy, render_policy
+from components.key_policy import (
+    SID_DEPLOYERS_WRAP,
+    SID_EC2_NODES,
+    SID_ONPREM_NODES,
+    SID_RESTORE,
+    key_policy,
+    render_policy,
+    rewrap_statement,
+    with_encryption_context,
+)
+
+# Whose Decrypt the encryption context conditions: every principal that unwraps the cluster's blob.
+CONTEXT_BOUND_SIDS = (SID_EC2_NODES, SID_ONPREM_NODES, SID_RESTORE)
+
+
+def cluster_key_policy(document: Mapping[str, Any], encryption_context: Mapping[str, str] | None) -> dict[str, Any]:
+    """The key policy with the context bound: Decrypt only with it, and the deployers' same-key re-wrap.
+
+    The re-wrap statement lets ``up`` move an existing blob under the context (and
+    stays: it can only change a blob's context on this key, never move it to another).
+    With no context (aws-plugin mode) the document is returned as it was.
+    """
+    if not encryption_context:
+        return dict(document)
+    bound = with_encryption_context(document, encryption_context, condition_sids=CONTEXT_BOUND_SIDS)
+    [deployers] = [s["Principal"]["AWS"] for s in document["Statement"] if s["Sid"] == SID_DEPLOYERS_WRAP]
+    bound["Statement"].append(rewrap_statement(deployers))
+    return bound
 
 
 class EncryptionKey(pulumi.ComponentResource):
@@ -45,6 +72,7 @@ class EncryptionKey(pulumi.ComponentResource):
         onprem_egress_cidrs: Sequence[str],
         tags: Mapping[str, str],
         created_vpc_endpoint_id: pulumi.Input[str] | None = None,
+        encryption_context: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("mariadb-kms:index:EncryptionKey", name, None, opts)
@@ -52,7 +80,7 @@ class EncryptionKey(pulumi.ComponentResource):
         def render(values: list[Any]) -> str:
             account, part, deployer_list, role_arn, user_arn, created_vpce = values
             endpoints = [e for e in (config.kms_vpc_endpoint_id, created_vpce) if e]
-            return render_policy(
+            return render_policy(cluster_key_policy(
                 key_policy(
                     account_id=str(account),
                     partition=str(part),
@@ -65,8 +93,9 @@ class EncryptionKey(pulumi.ComponentResource):
                     kms_vpc_endpoint_id=[str(e) for e in endpoints],
                     allow_account_root_iam_delegation=config.allow_account_root_iam_delegation,
                     restore_principals=config.restore_principals,
-                )
-            )
+                ),
+                encryption_context,
+            ))
 
         policy = pulumi.Output.all(
             account_id, partition, deployers, node_role_arn, onprem_user_arn, created_vpc_endpoint_id

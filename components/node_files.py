@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 import configparser
 import io
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -134,6 +136,7 @@ def render_unwrap_conf(
     region: str,
     on_premises: bool,
     endpoint_url: str | None = None,
+    encryption_context: Mapping[str, str] | None = None,
 ) -> str:
     """``/etc/mariadb-kms/unwrap.conf``: what the unwrap unit decrypts, with whose credentials, and where it writes.
 
@@ -158,6 +161,9 @@ def render_unwrap_conf(
         cp["unwrap"]["profile"] = CREDENTIALS_PROFILE
     if endpoint_url:
         cp["unwrap"]["endpoint_url"] = endpoint_url
+    if encryption_context:
+        # One JSON line: the context's keys hold ':', which configparser takes as a delimiter.
+        cp["unwrap"]["encryption_context"] = json.dumps(dict(encryption_context), sort_keys=True)
     out = io.StringIO()
     out.write("# mariadb-kms unwrap settings; rendered by the program, do not edit on the node.\n")
     cp.write(out)

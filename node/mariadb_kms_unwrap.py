@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import json
 import os
 import pwd
 import re
@@ -60,7 +61,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,8 @@ class Settings:
     endpoint_url: str | None
     credentials_file: Path | None
     profile: str | None
+    # The blob's encryption context ({} for a blob made without one): KMS refuses Decrypt without it.
+    encryption_context: dict[str, str] = field(default_factory=dict)
 
 
 def load_settings(path: Path) -> Settings:
@@ -199,6 +202,7 @@ def load_settings(path: Path) -> Settings:
         raise UnwrapError(CONFIG, f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
     creds = s.get("credentials_file", "").strip() or None
     gcache = s.get("gcache_dir", "").strip() or None
+    context = parse_context(path, s.get("encryption_context", "").strip())
     return Settings(
         mode=mode,
         key_arn=s["key_arn"].strip(),
@@ -211,7 +215,25 @@ def load_settings(path: Path) -> Settings:
         endpoint_url=s.get("endpoint_url", "").strip() or None,
         credentials_file=Path(creds) if creds else None,
         profile=(s.get("profile", "").strip() or "default") if creds else None,
+        encryption_context=context,
     )
+
+
+def parse_context(path: Path, text: str) -> dict[str, str]:
+    """``encryption_context`` is one JSON object of strings; absent or empty means the blob has none."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UnwrapError(CONFIG, f"{path}: encryption_context is not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise UnwrapError(
+            CONFIG, f"{path}: encryption_context must be a JSON object of non-empty strings, got {text!r}"
+        )
+    return dict(value)
 
 
 # --------------------------------------------------------------------------
@@ -385,10 +407,18 @@ def decrypt_blob(
     say: Callable[[str], None] = log,
     clock: Callable[[], float] = time.monotonic,
     credentials_deadline: float | None = None,
+    encryption_context: dict[str, str] | None = None,
 ) -> bytes:
-    """KMS Decrypt of ``blob`` under ``key_arn``, retrying network trouble; raises UnwrapError."""
+    """KMS Decrypt of ``blob`` under ``key_arn``, retrying network trouble; raises UnwrapError.
+
+    ``encryption_context`` must be the one the blob was wrapped with: KMS answers
+    InvalidCiphertextException otherwise, and the key policy allows nodes Decrypt only with it.
+    """
+    request: dict[str, Any] = {"CiphertextBlob": blob, "KeyId": key_arn}
+    if encryption_context:
+        request["EncryptionContext"] = dict(encryption_context)
     response = call_with_retry(
-        lambda: client.decrypt(CiphertextBlob=blob, KeyId=key_arn),
+        lambda: client.decrypt(**request),
         policy=policy, sleep=sleep, say=say, clock=clock, credentials_deadline=credentials_deadline,
     )
     plaintext = bytes(response["Plaintext"])
@@ -685,7 +715,7 @@ def unwrap(
     retry: dict[str, Any] = {"policy": policy, "sleep": sleep, "say": say, "clock": clock,
                              "credentials_deadline": deadline}
     check_key_state(client, settings.key_arn, **retry)
-    plaintext = decrypt_blob(client, blob, settings.key_arn, **retry)
+    plaintext = decrypt_blob(client, blob, settings.key_arn, encryption_context=settings.encryption_context, **retry)
     if check:
         return "check passed: the data key blob decrypts with this node's credentials (nothing written)"
     uid, gid = owner_ids(settings.owner)

@@ -287,8 +287,9 @@ def key_policy_node_decrypt_context(resources: Sequence[Res]) -> list[Violation]
     for key, s, _named in _node_statements(resources):
         if _allows(s, "kms:Decrypt") and not any(k.startswith("kms:encryptioncontext") for k in _condition_keys(s)):
             out.append((f"{key.name}: node Decrypt (statement {s.get('Sid') or '?'}) has no "
-                        "kms:EncryptionContext condition; once data keys are wrapped with an encryption "
-                        "context, require it so a node can unwrap only its cluster's blob.", key.urn))
+                        "kms:EncryptionContext condition: with dataKeyEncryptionContext on (kms-envelope mode) "
+                        "the blob carries one and node Decrypt requires it, so a node can unwrap only its "
+                        "cluster's blob; aws-plugin mode cannot (its plugin decrypts without a context).", key.urn))
     return out
 
 

@@ -20,6 +20,8 @@ recorded                                        emulator
 ``aws.kms.Alias`` ``name``, ``targetKeyId``     CreateAlias
 ``ClusterDataKey``                              the program's own ``DataKeyProvider.create``, unchanged,
                                                 with ``endpoint_url`` set to the emulator
+``ClusterDataKey`` recorded again, changed      ``DataKeyProvider.diff`` then ``update``, as the engine
+                                                calls them (a re-wrap for a new encryption context)
 ==============================================  ===========================================================
 
 Nothing else is translated: IAM, EC2 and networking get realistic mock values
@@ -150,6 +152,25 @@ class KmsEmulator:
             raise ValueError(f"the data key's inputs fail the provider's check: {checked.failures}")
         result = provider.create(dict(checked.inputs or props))
         return str(result.id), dict(result.outs or {})
+
+    def update_data_key(self, resource_id: str, olds: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """What the engine does with the data key on a later ``up``: the provider's diff, then its update.
+
+        A replacement is refused, as Pulumi refuses it for the protected resource.
+        """
+        news = {k: _plain(v) for k, v in inputs.items() if not k.startswith("__")}
+        news[P_ENDPOINT] = self.endpoint_url
+        provider = DataKeyProvider()
+        checked = provider.check(dict(olds), news)
+        if checked.failures:
+            raise ValueError(f"the data key's inputs fail the provider's check: {checked.failures}")
+        news = dict(checked.inputs or news)
+        diff = provider.diff(resource_id, dict(olds), news)
+        if diff.replaces:
+            raise ValueError(f"the data key would be replaced ({diff.replaces}); it is protected, Pulumi refuses")
+        if not diff.changes:
+            return dict(olds)
+        return dict(provider.update(resource_id, dict(olds), news).outs or {})
 
 
 class EmulatedMocks(AwsMocks):

@@ -22,7 +22,9 @@ The same steps as ``make demo``, minus the EC2 side:
 A stack keeps what it made across recordings, as a Pulumi stack's state keeps
 its resources across updates: record again with a changed config and the KMS
 key, its alias, the data key and the on-prem access key stay the same, so the
-nodes' datadirs stay readable. ``changed_commands`` names what a new
+nodes' datadirs stay readable (a changed encryption context goes through the
+provider's ``diff`` and ``update``, as the engine calls them: the same data key,
+re-wrapped). ``changed_commands`` names what a new
 recording would run differently.
 
 Transport: ``Testbed.exec`` (nsenter into the host), not SSH. The node tests'
@@ -59,7 +61,7 @@ from typing import Any
 
 from pulumi.runtime import rpc
 
-from components.data_key_provider import P_BLOB
+from components.data_key_provider import P_BLOB, P_CONTEXT
 from rehearsal import TestbedError, say
 from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID
@@ -170,18 +172,30 @@ class LastingMocks(EmulatedMocks):
         return self._keep("kms_alias", name, lambda: super(LastingMocks, self).kms_alias(name, inputs))
 
     def data_key(self, name: str, inputs: dict[str, Any]) -> Computed:
-        return self._keep("data_key", name, lambda: super(LastingMocks, self).data_key(name, inputs))
+        kept = self.kept.get(("data_key", name))
+        if kept is None:
+            return self._keep("data_key", name, lambda: super(LastingMocks, self).data_key(name, inputs))
+        # A later up: the engine diffs the kept state against the new inputs and updates in place
+        # (a new encryption context re-wraps the same data key), never mints another.
+        outputs = self.emulator.update_data_key(kept.id, kept.outputs, inputs)
+        self.kept[("data_key", name)] = Computed(kept.id, outputs, kept.known_in_preview)
+        return self.kept[("data_key", name)]
 
     def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
         return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
 
     def computed(self, typ: str, name: str, inputs: dict[str, Any]) -> Computed:
-        # A pulumi-tls key or certificate whose inputs did not change keeps its outputs (every input of
-        # those types replaces), so a second recording installs the same certificates: what the engine does.
         if typ not in _TLS_TYPES:
             return super().computed(typ, name, inputs)
-        given = json.dumps(inputs, sort_keys=True, default=str)
-        return self._keep(f"{typ}\0{given}", name, lambda: super(LastingMocks, self).computed(typ, name, inputs))
+        # The cluster CA, node keys and certificates: the engine keeps each until one of its inputs changes
+        # (every input of a pulumi-tls resource forces a new one), so a later recording with the same inputs
+        # gets the same key or certificate, and a node's roll does not install a CA the others do not trust.
+        digest = hashlib.sha256(json.dumps(_plain_inputs(inputs), sort_keys=True, default=str).encode()).hexdigest()
+        return self._keep(f"{typ}#{digest}", name, lambda: super(LastingMocks, self).computed(typ, name, inputs))
+
+
+def _plain_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: rpc.unwrap_rpc_secret(v) for k, v in inputs.items() if not k.startswith("__")}
 
 
 @dataclass
@@ -233,6 +247,12 @@ class Program:
         """The cluster data key's CiphertextBlob, as the program stores it."""
         encoded = rpc.unwrap_rpc_secret(self.recording.one(Types.DATA_KEY).state[P_BLOB])
         return base64.b64decode(str(encoded))
+
+    @property
+    def encryption_context(self) -> dict[str, str]:
+        """The context the blob is wrapped with ({} for none): KMS decrypts it only with this."""
+        context = self.recording.one(Types.DATA_KEY).state.get(P_CONTEXT) or {}
+        return {str(k): str(v) for k, v in dict(context).items()}
 
     @property
     def onprem_access_key(self) -> tuple[str, str]:
@@ -348,15 +368,17 @@ class Deployment:
     def pending(self) -> list[str]:
         return [s.command.name for s in self.program.sent if s.command.name not in self.done]
 
-    def run(self, *, stop_before: str | None = None, timeout: float = 1800.0) -> list[Outcome]:
-        """Every command not yet done, except ``stop_before`` and what waits for it; raises on a failure."""
-        if stop_before is not None:
-            self.program.command(stop_before)  # a typo must not run the whole plan
+    def run(self, *, stop_before: str | Sequence[str] | None = None, timeout: float = 1800.0) -> list[Outcome]:
+        """Every command not yet done, except ``stop_before`` (one name or several) and what waits for it;
+        raises on a failure."""
+        held = {stop_before} if isinstance(stop_before, str) else set(stop_before or ())
+        for name in held:
+            self.program.command(name)  # a typo must not run the whole plan
         chosen: list[Sent] = []
         done = self.done
         for s in self.program.sent:
             name = s.command.name
-            if name in done or name == stop_before or (stop_before is not None and stop_before in s.command.after):
+            if name in done or name in held or held & set(s.command.after):
                 continue
             after = tuple(d for d in s.command.after if d not in done)
             chosen.append(dataclasses.replace(s, command=dataclasses.replace(s.command, after=after)))

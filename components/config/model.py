@@ -66,6 +66,7 @@ class KeyConfig:
     kms_vpc_endpoint_id: str | None
     escrow_in_ssm: bool
     restore_principals: tuple[str, ...] = ()  # roles that may Decrypt to restore a backup elsewhere
+    encryption_context: bool = True  # dataKeyEncryptionContext (kms-envelope mode only)
 
 
 @dataclass(frozen=True)

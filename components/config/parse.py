@@ -367,6 +367,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             kms_vpc_endpoint_id=vpce,
             escrow_in_ssm=bool(v["escrowDataKeyInSsm"]),
             restore_principals=tuple(sorted(set(str(r) for r in v["restorePrincipals"]))),
+            encryption_context=bool(v["dataKeyEncryptionContext"]),
         ),
         mariadb=MariaDbSettings(
             key_management=mode,

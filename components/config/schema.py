@@ -227,6 +227,16 @@ SCHEMA: tuple[ConfigKey, ...] = (
         default=True,
     ),
     ConfigKey(
+        "dataKeyEncryptionContext",
+        "boolean",
+        "Wrap the cluster data key with a KMS encryption context naming the stack and the cluster "
+        "(`mariadb-kms:stack`, `mariadb-kms:cluster`), and allow node and restore Decrypt only with it. Turning it "
+        "on for an existing stack re-wraps the same data key in place (kms:ReEncrypt on the same key) in one "
+        "`pulumi up` and rolls the new blob to the nodes. kms-envelope mode only: MariaDB's aws_key_management "
+        "plugin decrypts without a context, so aws-plugin mode ignores it (the weaker mode, docs/security.md).",
+        default=True,
+    ),
+    ConfigKey(
         "restorePrincipals",
         "array",
         "Role ARNs allowed to restore a backup on a host outside the cluster: the key policy grants them "

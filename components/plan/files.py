@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from components.config import ClusterConfig, NodeConfig
+from components.encryption_context import cluster_context
 from components.mycnf import (
     DATADIR_CONF_PATH,
     render_datadir_conf_of,
@@ -64,6 +65,10 @@ def _rolled_seed_files(
                 key_arn=key_arn,
                 region=cluster.region,
                 on_premises=on_premises,
+                encryption_context=cluster_context(
+                    cluster.stack, cluster.mariadb.cluster_name, cluster.mariadb.key_management,
+                    enabled=cluster.key.encryption_context,
+                ),
             ),
             UNWRAP_CONF_MODE,
             ROOT,

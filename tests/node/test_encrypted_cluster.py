@@ -102,7 +102,9 @@ def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Cluster]:
         run_workload(testbed, "node1", marker)
         cursor = journal_cursor(testbed, "node3")
         deployed.run()  # node3's roll (a join by SST), then the program's verification on every node
-        data_key = kms.client().decrypt(CiphertextBlob=deployed.program.data_key_blob)["Plaintext"]
+        data_key = kms.client().decrypt(
+            CiphertextBlob=deployed.program.data_key_blob, EncryptionContext=deployed.program.encryption_context
+        )["Plaintext"]
         built = Cluster(
             testbed, kms, deployed, data_key, marker,
             sst_journal=journal_since(testbed, "node3", cursor, "mariadb.service") + error_log_since(testbed, "node3"),

@@ -616,3 +616,115 @@ def test_the_provider_never_asks_kms_for_plaintext() -> None:
     control = "kms.decrypt(CiphertextBlob=b)\nclient.generate_data_key(KeyId=k)\n"
     assert _kms_calls_that_could_see_plaintext(control) == {"decrypt", "generate_data_key"}
     assert _kms_calls_that_could_see_plaintext(inspect.getsource(dkp)) == set()
+
+
+# --------------------------------------------------------------------------
+# encryption context: made with one, and an existing stack's blob re-wrapped in place (moto enforces the
+# context on Decrypt, so every "same data key" below is KMS's own answer)
+# --------------------------------------------------------------------------
+
+CONTEXT = {"mariadb-kms:stack": "dev", "mariadb-kms:cluster": "orders"}
+
+
+def test_create_with_a_context_makes_a_blob_that_decrypts_only_with_it(endpoint: str, rec: Recorder) -> None:
+    key = _new_key(endpoint)
+    result = rec.provider().create(_props(key["Arn"], endpoint, encryption_context=CONTEXT))
+
+    blob = base64.b64decode(result.outs["ciphertext_blob"])
+    assert result.outs["encryption_context"] == CONTEXT
+    with pytest.raises(ClientError, match="InvalidCiphertext"):
+        _kms(endpoint).decrypt(CiphertextBlob=blob)
+    with pytest.raises(ClientError, match="InvalidCiphertext"):
+        _kms(endpoint).decrypt(CiphertextBlob=blob, EncryptionContext={**CONTEXT, "mariadb-kms:cluster": "other"})
+    assert len(_kms(endpoint).decrypt(CiphertextBlob=blob, EncryptionContext=CONTEXT)["Plaintext"]) == 32
+
+
+def test_a_stack_without_a_context_keeps_the_state_it_always_had(endpoint: str, rec: Recorder) -> None:
+    key = _new_key(endpoint)
+    result = rec.provider().create(_props(key["Arn"], endpoint))
+    assert "encryption_context" not in result.outs and "blob_sha256" not in result.outs
+    assert rec.provider().diff(result.id, dict(result.outs), _props(key["Arn"], endpoint)).changes is False
+
+
+def test_gaining_a_context_is_an_update_never_a_replacement(rec: Recorder) -> None:
+    result = rec.provider().diff("id", _olds(), _props(STUB_ARN, None, encryption_context=CONTEXT))
+    assert result.changes is True and not result.replaces
+    # Control: the same context again is no change at all.
+    news = _props(STUB_ARN, None, encryption_context=CONTEXT)
+    same = rec.provider().diff("id", _olds(encryption_context=CONTEXT), news)
+    assert same.changes is False
+
+
+def test_update_rewraps_the_same_data_key_under_the_context_and_follows_with_the_escrow(
+    endpoint: str, rec: Recorder
+) -> None:
+    key = _new_key(endpoint)
+    name = _escrow_name()
+    # An existing stack: made before the context existed (no property in its state).
+    created = rec.provider().create(_props(key["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name))
+    olds = dict(created.outs)
+    old_blob = base64.b64decode(olds["ciphertext_blob"])
+    data_key = _kms(endpoint).decrypt(CiphertextBlob=old_blob)["Plaintext"]
+
+    news = _props(key["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name, encryption_context=CONTEXT)
+    updated = rec.provider().update(created.id, olds, news)
+
+    new_blob = base64.b64decode(updated.outs["ciphertext_blob"])
+    assert new_blob != old_blob
+    assert _kms(endpoint).decrypt(CiphertextBlob=new_blob, EncryptionContext=CONTEXT)["Plaintext"] == data_key
+    with pytest.raises(ClientError, match="InvalidCiphertext"):
+        _kms(endpoint).decrypt(CiphertextBlob=new_blob)
+    assert updated.outs["encryption_context"] == CONTEXT
+    assert updated.outs["blob_sha256"] == blob_id(new_blob) != created.id
+    # The id stays the first blob's digest; read checks the current blob against the recorded one.
+    assert rec.provider().read(created.id, dict(updated.outs)).outs == updated.outs
+    tampered = {**updated.outs, "ciphertext_blob": olds["ciphertext_blob"]}
+    with pytest.raises(DataKeyError, match="does not match"):
+        rec.provider().read(created.id, tampered)
+    # The escrow follows; SSM keeps the blob it replaced in the parameter's history.
+    history = _ssm(endpoint).get_parameter_history(Name=name, WithDecryption=True)["Parameters"]
+    assert [h["Value"] for h in history] == [olds["ciphertext_blob"], updated.outs["ciphertext_blob"]]
+    # A second up with the same inputs changes nothing.
+    assert rec.provider().diff(created.id, dict(updated.outs), news).changes is False
+
+
+def test_the_rewrap_refuses_to_overwrite_an_escrow_holding_another_blob(endpoint: str, rec: Recorder) -> None:
+    key = _new_key(endpoint)
+    name = _escrow_name()
+    created = rec.provider().create(_props(key["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name))
+    _ssm(endpoint).put_parameter(Name=name, Value="someone-else's-blob", Type="SecureString", Overwrite=True)
+
+    news = _props(key["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name, encryption_context=CONTEXT)
+    with pytest.raises(DataKeyError, match="Refusing to overwrite"):
+        rec.provider().update(created.id, dict(created.outs), news)
+    assert _ssm(endpoint).get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"] == "someone-else's-blob"
+
+
+def test_leaving_the_context_rewraps_back_without_one(endpoint: str, rec: Recorder) -> None:
+    # Switching a stack to aws-plugin mode: the plugin decrypts without a context.
+    key = _new_key(endpoint)
+    created = rec.provider().create(_props(key["Arn"], endpoint, encryption_context=CONTEXT))
+    data_key = _kms(endpoint).decrypt(
+        CiphertextBlob=base64.b64decode(created.outs["ciphertext_blob"]), EncryptionContext=CONTEXT
+    )["Plaintext"]
+    updated = rec.provider().update(created.id, dict(created.outs), _props(key["Arn"], endpoint))
+    assert "encryption_context" not in updated.outs
+    blob = base64.b64decode(updated.outs["ciphertext_blob"])
+    assert _kms(endpoint).decrypt(CiphertextBlob=blob)["Plaintext"] == data_key
+
+
+def test_a_provider_pickled_before_the_context_existed_rewraps(endpoint: str) -> None:
+    # Pulumi loads the provider from state by reference: an old stack's pickle is today's class.
+    restored = dill.loads(base64.b64decode(pulumi_dynamic.serialize_provider(DataKeyProvider())))  # noqa: S301
+    restored.retry_policy = RetryPolicy(attempts=1)
+    key = _new_key(endpoint)
+    created = restored.create(_props(key["Arn"], endpoint))
+    updated = restored.update(created.id, dict(created.outs), _props(key["Arn"], endpoint, encryption_context=CONTEXT))
+    blob = base64.b64decode(updated.outs["ciphertext_blob"])
+    assert len(_kms(endpoint).decrypt(CiphertextBlob=blob, EncryptionContext=CONTEXT)["Plaintext"]) == 32
+
+
+@pytest.mark.parametrize("bad", [{}, {"mariadb-kms:stack": ""}, {"k": 1}, "dev/orders"])
+def test_check_names_a_bad_context(rec: Recorder, bad: Any) -> None:
+    result = rec.provider().check({}, _props(STUB_ARN, None, encryption_context=bad))
+    assert [f.property for f in result.failures] == ["encryption_context"]

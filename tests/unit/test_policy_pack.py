@@ -154,8 +154,8 @@ def update_preview() -> Recording:
 # The whole pack over the program
 # --------------------------------------------------------------------------
 
-# With the realistic config: a 21-day deletion window, and no encryption context on node Decrypt yet.
-EXPECTED_ADVISORIES = {"kms-key-deletion-window-30", "key-policy-node-decrypt-context"}
+# With the realistic config: a 21-day deletion window (node Decrypt carries the encryption context).
+EXPECTED_ADVISORIES = {"kms-key-deletion-window-30"}
 
 
 def test_the_program_passes_every_mandatory_policy_in_up(up: Recording) -> None:
@@ -166,6 +166,12 @@ def test_the_program_passes_every_mandatory_policy_in_up(up: Recording) -> None:
     assert fired(diags) == EXPECTED_ADVISORIES
     found = recorder_check(up)
     assert {name for name, v in found.items() if v} == EXPECTED_ADVISORIES
+
+
+def test_without_the_encryption_context_the_node_decrypt_advisory_fires() -> None:
+    # Control for the advisory over the whole program: a stack with the context off (or in aws-plugin mode).
+    rec = run_program(mocks_module.full_config(dataKeyEncryptionContext=False), preview=False)
+    assert fired(analyze(rec)) == EXPECTED_ADVISORIES | {"key-policy-node-decrypt-context"}
 
 
 def test_a_preview_of_the_deployed_stack_runs_every_policy_and_passes(update_preview: Recording) -> None:

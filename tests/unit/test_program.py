@@ -183,9 +183,14 @@ def test_program_key_policy_names_the_real_identities(full_config: dict[str, Any
     doc = key_policy_of(rec)
     role_arn = rec.one(Types.IAM_ROLE).state["arn"]
     user_arn = rec.one(Types.IAM_USER).state["arn"]
-    assert grants(doc, role_arn, "kms:Decrypt") == [{"StringEquals": {"aws:SourceVpce": "vpce-0a1b2c3d4e5f60718"}}]
+    context = {
+        "kms:EncryptionContext:mariadb-kms:cluster": "mariadb-kms", "kms:EncryptionContext:mariadb-kms:stack": "dev"
+    }
+    assert grants(doc, role_arn, "kms:Decrypt") == [
+        {"StringEquals": {"aws:SourceVpce": "vpce-0a1b2c3d4e5f60718", **context}}
+    ]
     assert grants(doc, user_arn, "kms:Decrypt") == [
-        {"IpAddress": {"aws:SourceIp": ["203.0.113.0/28", "203.0.113.7/32"]}}
+        {"IpAddress": {"aws:SourceIp": ["203.0.113.0/28", "203.0.113.7/32"]}, "StringEquals": context}
     ]
     assert sid(doc, kp.SID_ADMINS)["Principal"]["AWS"] == sorted([KMS_ADMIN_ARN, DEPLOYER_ROLE_ARN])
     assert kp.SID_ROOT not in {s["Sid"] for s in doc["Statement"]}

@@ -170,3 +170,38 @@ def test_deploying_fscrypt_to_hosts_without_a_volume_fails_before_any_command(km
     with pytest.raises(DeployFailed, match="attach_volumes"):
         deploy(_testbed(tb), ProgramStack(kms), config)
     assert tb.ran == []
+
+
+def test_recording_again_with_the_context_rewraps_the_same_data_key_in_the_nodes_files(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(kms)
+    first = stack.record(onprem_config(_testbed(tb), dataKeyEncryptionContext=False), _testbed(tb))
+    assert first.encryption_context == {}
+    data_key = kms.client().decrypt(CiphertextBlob=first.data_key_blob)["Plaintext"]
+
+    second = stack.record({**first.config, "dataKeyEncryptionContext": True}, _testbed(tb))
+    context = second.encryption_context
+    assert context == {"mariadb-kms:stack": stack.stack, "mariadb-kms:cluster": first.config["clusterName"]}
+    assert second.data_key_blob != first.data_key_blob and second.key_arn == first.key_arn
+    assert kms.client().decrypt(CiphertextBlob=second.data_key_blob, EncryptionContext=context)["Plaintext"] == data_key
+    changed = changed_commands(first, second)
+    for node in HOSTS:
+        assert f"{node}-ssh-config" in changed and f"{node}-ssh-seed" in changed
+        files = decode_put(str(second.command(f"{node}-ssh-config").stdin))
+        assert f"encryption_context = {{\"mariadb-kms:cluster\": \"{context['mariadb-kms:cluster']}\"".encode() in \
+            files[UNWRAP_CONF_PATH][0]
+    # Control: recording once more with the same config re-wraps nothing.
+    third = stack.record(dict(second.config), _testbed(tb))
+    assert third.data_key_blob == second.data_key_blob
+
+
+def test_recording_again_keeps_the_tls_material_whose_inputs_did_not_change(kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(kms)
+    first = stack.record(onprem_config(_testbed(tb)), _testbed(tb))
+    second = stack.record(dict(first.config), _testbed(tb))
+    ca = "tls:index/selfSignedCert:SelfSignedCert"
+    assert first.recording.one(ca).state["certPem"] == second.recording.one(ca).state["certPem"]
+    # Control: another stack (a fresh state) gets a CA of its own.
+    other = ProgramStack(kms).record(dict(first.config), _testbed(tb))
+    assert other.recording.one(ca).state["certPem"] != first.recording.one(ca).state["certPem"]
