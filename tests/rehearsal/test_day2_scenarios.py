@@ -1,0 +1,187 @@
+"""Every later `pulumi up`, rehearsed: `make demo`, then `make demo-up CONFIG=FILE` per change, under client load.
+
+One cluster for the whole module, changed step by step as a user would (each test's config builds on the
+last): an unchanged `up` runs nothing; adding an on-prem node restarts nobody; the rest (marked
+``scenarios``, `make scenarios`) change an instance type, remove the node again in two ups, and rehearse a
+destroy that the protected resources refuse. Each scenario prints its figures (wall time, nodes restarted,
+the most members not Synced at once, acknowledged writes lost, client errors and the longest gap, SST or
+IST); the module prints them as a table at the end (``day2.table``).
+
+The commands are the runbook's (docs/runbooks/day-2.md): `python -m rehearsal up --config FILE`, which
+`make demo-up CONFIG=FILE` runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from day2 import RESULTS, Day2Scenario, DemoCluster, prepare_bank, rehearsal, settings, table
+
+pytestmark = pytest.mark.rehearsal
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_FILE = REPO / "Pulumi.rehearsal.yaml"
+
+
+def write_config(path: Path, change: Any) -> Path:
+    """Pulumi.rehearsal.yaml with ``change(config)`` applied: the file a user edits for one `up`."""
+    data = yaml.safe_load(STACK_FILE.read_text())
+    config = copy.deepcopy(data["config"])
+    change(config)
+    data["config"] = config
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def add_dc2(config: dict[str, Any]) -> None:
+    config["mariadb-kms:onPremNodes"].append({"name": "dc-2", "sshUser": "deploy"})
+
+
+def print_figures(sc: Day2Scenario) -> None:
+    assert sc.figures is not None
+    print(f"\n{sc.name}: " + json.dumps(sc.figures.to_dict()))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoCluster]:
+    from test_rehearsal import require_root_and_tools
+
+    require_root_and_tools()
+    try:
+        demo = rehearsal("demo", timeout=1800)
+        assert demo.returncode == 0, f"make demo failed:\n{demo.stderr[-4000:]}"
+        from rehearsal.demo import out_dir
+
+        report = json.loads((out_dir(settings()) / "report.json").read_text())
+        addresses = {name: node["address"] for name, node in report["nodes"].items()}
+        addresses["dc-2"] = settings().host_address(len(addresses) + 1)  # the next testbed host
+        yield prepare_bank(["aws-a", "aws-b", "dc-1"], addresses, tmp_path_factory.mktemp("day2"))
+    finally:
+        if RESULTS:
+            print("\n" + table(RESULTS))
+        down = rehearsal("down", timeout=300)
+        assert down.returncode == 0, down.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("configs")
+
+
+def test_unchanged_up_runs_nothing(cluster: DemoCluster) -> None:
+    with Day2Scenario(cluster, "unchanged up", members=["aws-a", "aws-b", "dc-1"],
+                      nodes=["aws-a", "aws-b", "dc-1"]) as sc:
+        proc = sc.up(STACK_FILE)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "no changes: nothing runs" in proc.stderr
+    assert "+0 create, ~0 update, +-0 replace, -0 delete" in proc.stderr
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    assert f.steps_run == 0 and f.nodes_restarted == []
+    assert f.acknowledged > 0 and f.acknowledged_lost == 0 and f.invariant_violations == 0
+    assert f.max_members_not_synced == 0
+
+
+def test_preview_prints_the_plan_and_runs_nothing(cluster: DemoCluster, configs: Path) -> None:
+    proc = rehearsal("up", "--config", str(write_config(configs / "add-dc-2.yaml", add_dc2)), "--preview",
+                     timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The runbook's "Add a member": config updated and verification replaced on every existing node, no roll.
+    for node in ("aws-a", "aws-b", "dc-1"):
+        assert f"{node}-ssh-config" in proc.stderr and f"{node}-verification-run" in proc.stderr
+        assert f"{node}-ssh-roll" not in proc.stderr, f"{node}: a roll in the plan would restart it"
+    assert "dc-2-ssh-install" in proc.stderr
+    assert "nothing runs" in proc.stderr
+    assert not re.search(r"up: \S+ on \S+ ok in", proc.stderr), "a preview ran a step"
+
+
+def test_add_an_onprem_node_restarts_nobody(cluster: DemoCluster, configs: Path) -> None:
+    config = write_config(configs / "add-dc-2.yaml", add_dc2)
+    with Day2Scenario(cluster, "add an on-prem node", members=["aws-a", "aws-b", "dc-1"],
+                      nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
+        proc = sc.up(config)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    assert "dc-2-ssh-install on dc-2 ok" in proc.stderr
+    assert f.nodes_restarted == [], f"adding a member restarted {f.nodes_restarted}"
+    assert f.max_members_not_synced == 0
+    assert f.acknowledged_lost == 0 and f.invariant_violations == 0
+    assert f.state_transfer["dc-2"] in ("SST", "IST")
+    sample = cluster.sample("dc-2")
+    assert sample is not None and sample[0] == "Synced"
+    # A second `up` with the same file: the state has it all, nothing runs.
+    again = rehearsal("up", "--config", str(config), timeout=600)
+    assert again.returncode == 0 and "no changes: nothing runs" in again.stderr, again.stderr[-3000:]
+
+
+def with_type(config: dict[str, Any]) -> None:
+    add_dc2(config)
+    for node in config["mariadb-kms:ec2Nodes"]:
+        node["instanceType"] = "t3.large"
+
+
+@pytest.mark.scenarios
+def test_change_instance_type_one_node_at_a_time(cluster: DemoCluster, configs: Path) -> None:
+    config = write_config(configs / "type.yaml", with_type)
+    with Day2Scenario(cluster, "instanceType on both EC2 nodes", members=["aws-a", "aws-b", "dc-1", "dc-2"],
+                      nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
+        proc = sc.up(config)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    assert "aws-a-instance-type" in proc.stderr and "aws-b-instance-type" in proc.stderr
+    assert set(f.nodes_restarted) == {"aws-a", "aws-b"}
+    assert f.max_members_not_synced <= 1
+    assert f.acknowledged_lost == 0 and f.invariant_violations == 0
+
+
+def decommission_dc2(config: dict[str, Any]) -> None:
+    with_type(config)
+    for node in config["mariadb-kms:onPremNodes"]:
+        if node["name"] == "dc-2":
+            node["decommission"] = True
+
+
+@pytest.mark.scenarios
+def test_remove_a_node_in_two_ups(cluster: DemoCluster, configs: Path) -> None:
+    leave = write_config(configs / "leave.yaml", decommission_dc2)
+    forget = write_config(configs / "forget.yaml", with_type)
+    forget_data = yaml.safe_load(forget.read_text())
+    forget_data["config"]["mariadb-kms:onPremNodes"] = [
+        n for n in forget_data["config"]["mariadb-kms:onPremNodes"] if n["name"] != "dc-2"]
+    forget.write_text(yaml.safe_dump(forget_data, sort_keys=False))
+    with Day2Scenario(cluster, "remove dc-2 (two ups)", members=["aws-a", "aws-b", "dc-1"],
+                      nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
+        first = sc.up(leave)
+        assert first.returncode == 0, first.stderr[-6000:]
+        second = sc.up(forget)
+        assert second.returncode == 0, second.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    assert "dc-2-ssh-decommission on dc-2 ok" in first.stderr
+    assert sc.cluster.sample("dc-2") is None, "dc-2 still answers after its decommission"
+    assert "-0 delete" not in second.stderr and "+0 create, ~0 update, +-0 replace" in second.stderr
+    assert f.nodes_restarted == []
+    assert f.max_members_not_synced == 0
+    assert f.acknowledged_lost == 0 and f.invariant_violations == 0
+
+
+def test_destroy_is_refused_by_the_protected_resources(cluster: DemoCluster, configs: Path) -> None:
+    proc = rehearsal("destroy", "--preview", timeout=600)
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    assert "is protected and would be deleted" in proc.stderr
+    assert "aws:kms/key:Key" in proc.stderr
+    # Control: the refusal changed nothing; the next `up` has nothing to do.
+    assert all((s := cluster.sample(n)) is not None and s[0] == "Synced" for n in ("aws-a", "aws-b", "dc-1"))
