@@ -153,6 +153,7 @@ class Figures:
     acknowledged_lost: int
     invariant_violations: int
     client_errors: int
+    errors_by_kind: dict[str, int]
     longest_gap_s: float
     state_transfer: dict[str, str]
     steps_run: int
@@ -240,7 +241,8 @@ class Day2Scenario:
             scenario=self.name, wall_s=round(self.wall_s, 1), nodes_restarted=restarted,
             max_members_not_synced=worst, acknowledged=report.acknowledged,
             acknowledged_lost=report.acknowledged_lost, invariant_violations=report.invariant_violations,
-            client_errors=report.client_errors, longest_gap_s=report.longest_gap_s, state_transfer=transfers,
+            client_errors=report.client_errors, errors_by_kind=report.errors_by_kind,
+            longest_gap_s=report.longest_gap_s, state_transfer=transfers,
             steps_run=steps,
         )
         RESULTS.append(self.figures)
@@ -252,7 +254,47 @@ def table(results: Sequence[Figures]) -> str:
     lines = [head, "|" + "---|" * 10]
     for f in results:
         st = ", ".join(f"{n} {k}" for n, k in f.state_transfer.items() if k != "none") or "none"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.errors_by_kind.items()))
         lines.append(f"| {f.scenario} | {f.wall_s} | {f.steps_run} | {', '.join(f.nodes_restarted) or 'none'} "
-                     f"| {f.max_members_not_synced} | {f.acknowledged} | {f.acknowledged_lost} | {f.client_errors} "
+                     f"| {f.max_members_not_synced} | {f.acknowledged} | {f.acknowledged_lost} "
+                     f"| {f.client_errors}{f' ({kinds})' if kinds else ''} "
                      f"| {f.longest_gap_s} | {st} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# A higher MariaDB version in the hosts' package sources
+# --------------------------------------------------------------------------
+
+
+def offer_bumped_version(nodes: Sequence[str], tmp: Path) -> str:
+    """Debian's MariaDB packages repacked with a bumped version, as a file repository on every node; the version.
+
+    The node tests' repack (tests/node/test_day2_upgrade_on_hosts.py): same binaries, bumped version and
+    inter-package relations. It exercises the rolling mechanics, not a real schema upgrade.
+    """
+    import io
+    import tarfile
+
+    node_tests = str(REPO / "tests" / "node")
+    if node_tests not in sys.path:
+        sys.path.insert(0, node_tests)
+    from test_day2_upgrade_on_hosts import BUMP_DIR, bumped_repository
+
+    from rehearsal.pkgrepo import REPO_PACKAGES, ensure_repo
+    from rehearsal.rootfs import ensure_bare_rootfs
+
+    tb = attach(settings())
+    old = tb.exec(nodes[0], ["dpkg-query", "-W", "-f=${Version}", "mariadb-server"]).stdout.strip()
+    new = bumped_repository(ensure_repo(ensure_bare_rootfs(), REPO_PACKAGES), tmp / "bump", old)
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        tar.add(tmp / "bump", arcname=BUMP_DIR.lstrip("/"))
+        line = f"deb [trusted=yes] file:{BUMP_DIR} ./\n".encode()
+        info = tarfile.TarInfo("etc/apt/sources.list.d/mariadb-kms-bump.list")
+        info.size, info.mode = len(line), 0o644
+        tar.addfile(info, io.BytesIO(line))
+    for n in nodes:
+        placed = tb.exec(n, ["tar", "-xf", "-", "-C", "/", "--no-same-owner"], input=payload.getvalue(), timeout=300)
+        assert placed.rc == 0, placed.stderr
+    return new

@@ -13,35 +13,25 @@ The commands are the runbook's (docs/runbooks/day-2.md): `python -m rehearsal up
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from day2 import RESULTS, Day2Scenario, DemoCluster, prepare_bank, rehearsal, settings, table
+from day2 import RESULTS, Day2Scenario, DemoCluster, offer_bumped_version, prepare_bank, rehearsal, settings, table
 
 pytestmark = pytest.mark.rehearsal
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "Pulumi.rehearsal.yaml"
-
-
-def write_config(path: Path, change: Any) -> Path:
-    """Pulumi.rehearsal.yaml with ``change(config)`` applied: the file a user edits for one `up`."""
-    data = yaml.safe_load(STACK_FILE.read_text())
-    config = copy.deepcopy(data["config"])
-    change(config)
-    data["config"] = config
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def add_dc2(config: dict[str, Any]) -> None:
-    config["mariadb-kms:onPremNodes"].append({"name": "dc-2", "sshUser": "deploy"})
+# The runbook's config files, in the order docs/runbooks/day-2.md applies them.
+RUNBOOK = REPO / "docs" / "runbooks" / "day-2"
+ADD_DC2 = RUNBOOK / "1-add-dc-2.yaml"
+INSTANCE_TYPE = RUNBOOK / "2-instance-type.yaml"
+DECOMMISSION_DC2 = RUNBOOK / "3-decommission-dc-2.yaml"
+FORGET_DC2 = RUNBOOK / "4-forget-dc-2.yaml"
 
 
 def print_figures(sc: Day2Scenario) -> None:
@@ -70,11 +60,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoCluster]:
         assert down.returncode == 0, down.stderr[-2000:]
 
 
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("configs")
-
-
 def test_unchanged_up_runs_nothing(cluster: DemoCluster) -> None:
     with Day2Scenario(cluster, "unchanged up", members=["aws-a", "aws-b", "dc-1"],
                       nodes=["aws-a", "aws-b", "dc-1"]) as sc:
@@ -90,9 +75,8 @@ def test_unchanged_up_runs_nothing(cluster: DemoCluster) -> None:
     assert f.max_members_not_synced == 0
 
 
-def test_preview_prints_the_plan_and_runs_nothing(cluster: DemoCluster, configs: Path) -> None:
-    proc = rehearsal("up", "--config", str(write_config(configs / "add-dc-2.yaml", add_dc2)), "--preview",
-                     timeout=600)
+def test_preview_prints_the_plan_and_runs_nothing(cluster: DemoCluster) -> None:
+    proc = rehearsal("up", "--config", str(ADD_DC2), "--preview", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The runbook's "Add a member": config updated and verification replaced on every existing node, no roll.
     for node in ("aws-a", "aws-b", "dc-1"):
@@ -103,8 +87,8 @@ def test_preview_prints_the_plan_and_runs_nothing(cluster: DemoCluster, configs:
     assert not re.search(r"up: \S+ on \S+ ok in", proc.stderr), "a preview ran a step"
 
 
-def test_add_an_onprem_node_restarts_nobody(cluster: DemoCluster, configs: Path) -> None:
-    config = write_config(configs / "add-dc-2.yaml", add_dc2)
+def test_add_an_onprem_node_restarts_nobody(cluster: DemoCluster) -> None:
+    config = ADD_DC2
     with Day2Scenario(cluster, "add an on-prem node", members=["aws-a", "aws-b", "dc-1"],
                       nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
         proc = sc.up(config)
@@ -124,15 +108,9 @@ def test_add_an_onprem_node_restarts_nobody(cluster: DemoCluster, configs: Path)
     assert again.returncode == 0 and "no changes: nothing runs" in again.stderr, again.stderr[-3000:]
 
 
-def with_type(config: dict[str, Any]) -> None:
-    add_dc2(config)
-    for node in config["mariadb-kms:ec2Nodes"]:
-        node["instanceType"] = "t3.large"
-
-
 @pytest.mark.scenarios
-def test_change_instance_type_one_node_at_a_time(cluster: DemoCluster, configs: Path) -> None:
-    config = write_config(configs / "type.yaml", with_type)
+def test_change_instance_type_one_node_at_a_time(cluster: DemoCluster) -> None:
+    config = INSTANCE_TYPE
     with Day2Scenario(cluster, "instanceType on both EC2 nodes", members=["aws-a", "aws-b", "dc-1", "dc-2"],
                       nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
         proc = sc.up(config)
@@ -146,21 +124,9 @@ def test_change_instance_type_one_node_at_a_time(cluster: DemoCluster, configs: 
     assert f.acknowledged_lost == 0 and f.invariant_violations == 0
 
 
-def decommission_dc2(config: dict[str, Any]) -> None:
-    with_type(config)
-    for node in config["mariadb-kms:onPremNodes"]:
-        if node["name"] == "dc-2":
-            node["decommission"] = True
-
-
 @pytest.mark.scenarios
-def test_remove_a_node_in_two_ups(cluster: DemoCluster, configs: Path) -> None:
-    leave = write_config(configs / "leave.yaml", decommission_dc2)
-    forget = write_config(configs / "forget.yaml", with_type)
-    forget_data = yaml.safe_load(forget.read_text())
-    forget_data["config"]["mariadb-kms:onPremNodes"] = [
-        n for n in forget_data["config"]["mariadb-kms:onPremNodes"] if n["name"] != "dc-2"]
-    forget.write_text(yaml.safe_dump(forget_data, sort_keys=False))
+def test_remove_a_node_in_two_ups(cluster: DemoCluster) -> None:
+    leave, forget = DECOMMISSION_DC2, FORGET_DC2
     with Day2Scenario(cluster, "remove dc-2 (two ups)", members=["aws-a", "aws-b", "dc-1"],
                       nodes=["aws-a", "aws-b", "dc-1", "dc-2"]) as sc:
         first = sc.up(leave)
@@ -178,7 +144,30 @@ def test_remove_a_node_in_two_ups(cluster: DemoCluster, configs: Path) -> None:
     assert f.acknowledged_lost == 0 and f.invariant_violations == 0
 
 
-def test_destroy_is_refused_by_the_protected_resources(cluster: DemoCluster, configs: Path) -> None:
+@pytest.mark.scenarios
+def test_minor_upgrade_one_node_at_a_time(cluster: DemoCluster, tmp_path: Path) -> None:
+    nodes = ["aws-a", "aws-b", "dc-1"]
+    new = offer_bumped_version(nodes, tmp_path)
+    # The runbook's step: mariadbVersion set to the version apt offers (known only once it is offered).
+    data = yaml.safe_load(FORGET_DC2.read_text())
+    data["config"]["mariadb-kms:mariadbVersion"] = new
+    config = tmp_path / "5-upgrade.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with Day2Scenario(cluster, "MariaDB minor upgrade", members=nodes, nodes=nodes) as sc:
+        proc = sc.up(config)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    tb = cluster.testbed()
+    for n in nodes:
+        assert tb.exec(n, ["dpkg-query", "-W", "-f=${Version}", "mariadb-server"]).stdout.strip() == new, n
+    assert sorted(f.nodes_restarted) == nodes
+    assert f.max_members_not_synced <= 1
+    assert f.acknowledged_lost == 0 and f.invariant_violations == 0
+
+
+def test_destroy_is_refused_by_the_protected_resources(cluster: DemoCluster) -> None:
     proc = rehearsal("destroy", "--preview", timeout=600)
     assert proc.returncode == 3, proc.stderr[-4000:]
     assert "is protected and would be deleted" in proc.stderr
