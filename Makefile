@@ -14,7 +14,7 @@ PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest col
 
 .PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host pytest lint demo demo-down testbed-down \
 	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy \
-	reliability demo-up scenarios
+	reliability demo-up demo-destroy scenarios
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
 # tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
@@ -95,6 +95,10 @@ demo-down: venv
 # Pulumi.rehearsal.yaml; PREVIEW=1 prints the engine's plan and runs nothing.
 demo-up: venv
 	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview)
+
+# `pulumi destroy` on the demo's stack: its protected resources refuse it; PREVIEW=1 prints the plan only.
+demo-destroy: venv
+	$(PY) -m rehearsal destroy $(if $(PREVIEW),--preview)
 
 # Removes a node-test testbed left behind (MARIADB_KMS_TESTBED_PREFIX, default mk).
 testbed-down: venv

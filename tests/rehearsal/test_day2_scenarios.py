@@ -168,7 +168,7 @@ def test_minor_upgrade_one_node_at_a_time(cluster: DemoCluster, tmp_path: Path) 
 
 
 def test_destroy_is_refused_by_the_protected_resources(cluster: DemoCluster) -> None:
-    proc = rehearsal("destroy", "--preview", timeout=600)
+    proc = rehearsal("destroy", "--preview", timeout=600)  # make demo-destroy PREVIEW=1
     assert proc.returncode == 3, proc.stderr[-4000:]
     assert "is protected and would be deleted" in proc.stderr
     assert "aws:kms/key:Key" in proc.stderr
