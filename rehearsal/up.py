@@ -406,8 +406,11 @@ class Executor:
         result = replay(sent, progress=self._progress(), timeout=self.timeout, run=run_step)
         failed = result.failed
         if failed is not None:
+            secret = any(r.command is not None and r.command.secret_output for r in by_name[failed.name].runs)
+            shown = "" if secret else failed.stdout[-3000:]  # a verify report says which gap failed it
             raise UpFailed(f"node {failed.node}, step {failed.name}: "
                            + (f"exit {failed.rc}" if failed.rc is not None else str(failed.error))
+                           + (f"\n{shown}" if shown else "")
                            + (f"\n{failed.stderr[-3000:]}" if failed.stderr else ""))
 
     def backward(self, steps: Sequence[Step]) -> None:
@@ -539,7 +542,16 @@ def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, comple
                 hostname=n.name, user=onprem.get("sshUser", "root"), authorized_key=login_public,
                 host_private_key=private, host_public_key=public))
     grant_net_admin(tb.settings, [n.name for n in new])
-    tb.boot([n.name for n in new], timeout=300)
+    try:
+        tb.boot([n.name for n in new], timeout=300)
+    except TestbedError as err:
+        # Seen on the shared machine: a boot that starves (the host's systemd cannot get an inotify
+        # instance when the machine's per-user limit is used up) succeeds on a second power-on; cloud-init
+        # keeps the seed's instance id, so the second boot is the same instance.
+        say(f"up: a new host did not boot ({str(err).splitlines()[0]}); powering it off and on once more")
+        for n in new:
+            tb.stop(n.name, timeout=120)
+        tb.boot([n.name for n in new], timeout=300)
     for n in new:
         tb.put_file(n.name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
         if n.kind == "ec2":

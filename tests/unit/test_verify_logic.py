@@ -806,3 +806,19 @@ def test_other_sql_errors_and_endless_aborts_are_not_swallowed() -> None:
     with pytest.raises(verify.SqlError):
         verify.run_retrying_certification(verify.Sql(run), "COMMIT;", retries=3, pause=lambda _s: None)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(("checkpoint", "flushed"), [("5000", True), ("4999", False)])
+def test_under_client_writes_the_checkpoint_past_the_canary_proves_the_flush(
+        tmp_path: Path, checkpoint: str, flushed: bool) -> None:
+    # Writes never stop, so the buffer pool is never clean; the checkpoint passing the canary's LSN is the proof.
+    # Control: a checkpoint one short of it is no proof, and the gap says so.
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    fake = _canary_sql(datadir, leaks=False)
+    fake.answers = {**fake.answers, "INNODB_BUFFER_POOL_PAGES_DIRTY": "17\n", "INNODB_LSN_CURRENT": "5000\n",
+                    "INNODB_LSN_LAST_CHECKPOINT": checkpoint + "\n"}
+    section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n",
+                                      flush_wait=1.0, spill=False)
+    assert section["innodb_flushed"] is flushed
+    assert any("not all flushed" in g for g in gaps) is not flushed
