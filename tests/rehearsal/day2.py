@@ -13,7 +13,7 @@ stops being a member on purpose). Every node of the stack is sampled all the sam
 Figures (``Figures``): wall time of the `up`, nodes whose mariadbd restarted, the most members not Synced
 at once (sampled about once a second over TCP, as a client sees them), acknowledged writes lost, invariant
 violations, client errors and the longest gap without an acknowledged commit, SST or IST per node (from
-the node's mariadb.service journal since the scenario began).
+the node's error log, which the program keeps on the data volume, since the scenario began).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.mycnf import ERROR_LOG
 from components.tls_material import CA_CERT_PATH
 from rehearsal.testbed import Settings, Testbed
 from rehearsal.up import attach
@@ -143,6 +144,11 @@ def state_transfer(journal: str) -> str:
     return "none"
 
 
+def error_log_size(tb: Testbed, node: str) -> int:
+    out = tb.exec(node, ["stat", "-c", "%s", ERROR_LOG]).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
 @dataclass
 class Figures:
     scenario: str
@@ -188,8 +194,8 @@ class Day2Scenario:
             time.sleep(1)
         self.before = {n: self.cluster.sample(n) for n in self.nodes}
         tb = self.cluster.testbed()
-        self.epochs = {n: int(tb.exec(n, ["date", "+%s"]).stdout.strip()) for n in self.nodes if n in tb.hosts
-                       and tb.hosts[n].leader_pid}
+        # The program points log_error at the volume, so state transfers are read there, from this offset on.
+        self.log_offsets = {n: error_log_size(tb, n) for n in self.nodes if n in tb.hosts and tb.hosts[n].leader_pid}
         self.load = self.cluster.workload(self.load_on).start()
         self._monitor.start()
         time.sleep(5)  # the load runs before the change
@@ -232,10 +238,9 @@ class Day2Scenario:
             if n not in tb.hosts or not tb.hosts[n].leader_pid:
                 transfers[n] = "down"
                 continue
-            since = self.epochs.get(n, 0)
-            journal = tb.exec(n, ["journalctl", "-q", "--no-pager", "-o", "cat", "-u", "mariadb",
-                                  f"--since=@{since}"], timeout=60).stdout
-            transfers[n] = state_transfer(journal)
+            offset = self.log_offsets.get(n, 0)
+            text = tb.exec(n, ["tail", "-c", f"+{offset + 1}", ERROR_LOG], timeout=60).stdout
+            transfers[n] = state_transfer(text)
         steps = sum(len(re.findall(r"^\[.*\] up: .* ok in ", p.stderr, flags=re.M)) for p in self.outputs)
         self.figures = Figures(
             scenario=self.name, wall_s=round(self.wall_s, 1), nodes_restarted=restarted,

@@ -98,7 +98,7 @@ def test_add_an_onprem_node_restarts_nobody(cluster: DemoCluster) -> None:
     print_figures(sc)
     assert "dc-2-ssh-install on dc-2 ok" in proc.stderr
     assert f.nodes_restarted == [], f"adding a member restarted {f.nodes_restarted}"
-    assert f.max_members_not_synced == 0
+    assert f.max_members_not_synced <= 1  # the donor is Donor/Desynced while it sends the joiner's SST
     assert f.acknowledged_lost == 0 and f.invariant_violations == 0
     assert f.state_transfer["dc-2"] in ("SST", "IST")
     sample = cluster.sample("dc-2")
