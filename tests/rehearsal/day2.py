@@ -230,8 +230,15 @@ class Day2Scenario:
                 continue  # joined or left: not a restart
             if a[1] - b[1] > 5 or any(s.get(n) is None for s in self.samples):
                 restarted.append(n)
-        worst = max((sum(1 for n in self.members if s.get(n) is None or s[n][0] != "Synced")  # type: ignore[index]
-                     for s in self.samples), default=0)
+        def not_synced(sample: dict[str, tuple[str, float] | None]) -> list[str]:
+            return [n for n in self.members if (v := sample.get(n)) is None or v[0] != "Synced"]
+
+        worst_sample = max(self.samples, key=lambda s: len(not_synced(s)), default={})
+        worst = len(not_synced(worst_sample))
+        # Which members and in which state, at the worst moment: a donor (Donor/Desynced) reads differently
+        # from a second node down.
+        at_worst = ", ".join(f"{n} {(v[0] if (v := worst_sample.get(n)) else 'down')}"
+                             for n in not_synced(worst_sample))
         tb = self.cluster.testbed()
         transfers: dict[str, str] = {}
         for n in self.nodes:
@@ -248,7 +255,7 @@ class Day2Scenario:
             acknowledged_lost=report.acknowledged_lost, invariant_violations=report.invariant_violations,
             client_errors=report.client_errors, errors_by_kind=report.errors_by_kind,
             longest_gap_s=report.longest_gap_s, state_transfer=transfers,
-            steps_run=steps,
+            steps_run=steps, notes=f"worst moment: {at_worst}" if at_worst else "",
         )
         RESULTS.append(self.figures)
 
