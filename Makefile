@@ -14,7 +14,7 @@ PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest col
 
 .PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host test-at-rest-full pytest lint demo demo-down testbed-down \
 	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy \
-	reliability
+	reliability demo-up demo-destroy scenarios
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
 # tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
@@ -54,7 +54,7 @@ test-node: deps
 	$(PYTEST) -m "node and not fresh_host" tests/node
 
 test: deps lint
-	$(PYTEST) -m "not fresh_host and not reliability" tests
+	$(PYTEST) -m "not fresh_host and not reliability and not scenarios" tests
 
 # The change plan a reviewer reads: which steps run on which node, who restarts (tools/plan_diff.py).
 # make plan-diff BASE=origin/main HEAD_STACK=Pulumi.dev.yaml
@@ -83,6 +83,10 @@ reliability: deps
 test-at-rest-full: deps
 	MARIADB_KMS_ATREST_FULL=1 $(PYTEST) -m node tests/node/test_at_rest.py
 
+# Every day-2 scenario on one demo cluster under the bank-transfer load (tests/rehearsal/test_day2_scenarios.py).
+scenarios: deps
+	$(PYTEST) -s tests/rehearsal/test_day2_scenarios.py
+
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
 demo: deps
@@ -90,6 +94,15 @@ demo: deps
 
 demo-down: venv
 	$(PY) -m rehearsal down
+
+# A later `pulumi up` on the demo's cluster (rehearsal/up.py): CONFIG is a changed copy of
+# Pulumi.rehearsal.yaml; PREVIEW=1 prints the engine's plan and runs nothing.
+demo-up: venv
+	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview)
+
+# `pulumi destroy` on the demo's stack: its protected resources refuse it; PREVIEW=1 prints the plan only.
+demo-destroy: venv
+	$(PY) -m rehearsal destroy $(if $(PREVIEW),--preview)
 
 # Removes a node-test testbed left behind (MARIADB_KMS_TESTBED_PREFIX, default mk).
 testbed-down: venv

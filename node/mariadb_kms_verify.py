@@ -988,10 +988,10 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
     watch = SpillWatch()
     flushed = False
     try:
-        sql.execute(
-            f"INSERT INTO {schema}.canary_innodb VALUES {values};\n"  # noqa: S608
-            f"INSERT INTO {schema}.canary_aria VALUES {values};\n"
-        )
+        # Each statement on its own: a certification abort (1213) is retried, and retrying a batch whose first
+        # statement had committed would insert its rows twice. Seen with every node verifying under client writes.
+        run_retrying_certification(sql, f"INSERT INTO {schema}.canary_innodb VALUES {values};\n")  # noqa: S608
+        run_retrying_certification(sql, f"INSERT INTO {schema}.canary_aria VALUES {values};\n")  # noqa: S608
         if spill:
             stop = threading.Event()
             watcher = threading.Thread(

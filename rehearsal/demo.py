@@ -432,6 +432,8 @@ def demo(nodes: int | None, report_path: Path, command_timeout: float) -> int:
     if report["nodes"] and any(n["verify"] for n in report["nodes"].values()):
         rp.print_table(report["nodes"], key_arn=report["kms"]["key_arn"])
     hints = write_ssh_help(run, plan, directory) if plan else []
+    if report["ok"] and rec is not None:
+        save_state(run, rec, directory)
     say(f"report: {report_path}")
     if report["ok"]:
         say(f"make demo: verified in {report['seconds']:.0f}s; the cluster keeps running:")
@@ -444,11 +446,26 @@ def demo(nodes: int | None, report_path: Path, command_timeout: float) -> int:
     return 1
 
 
+def save_state(run: Run, rec: Recording, directory: Path) -> None:
+    """The stack's state for a later `up` (rehearsal/state.py, rehearsal/up.py)."""
+    from rehearsal.state import NodeHost, RehearsalState, save
+
+    stack = run.stack
+    nodes = {n.name: NodeHost(n.name, n.kind, n.address) for n in stack.nodes}
+    host_keys = {name: pair.public_line for name, pair in stack.onprem_host_keys.items()}
+    path = save(RehearsalState.from_recording(rec, config=stack.config, region=stack.region, nodes=nodes,
+                                              host_keys=host_keys), directory)
+    say(f"state for `make demo-up CONFIG=...`: {path}")
+
+
 def down(settings: Settings | None = None) -> None:
+    from rehearsal.state import path_in
+
     settings = settings or demo_settings()
     with file_lock(settings.run_dir().with_suffix(".lock"), f"testbed {settings.prefix}"):
         cleanup(settings)
         remove_nspawn_settings(settings)
+    path_in(out_dir(settings)).unlink(missing_ok=True)  # the state of a cluster that is gone
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -460,6 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--report", type=Path, default=None, help="where to write the JSON report")
     run_p.add_argument("--command-timeout", type=float, default=1800.0, help="give up on one remote command after")
     sub.add_parser("down", help="remove every host, server and network interface of the demo")
+    up_p = sub.add_parser("up", help="a later `pulumi up` with a changed stack config, on the demo's cluster")
+    up_p.add_argument("--config", type=Path, required=True, help="a stack file like Pulumi.rehearsal.yaml")
+    up_p.add_argument("--preview", action="store_true", help="print the plan only (pulumi preview)")
+    up_p.add_argument("--command-timeout", type=float, default=1800.0, help="give up on one remote command after")
+    destroy_p = sub.add_parser("destroy", help="`pulumi destroy` on the demo's stack (protected resources refuse)")
+    destroy_p.add_argument("--preview", action="store_true", help="print the plan only")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make demo needs root (network namespaces, systemd-nspawn, overlay mounts)", file=sys.stderr)
@@ -468,4 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with phase("make demo-down"):
             down()
         return 0
+    if args.command == "up":
+        from rehearsal.up import main as up_main
+
+        return up_main(args.config, preview=args.preview, timeout=args.command_timeout)
+    if args.command == "destroy":
+        from rehearsal.up import main as up_main
+
+        return up_main(None, preview=args.preview, timeout=1800.0)
     return demo(args.nodes, args.report or out_dir() / "report.json", args.command_timeout)

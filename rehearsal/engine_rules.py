@@ -63,6 +63,8 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     "command:remote:Command": frozenset(),
     # The project's own dynamic provider (components/data_key_provider.py, DataKeyProvider.diff).
     "pulumi-python:dynamic/mariadb-kms:ClusterDataKey": frozenset({"key_arn"}),
+    # components/instance_type_provider.py, InstanceTypeProvider.diff: a new instance id or type is an update.
+    "pulumi-python:dynamic/mariadb-kms:InstanceType": frozenset(),
 }
 
 # Inputs the SDK or the engine adds that no provider diffs.

@@ -821,3 +821,41 @@ def test_other_sql_errors_and_endless_aborts_are_not_swallowed() -> None:
     with pytest.raises(verify.SqlError):
         verify.run_retrying_certification(verify.Sql(run), "COMMIT;", retries=3, pause=lambda _s: None)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(("checkpoint", "flushed"), [("5000", True), ("4999", False)])
+def test_under_client_writes_the_checkpoint_past_the_canary_proves_the_flush(
+        tmp_path: Path, checkpoint: str, flushed: bool) -> None:
+    # Writes never stop, so the buffer pool is never clean; the checkpoint passing the canary's LSN is the proof.
+    # Control: a checkpoint one short of it is no proof, and the gap says so.
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    fake = _canary_sql(datadir, leaks=False)
+    fake.answers = {**fake.answers, "INNODB_BUFFER_POOL_PAGES_DIRTY": "17\n", "INNODB_LSN_CURRENT": "5000\n",
+                    "INNODB_LSN_LAST_CHECKPOINT": checkpoint + "\n"}
+    section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n",
+                                      flush_wait=1.0, spill=False)
+    assert section["innodb_flushed"] is flushed
+    assert any("not all flushed" in g for g in gaps) is not flushed
+
+
+def test_a_certification_abort_of_the_first_canary_insert_is_retried(tmp_path: Path, monkeypatch: Any) -> None:
+    # Seen with every node verifying under client writes: the canary's first INSERT aborted with 1213.
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    fake = _canary_sql(datadir, leaks=False)
+    aborted = {"n": 0}
+    inner = fake.__call__
+
+    def once(sql: str) -> str:
+        if "INSERT INTO" in sql and "canary_innodb" in sql and "START" not in sql and aborted["n"] == 0:
+            aborted["n"] += 1
+            raise verify.SqlError("ERROR 1213 (40001) at line 1: Deadlock found when trying to get lock")
+        return inner(sql)
+
+    monkeypatch.setattr(verify.time, "sleep", lambda _s: None)
+    section, gaps = verify.run_canary(verify.Sql(once), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n",
+                                      spill=False)
+    assert aborted["n"] == 1
+    assert gaps == [] and section["found_in"] == []
+    assert sum("canary_innodb VALUES" in s for s in fake.executed) == 1  # retried once, never inserted twice
