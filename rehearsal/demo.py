@@ -281,8 +281,10 @@ def boot_hosts(run: Run, tb: Testbed, overlaid: Overlaid) -> dict[str, str]:
             tb.seed(n.name, user_data=onprem_seed(run, n.name, shown=False))
     # Data volumes at /srv/mariadb-kms: on premises what its administrator prepares (ext4 -O encrypt, for
     # fscrypt); on "EC2" the stand-in for the EBS volume, unencrypted (the data-volume overlay item).
-    attach_volumes(tb, [n.name for n in stack.nodes if n.kind != "ec2"])
-    attach_volumes(tb, [n.name for n in stack.nodes if n.kind == "ec2"], encrypt=False)
+    # A caller that made a host's volume itself (a smaller one, to fill it) keeps it.
+    bare = [n for n in stack.nodes if n.name not in tb.volumes]
+    attach_volumes(tb, [n.name for n in bare if n.kind != "ec2"])
+    attach_volumes(tb, [n.name for n in bare if n.kind == "ec2"], encrypt=False)
     states = tb.boot(timeout=300)
     for n in stack.nodes:
         tb.put_file(n.name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")

@@ -61,6 +61,7 @@ from rehearsal.replay import Outcome, Progress, Sent, replay, run_one
 from rehearsal.stack import SECRET_KEYS, STACK, StackError, load_file, new_ed25519
 from rehearsal.state import NodeHost, RehearsalState, load, save
 from rehearsal.testbed import Host, Settings, Testbed
+from rehearsal.volumes import VOLUMES_DIR, make_volumes
 
 INSTANCE_TYPE = "pulumi-python:dynamic/mariadb-kms:InstanceType"
 # Exit statuses.
@@ -484,6 +485,11 @@ def attach(settings: Settings) -> Testbed:
             raise UpFailed(f"{name}: the testbed says {h['address']}, expected {host.address}")
         host.nspawn_pid, host.leader_pid = h["nspawn_pid"], h["leader_pid"]
         host.state = "running" if host.leader_pid else "down"
+        # The host's data volume (make demo attached one to every host): bound again whenever the host
+        # is powered on again (an instance-type change), or it would come back without its datadir.
+        volume = tb.run_dir / VOLUMES_DIR / name / "mnt"
+        if volume.is_mount():
+            tb.volumes[name] = volume
     return tb
 
 
@@ -533,6 +539,10 @@ def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, comple
         host = add_host(tb, n.name, apt_source)
         if host.address != n.address:
             raise UpFailed(f"{n.name}: the testbed's next host has {host.address}, the plan expected {n.address}")
+        # A data volume as make demo gives every host: ext4 -O encrypt on premises (fscrypt, the default),
+        # the unencrypted stand-in for the EBS volume on "EC2".
+        for name, volume in make_volumes(tb.run_dir, {n.name: n.kind != "ec2"}).items():
+            tb.volumes[name] = volume.mount_point
         if n.kind == "ec2":
             tb.seed(n.name, user_data=ov.user_data(user_data[n.name], ov_settings))
         else:
