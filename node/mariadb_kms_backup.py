@@ -41,6 +41,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -274,6 +275,20 @@ def read_unwrap_conf(path: Path) -> configparser.SectionProxy:
     if not cp.read(path) or not cp.has_section("unwrap"):
         raise Failure(PRECONDITION, f"{path} is missing or has no [unwrap] section: is this a mariadb-kms node?")
     return cp["unwrap"]
+
+
+def set_encryption_context(path: Path, context: Mapping[str, Any]) -> None:
+    """Rewrite the ``encryption_context`` line of the host's unwrap.conf (other lines as they are)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.split("=", 1)[0].strip() != "encryption_context"]
+    if context:
+        at = next((i + 1 for i, line in enumerate(lines) if line.strip() == "[unwrap]"), len(lines))
+        lines.insert(at, f"encryption_context = {json.dumps(dict(context), sort_keys=True)}")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    tmp = path.with_name(path.name + ".restore")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def run(argv: list[str], what: str, code: int = MARIABACKUP) -> str:
@@ -530,6 +545,9 @@ def restore_main(argv: list[str] | None = None) -> int:
             blob_path = Path(host_conf["blob"].strip())
             shutil.copyfile(backup / BLOB_NAME, blob_path)
             os.chmod(blob_path, 0o600)
+            # The blob is bound to the source cluster's encryption context; the unwrap unit must present
+            # that one, not this host's, or KMS refuses it (InvalidCiphertext) and MariaDB cannot start.
+            set_encryption_context(args.conf, key.get("encryption_context") or {})
             # The prepared datadir has no grastate.dat: galera_new_cluster starts a new history.
             say(RESTORE_PROG, "starting a new single-node cluster (galera_new_cluster)")
             run(["galera_new_cluster"], "galera_new_cluster", PRECONDITION)

@@ -277,7 +277,8 @@ def at_rest(request: pytest.FixtureRequest) -> Iterator[AtRest]:
                 except DeployFailed as failed:
                     raise DeployFailed(f"{failed}\n{_units_journal(bed, HOSTS)}") from None
             data_keys = {
-                name: kms.client().decrypt(CiphertextBlob=d.program.data_key_blob)["Plaintext"]
+                name: kms.client().decrypt(CiphertextBlob=d.program.data_key_blob,
+                                           EncryptionContext=d.program.encryption_context)["Plaintext"]
                 for name, d in (("cluster", cluster), ("control", control))
             }
             at = AtRest(bed, kms, cluster, control, volumes, data_keys)
@@ -292,7 +293,8 @@ def at_rest(request: pytest.FixtureRequest) -> Iterator[AtRest]:
             sql(bed, "atr1", _first_rows(at.markers["rows"], at.markers["versioned"]))
             cluster.run()  # atr3's roll: a join by SST; then the program's verification on every node
             at.gra_logs = _fail_an_apply(at, at.markers["failed apply"])
-            assert start(bed, FAILS_APPLY).rc == 0, f"{FAILS_APPLY} did not come back after its failed apply"
+            assert start(bed, FAILS_APPLY).rc == 0, \
+                f"{FAILS_APPLY} did not come back after its failed apply\n{_units_journal(bed, [FAILS_APPLY])}"
             wait_synced(bed, FAILS_APPLY, 3, timeout=900)
             at.big_seconds["cluster"], written = _watch_and_run(at, "atr1", FSCRYPT_NODES,
                                                                 _big_transaction(at.markers["big"]))

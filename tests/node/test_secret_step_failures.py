@@ -131,7 +131,8 @@ def node() -> Iterator[Node]:
         program = ProgramStack(kms).record(onprem_config(bed, [HOST]), bed)
         # Declared in the overlay, as the runner's deploy places it: the hosts share one disk.
         bed.put_file(HOST, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
-        data_key = kms.client().decrypt(CiphertextBlob=program.data_key_blob)["Plaintext"]
+        data_key = kms.client().decrypt(CiphertextBlob=program.data_key_blob,
+                                        EncryptionContext=program.encryption_context)["Plaintext"]
         tls_sent = next(s for s in program.sent if s.command.name == f"{HOST}-ssh-tls")
         assert tls_sent.stdin
         tls_key = decode_put(tls_sent.stdin)[KEY_PATH][0].decode()

@@ -133,7 +133,7 @@ def test_a_start_right_after_a_stop_unwraps_afresh(healing_cluster: HealingClust
     assert not keyfile_present(tb, host)  # gone when the stop returns, whatever the unwrap unit's stop job does
     tb.exec(host, ["systemctl", "start", "mariadb"], check=True, timeout=300)
     wait_synced(tb, host, 3)
-    log = journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")
+    log = journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb-kms-datadir-key.service", "mariadb.service")
     assert "data key unwrapped into" in log and "KMS not called" not in log, log
 
 
@@ -153,7 +153,7 @@ def test_a_disabled_key_still_refuses_at_once(healing_cluster: HealingCluster) -
         assert took < 30, f"a permanent cause took {took:.0f}s to refuse"
         # A start right after a stop finds the unwrap unit still active (its stop job cancelled), so the
         # refusal may come from mariadb.service's own ExecStartPre: either way, exactly one.
-        log = journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb.service")
+        log = journal_since(tb, host, cursor, UNWRAP_UNIT, "mariadb-kms-datadir-key.service", "mariadb.service")
         failures = [line for line in log.splitlines() if "FAILED" in line]
         assert len(failures) == 1 and f"FAILED cause=key-disabled key={key.key_arn}:" in failures[0], failures
         assert not mariadbd_running(tb, host) and not keyfile_present(tb, host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -200,3 +201,21 @@ def test_only_an_fscrypt_datadir_conf_asks_for_the_mount(bk: ModuleType, tmp_pat
     assert bk.fscrypt_datadir(conf) is True
     conf.write_text("encryption=none\n")
     assert bk.fscrypt_datadir(conf) is False
+
+
+def test_a_restore_with_bootstrap_presents_the_backups_encryption_context(tmp_path: Path) -> None:
+    backup = load_node_script("mariadb_kms_backup", NODE / "mariadb_kms_backup.py")
+    conf = tmp_path / "unwrap.conf"
+    conf.write_text('[unwrap]\nmode = kms-envelope\nencryption_context = {"mariadb-kms:stack": "restore-host"}\n'
+                    "key_arn = arn:aws:kms:eu-west-1:123456789012:key/k\n")
+    conf.chmod(0o640)
+    source = {"mariadb-kms:cluster": "prod", "mariadb-kms:stack": "prod"}
+    backup.set_encryption_context(conf, source)
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(conf)
+    assert json.loads(cp["unwrap"]["encryption_context"]) == source
+    assert cp["unwrap"]["key_arn"].endswith("key/k") and oct(conf.stat().st_mode & 0o777) == "0o640"
+    backup.set_encryption_context(conf, {})  # a backup whose blob has no context: the line goes
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(conf)
+    assert "encryption_context" not in cp["unwrap"]

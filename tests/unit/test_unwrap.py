@@ -429,6 +429,9 @@ def test_mariadb_unwraps_again_at_a_start_the_unwrap_unit_missed_and_never_resta
     assert "ExecStartPre=+/usr/local/sbin/mariadb-kms-unwrap --ensure" in dropin
     prevent = [line.split("=", 1)[1].split() for line in dropin if line.startswith("RestartPreventExitStatus=")]
     assert prevent == [[str(code) for code in unwrap.PERMANENT_EXIT_CODES]]
+    # The datadir key is derived from the keyfile before MariaDB starts: the same check runs there first.
+    key_unit = (REPO / "node" / "mariadb-kms-datadir-key.service").read_text().splitlines()
+    assert "ExecStartPre=+/usr/local/sbin/mariadb-kms-unwrap --ensure" in key_unit
 
 
 def test_a_reused_key_is_handed_back_to_its_owner(tmp_path: Path) -> None:
