@@ -39,9 +39,9 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
-import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
