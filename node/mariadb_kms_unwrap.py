@@ -40,9 +40,10 @@ root-only on our nodes). On premises a root-only 0600 shared-credentials file
 named in unwrap.conf, read by this process alone: it is never passed through
 an environment variable of a unit, so ``systemctl show`` cannot reveal it.
 
-A requested stop removes the keyfile inside mariadb.service's own stop (``--note-stop``), and
-mariadb.service's ExecStartPre (``--ensure``) unwraps again if the key is not there: a start queued right
-after a stop cancels this unit's pending stop job, and MariaDB would otherwise start with no fresh unwrap.
+A requested stop removes the keyfile inside mariadb.service's own stop (``--note-stop``), and the
+ExecStartPre of the datadir key unit and of mariadb.service (``--ensure``) unwraps again if the key is
+not there: a start queued right after a stop cancels this unit's pending stop job, and MariaDB would
+otherwise start with no fresh unwrap.
 
 ``--check`` decrypts and writes nothing (the program's pre-flight before a
 restart). ``--remove`` deletes the keyfile (ExecStop: the key is on the node
