@@ -77,23 +77,26 @@ def field_default(fields: tuple[Field, ...], name: str) -> Any:
 SSH_PORT = Bounds(1, 65535)
 DEFAULT_SSH_PORT = 22
 
+# The fields every node has, EC2 or on premises.
+NODE_NAME_FIELD = Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True)
+DECOMMISSION_FIELD = Field(
+    "decommission",
+    "true to take the node out of the cluster (it leaves, its key material is wiped); remove the entry in a "
+    "later `pulumi up`",
+    checks.boolean,
+    default=False,
+)
 EC2_NODE_FIELDS = (
-    Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True),
+    NODE_NAME_FIELD,
     Field("subnetId", "a subnet id (subnet-...)", checks.subnet_id, required=True),
     Field("availabilityZone", "an availability zone such as eu-west-1a", checks.availability_zone, required=True),
     Field("instanceType", "an EC2 instance type", checks.instance_type, default="t3.medium"),
     Field("dataVolumeGiB", "the data volume's size in GiB", default=50, bounds=Bounds(8, 16384)),
     Field("privateIp", "the node's private IPv4 address inside its subnet", checks.ipv4_address),
-    Field(
-        "decommission",
-        "true to take the node out of the cluster (it leaves, its key material is wiped); remove the entry in a "
-        "later `pulumi up`",
-        checks.boolean,
-        default=False,
-    ),
+    DECOMMISSION_FIELD,
 )
 ONPREM_NODE_FIELDS = (
-    Field("name", f"the node's name: {checks.NODE_NAME_RULE}", checks.node_name, required=True),
+    NODE_NAME_FIELD,
     Field("address", "the node's IP address or DNS name", checks.host, required=True),
     Field("sshUser", "the SSH login user", checks.ssh_user, required=True),
     Field(
@@ -101,13 +104,7 @@ ONPREM_NODE_FIELDS = (
     ),
     Field("sshPort", "the node's SSH port", default=DEFAULT_SSH_PORT, bounds=SSH_PORT),
     Field("egressCidr", "the public CIDR this node reaches KMS from", checks.cidr("203.0.113.7/32")),
-    Field(
-        "decommission",
-        "true to take the node out of the cluster (it leaves, its key material is wiped); remove the entry in a "
-        "later `pulumi up`",
-        checks.boolean,
-        default=False,
-    ),
+    DECOMMISSION_FIELD,
 )
 JUMP_HOST_FIELDS = (
     Field("host", "the bastion's IP address or DNS name", checks.host, required=True),
