@@ -60,6 +60,18 @@ class Outcome:
     error: str | None = None  # connection or protocol trouble, or why it was skipped
     started: float = 0.0
 
+    @classmethod
+    def starting(cls, sent: Sent) -> tuple[Outcome, bytes]:
+        """The outcome of ``sent`` as it starts now, and the stdin bytes it is given (empty for none)."""
+        cmd = sent.command
+        data = sent.stdin.encode() if sent.stdin else b""
+        outcome = cls(
+            name=cmd.name, node=sent.node, create=cmd.create,
+            stdin_sha256=hashlib.sha256(data).hexdigest() if sent.stdin else None, stdin_bytes=len(data), rc=None,
+            started=time.monotonic(),
+        )
+        return outcome, data
+
     @property
     def ok(self) -> bool:
         return self.rc == 0 and self.error is None
@@ -152,12 +164,7 @@ def _dial_once(cmd: RecordedCommand, expected: paramiko.PKey, key: paramiko.PKey
 def run_one(sent: Sent, stop: threading.Event, timeout: float, abort: threading.Event | None = None) -> Outcome:
     """One command on one fresh connection. ``stop``: stop dialling; ``abort``: leave a running command."""
     cmd = sent.command
-    data = sent.stdin.encode() if sent.stdin else b""
-    outcome = Outcome(
-        name=cmd.name, node=sent.node, create=cmd.create,
-        stdin_sha256=hashlib.sha256(data).hexdigest() if sent.stdin else None, stdin_bytes=len(data), rc=None,
-        started=time.monotonic(),
-    )
+    outcome, data = Outcome.starting(sent)
     try:
         transport = _connect(cmd, stop)
     except ReplayError as err:

@@ -453,12 +453,7 @@ class Deployment:
 
     def _run_one(self, sent: Sent, stop: threading.Event, timeout: float, abort: threading.Event | None) -> Outcome:
         cmd = sent.command
-        data = sent.stdin.encode() if sent.stdin else b""
-        outcome = Outcome(
-            name=cmd.name, node=sent.node, create=cmd.create,
-            stdin_sha256=hashlib.sha256(data).hexdigest() if sent.stdin else None, stdin_bytes=len(data), rc=None,
-            started=time.monotonic(),
-        )
+        outcome, data = Outcome.starting(sent)
         try:
             # Written and closed, like pulumi-command's session stdin; empty when the command has none.
             result = self.testbed.exec(sent.node, host_argv(cmd, self._shell(sent.node, cmd.user)), input=data,
