@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 DATABASE = "bank"
@@ -257,13 +258,19 @@ def make_report(ledger: Ledger, audit: Audit, nodes: Sequence[str]) -> WorkloadR
 # --------------------------------------------------------------------------
 
 
-def pymysql_connect(user: str, password: str, *, timeout: float = 5.0) -> ConnectFn:
+def pymysql_connect(user: str, password: str, *, timeout: float = 5.0, io_timeout: float | None = None,
+                    ca: Path | None = None) -> ConnectFn:
+    """Clients for the workload. With ``ca``, over TLS verified against that CA, as an application connects
+    to a cluster with ``requireSecureTransport`` on. ``io_timeout``: reads and writes, if not ``timeout``."""
+    tls: dict[str, Any] = {} if ca is None else {"ssl_ca": str(ca), "ssl_verify_cert": True}
+    io = timeout if io_timeout is None else io_timeout
+
     def connect(address: str) -> Connection:
         import pymysql
 
         conn: Connection = pymysql.connect(
             host=address, port=PORT, user=user, password=password, database=DATABASE, autocommit=False,
-            connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+            connect_timeout=timeout, read_timeout=io, write_timeout=io, **tls,
         )
         return conn
 

@@ -38,7 +38,7 @@ from rehearsal.mariadb_on_host import sql, wait_synced, wsrep_status
 from rehearsal.packet_capture import capture, read_streams
 from rehearsal.runner import Deployment, ProgramStack, deploy, engine_runs, onprem_config
 from rehearsal.testbed import Testbed
-from rehearsal.workload import DATABASE, PORT, BankWorkload, setup_sql
+from rehearsal.workload import DATABASE, PORT, BankWorkload, pymysql_connect, setup_sql
 
 HOSTS = ("node1", "node2", "node3")
 STAGES: dict[str, dict[str, Any]] = {
@@ -117,17 +117,6 @@ class Rotation:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def tls_connect(user: str, password: str, ca: Path) -> Any:
-    def connect(address: str) -> Any:
-        import pymysql
-
-        return pymysql.connect(host=address, port=PORT, user=user, password=password, database=DATABASE,
-                               autocommit=False, connect_timeout=5, read_timeout=10, write_timeout=10,
-                               ssl_ca=str(ca), ssl_verify_cert=True)
-
-    return connect
-
-
 def plaintext_login_attempt(address: str, user: str) -> None:
     """A client that does not ask for TLS: its handshake response (with the user name) goes in the clear,
     and require_secure_transport refuses it afterwards."""
@@ -188,7 +177,7 @@ def rotation(testbed: Testbed, kms: KmsServer, tmp_path_factory: pytest.TempPath
         pcap = out / "rotation.pcap"
         with capture(testbed.settings.bridge, pcap), SyncedSampler(testbed) as sampler:
             load = BankWorkload(addresses, user="bank", password=password, duration=3600, max_transfers=10**7,
-                                connect=tls_connect("bank", password, bundle)).start()
+                                connect=pymysql_connect("bank", password, io_timeout=10, ca=bundle)).start()
             time.sleep(5)
             previous = base
             for i, (name, head) in enumerate(programs.items()):

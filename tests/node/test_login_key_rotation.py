@@ -28,7 +28,6 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -41,7 +40,7 @@ from rehearsal.replay import Outcome, login_key, pinned_key, replay
 from rehearsal.runner import Deployment, Program, ProgramStack, deploy, engine_runs, onprem_config
 from rehearsal.stack import KeyPair, new_ed25519
 from rehearsal.testbed import Testbed
-from rehearsal.workload import DATABASE, PORT, BankWorkload, setup_sql
+from rehearsal.workload import BankWorkload, pymysql_connect, setup_sql
 
 HOSTS = ("node1", "node2", "node3")
 LOGIN_USER = "root"  # onprem_config's sshUser
@@ -103,17 +102,6 @@ class Rotation:
     seconds: dict[str, float]
 
 
-def ssl_connect(user: str, password: str, ca: Path) -> Any:
-    def connect(address: str) -> Any:
-        import pymysql
-
-        return pymysql.connect(host=address, port=PORT, user=user, password=password, database=DATABASE,
-                               autocommit=False, connect_timeout=5, read_timeout=10, write_timeout=10,
-                               ssl_ca=str(ca), ssl_verify_cert=True)
-
-    return connect
-
-
 @pytest.fixture(scope="module")
 def rotation(testbed: Testbed, kms: KmsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rotation]:
     try:
@@ -135,7 +123,8 @@ def rotation(testbed: Testbed, kms: KmsServer, tmp_path_factory: pytest.TempPath
         ca.write_bytes(testbed.read_file("node1", CA_CERT_PATH))
         pids_before = {h: mariadbd_pid(testbed, h) for h in HOSTS}
         load = BankWorkload(list(addresses.values()), user="bank", password=password, duration=1800,
-                            max_transfers=10**7, connect=ssl_connect("bank", password, ca)).start()
+                            max_transfers=10**7,
+                            connect=pymysql_connect("bank", password, io_timeout=10, ca=ca)).start()
         time.sleep(5)
 
         seconds: dict[str, float] = {}

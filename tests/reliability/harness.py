@@ -46,7 +46,7 @@ from rehearsal.recorder import Types
 from rehearsal.stack import load_file, prepare
 from rehearsal.testbed import Settings, Testbed
 from rehearsal.volumes import VOLUMES_DIR, LoopVolume
-from rehearsal.workload import DATABASE, PORT, BankWorkload, Connection, WorkloadReport, setup_sql
+from rehearsal.workload import BankWorkload, Connection, WorkloadReport, pymysql_connect, setup_sql
 
 SYNCED_TIMEOUT = 300.0
 CREDENTIALS_MODE = 0o600
@@ -96,14 +96,7 @@ class ReliabilityCluster:
     def connect(self, address: str) -> Connection:
         """A client as an application connects: TCP, TLS verified against the cluster CA (the stack's
         ``requireSecureTransport`` is on)."""
-        import pymysql
-
-        conn: Connection = pymysql.connect(
-            host=address, port=PORT, user=self.db_user, password=self.db_password, database=DATABASE,
-            autocommit=False, connect_timeout=5, read_timeout=5, write_timeout=5,
-            ssl_ca=str(self.ca_file), ssl_verify_cert=True,
-        )
-        return conn
+        return pymysql_connect(self.db_user, self.db_password, ca=self.ca_file)(address)
 
     def workload(self, duration: float) -> BankWorkload:
         return BankWorkload(
