@@ -25,13 +25,21 @@ from rehearsal.recorder import Recording, RegisteredResource
 
 Action = Literal["same", "create", "update", "replace", "delete"]
 
-# Properties whose change makes the provider replace the resource, per type the program registers.
-# Source: each type's page in the Pulumi Registry, where these inputs say "Changes to this property
-# will trigger replacement." (https://www.pulumi.com/registry/packages/aws/api-docs/<module>/<type>/,
-# pulumi-aws v7; https://www.pulumi.com/registry/packages/tls/api-docs/, pulumi-tls v5). A type absent
-# here is never guessed at: its changes are reported as updates with the rule marked unknown.
+# Properties whose change makes the provider replace the resource, per type the program registers: the
+# inputs whose Registry page says "Changes to this property will trigger replacement." (``SOURCES`` names
+# each page). The Registry renders that line from the provider schema, which the bridge derives from the
+# upstream Terraform resource's ``ForceNew`` (SDKv2) or ``RequiresReplace`` plan modifier (plugin
+# framework); where an entry was read in that upstream source, the reading is recorded in
+# tests/unit/data/replace_forcing.json and tests/unit/test_replace_table.py holds the table to it and to
+# the installed SDKs' own docstrings. A type absent here is never guessed at: its changes are reported as
+# updates with the rule marked unknown.
+REGISTRY = "https://www.pulumi.com/registry/packages"
+# The provider versions the table was checked against: the ones requirements.txt installs.
+PROVIDER_VERSIONS = {"aws": "7.51.1", "tls": "5.6.2", "command": "1.2.1"}
+
 REPLACE_ON: Mapping[str, frozenset[str]] = {
-    "aws:kms/key:Key": frozenset({"customerMasterKeySpec", "keySpec", "keyUsage", "multiRegion", "customKeyStoreId",
+    # keySpec is no input of pulumi-aws 7's Key (customerMasterKeySpec is).
+    "aws:kms/key:Key": frozenset({"customerMasterKeySpec", "keyUsage", "multiRegion", "customKeyStoreId",
                                   "xksKeyId"}),
     "aws:kms/alias:Alias": frozenset({"name", "namePrefix"}),
     "aws:iam/role:Role": frozenset({"name", "namePrefix", "path"}),
@@ -40,23 +48,32 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     "aws:iam/accessKey:AccessKey": frozenset({"user", "pgpKey"}),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": frozenset({"role", "policyArn"}),
     "aws:ssm/parameter:Parameter": frozenset({"name"}),
-    "aws:ebs/volume:Volume": frozenset({"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn"}),
+    "aws:ebs/volume:Volume": frozenset({"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn",
+                                        "multiAttachEnabled"}),
     # instanceType is an in-place stop/start, not a replacement; userData replaces only with
-    # userDataReplaceOnChange (the program ignores user-data changes anyway).
+    # userDataReplaceOnChange, which the program leaves false (and it ignores user-data changes anyway).
+    # rootBlockDevice replaces only for some of its fields: REPLACE_ON_NESTED.
     "aws:ec2/instance:Instance": frozenset({"ami", "availabilityZone", "subnetId", "privateIp", "keyName",
                                            "primaryNetworkInterface", "networkInterfaces", "placementGroup",
                                            "tenancy", "hostId"}),
-    "aws:ec2/networkInterface:NetworkInterface": frozenset({"subnetId", "privateIp"}),
+    # privateIp is updated in place; a new primary address in privateIps/privateIpList replaces (a
+    # condition on values, and the program sets neither).
+    "aws:ec2/networkInterface:NetworkInterface": frozenset({"subnetId", "interfaceType"}),
     "aws:ec2/volumeAttachment:VolumeAttachment": frozenset({"deviceName", "instanceId", "volumeId"}),
     "aws:ec2/securityGroup:SecurityGroup": frozenset({"name", "namePrefix", "description", "vpcId"}),
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": frozenset({"securityGroupId"}),
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": frozenset({"securityGroupId"}),
     "aws:ec2/vpcEndpoint:VpcEndpoint": frozenset({"serviceName", "vpcId", "vpcEndpointType"}),
-    # Every input of a pulumi-tls resource forces a new key or certificate.
+    # Every input of a key or a request forces a new one; a certificate's earlyRenewalHours is updated in
+    # place (no RequiresReplace on it upstream).
     "tls:index/privateKey:PrivateKey": frozenset({"*"}),
     "tls:index/certRequest:CertRequest": frozenset({"*"}),
-    "tls:index/selfSignedCert:SelfSignedCert": frozenset({"*"}),
-    "tls:index/locallySignedCert:LocallySignedCert": frozenset({"*"}),
+    "tls:index/selfSignedCert:SelfSignedCert": frozenset({
+        "allowedUses", "dnsNames", "ipAddresses", "uris", "isCaCertificate", "maxPathLength", "privateKeyPem",
+        "setAuthorityKeyId", "setSubjectKeyId", "subject", "validityPeriodHours"}),
+    "tls:index/locallySignedCert:LocallySignedCert": frozenset({
+        "allowedUses", "caCertPem", "caPrivateKeyPem", "certRequestPem", "isCaCertificate", "maxPathLength",
+        "setSubjectKeyId", "validityPeriodHours"}),
     # pulumi-command's provider replaces nothing by itself: its SDK adds replace_on_changes=["triggers[*]"]
     # to every remote.Command (sdk/python/pulumi_command/remote/command.py, _internal_init, v1.2.1), which
     # the recorder sees as a resource option and ``replace_keys`` honours like any other.
@@ -66,6 +83,47 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     # components/instance_type_provider.py, InstanceTypeProvider.diff: a new instance id or type is an update.
     "pulumi-python:dynamic/mariadb-kms:InstanceType": frozenset(),
 }
+
+# Inputs that replace only when some of their fields change: input -> those fields.
+REPLACE_ON_NESTED: Mapping[str, Mapping[str, frozenset[str]]] = {
+    # The root volume's encryption cannot change on a running instance; its size and type can.
+    "aws:ec2/instance:Instance": {"rootBlockDevice": frozenset({"encrypted", "kmsKeyId"})},
+}
+
+
+def _registry_page(type_: str) -> str:
+    package, module, name = type_.split(":")
+    path = module.split("/")[0] if package == "aws" else ""
+    return f"{REGISTRY}/{package}/api-docs/{path + '/' if path else ''}{name.lower()}/"
+
+
+# Where each entry comes from: the type's Registry page (at the installed provider version), or the code
+# that decides it.
+SOURCES: Mapping[str, str] = {
+    **{t: f"{_registry_page(t)} (pulumi-{t.split(':')[0]} v{PROVIDER_VERSIONS[t.split(':')[0]]})"
+       for t in REPLACE_ON if t.split(":")[0] in ("aws", "tls")},
+    "command:remote:Command": f"{REGISTRY}/command/api-docs/remote/command/ (pulumi-command v1.2.1: "
+                              "replace_on_changes=['triggers[*]'] in the SDK's _internal_init)",
+    "pulumi-python:dynamic/mariadb-kms:ClusterDataKey": "components/data_key_provider.py, DataKeyProvider.diff",
+    "pulumi-python:dynamic/mariadb-kms:InstanceType": "components/instance_type_provider.py, InstanceTypeProvider.diff",
+}
+
+
+def nested_replace_keys(type_: str, old: Mapping[str, Any], new: Mapping[str, Any],
+                        changed: Iterable[str]) -> list[str]:
+    """The changed inputs that replace because one of their replace-forcing fields changed."""
+    rules = REPLACE_ON_NESTED.get(type_, {})
+    found = []
+    for key in changed:
+        fields = rules.get(key)
+        if not fields:
+            continue
+        o, n = plain(old.get(key)) or {}, plain(new.get(key)) or {}
+        if not isinstance(o, dict) or not isinstance(n, dict) or any(
+                _canonical(o.get(f)) != _canonical(n.get(f)) for f in fields):
+            found.append(key)
+    return found
+
 
 # Inputs the SDK or the engine adds that no provider diffs.
 _NOT_DIFFED = frozenset({"__provider"})
@@ -226,6 +284,7 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
             )
             diff = sorted(set(diff) | set(via))
             forced, rule_unknown = replace_keys(n.type, diff, roc)
+            forced = sorted(set(forced) | set(nested_replace_keys(n.type, o.inputs, n.inputs, diff)))
             action: Action = "same" if not diff else ("replace" if forced else "update")
             if action == "replace":
                 replaced.add(urn)
