@@ -10,8 +10,11 @@ A scenario is::
 "at most one not Synced" rule is about (a joining node is not Synced until it has joined, a leaving one
 stops being a member on purpose). Every node of the stack is sampled all the same.
 
-Figures (``Figures``): wall time of the `up`, nodes whose mariadbd restarted, the most members not Synced
-at once (sampled about once a second over TCP, as a client sees them), acknowledged writes lost, invariant
+Figures (``Figures``): wall time of the `up`, nodes whose mariadbd restarted, the most members out at once
+(no answer, out of the primary component or not wsrep_ready: the service-level rule, at most one) and the
+most not Synced at once (the strict count, which adds a state transfer's Donor/Desynced donor), both
+sampled about once a second over TCP as a client sees them, every member at once (``rehearsal.availability``
+reads the samples), acknowledged writes lost, invariant
 violations, client errors and the longest gap without an acknowledged commit, SST or IST per node (from
 the node's error log, which the program keeps on the data volume, since the scenario began).
 """
@@ -19,24 +22,27 @@ the node's error log, which the program keeps on the data volume, since the scen
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import secrets
-import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components.mycnf import ERROR_LOG
 from components.tls_material import CA_CERT_PATH
+from rehearsal.availability import Probe, Sample, availability
 from rehearsal.testbed import Settings, Testbed
 from rehearsal.up import attach
-from rehearsal.workload import BankWorkload, setup_sql
+from rehearsal.workload import BankWorkload, pymysql_connect, setup_sql
 
 REPO = Path(__file__).resolve().parents[2]
 # The scenarios run on the demo's own testbed: a user's MARIADB_KMS_DEMO_PREFIX/SUBNET, else one of their own.
@@ -83,14 +89,8 @@ class DemoCluster:
         return attach(settings())
 
     def connect(self, address: str, timeout: float = 5.0) -> Any:
-        import pymysql
-
         # requireSecureTransport is on: clients use TLS, verified against the cluster's CA.
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        context.check_hostname = False  # node certificates name the node; clients here dial addresses
-        return pymysql.connect(host=address, port=3306, user=self.user, password=self.password, database="bank",
-                               autocommit=False, connect_timeout=timeout, read_timeout=timeout,
-                               write_timeout=timeout, ssl=context)
+        return pymysql_connect(self.user, self.password, timeout=timeout, io_timeout=timeout, ca=self.ca_file)(address)
 
     def workload(self, nodes: Sequence[str]) -> BankWorkload:
         return BankWorkload([self.addresses[n] for n in nodes], accounts=self.accounts, initial=self.initial,
@@ -98,17 +98,24 @@ class DemoCluster:
 
     def sample(self, node: str) -> tuple[str, float] | None:
         """(wsrep_local_state_comment, when mariadbd started) as a client sees it; None when it does not answer."""
+        p, _why = self.probe(node)
+        return None if p is None else (p.state, p.started)
+
+    def probe(self, node: str) -> tuple[Probe | None, str]:
+        """The member's state, primary component and readiness as a client sees them; else (None, why not)."""
         try:
             conn = self.connect(self.addresses[node], timeout=2.0)
-        except Exception:
-            return None
+        except Exception as exc:
+            return None, f"connect: {exc}"[:120]
         try:
             cur = conn.cursor()
-            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state_comment', 'Uptime')")
-            values = {str(k): str(v) for k, v in cur.fetchall()}
-            return values.get("wsrep_local_state_comment", ""), time.time() - float(values.get("Uptime", "0"))
-        except Exception:
-            return None
+            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state_comment', 'Uptime', "
+                        "'wsrep_cluster_status', 'wsrep_ready')")
+            v = {str(k): str(v) for k, v in cur.fetchall()}
+            return Probe(v.get("wsrep_local_state_comment", ""), v.get("wsrep_cluster_status") == "Primary",
+                         v.get("wsrep_ready") == "ON", time.time() - float(v.get("Uptime", "0"))), ""
+        except Exception as exc:
+            return None, f"query: {exc}"[:120]
         finally:
             conn.close()
 
@@ -164,6 +171,11 @@ class Figures:
     state_transfer: dict[str, str]
     steps_run: int
     notes: str = ""
+    max_members_out: int = 0  # no answer, non-Primary or not ready: the service-level figure
+    worst_out: str = ""
+    worst_not_synced: str = ""
+    extra_not_synced: list[str] = field(default_factory=list)  # not Synced, usable, and not a serving donor
+    not_synced_episodes: list[str] = field(default_factory=list)  # member, state, when, how long
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +192,8 @@ class Day2Scenario:
         self.members = list(members)
         self.nodes = list(nodes)  # every node sampled: members, joiners and leavers
         self.load_on = list(load_on or members)
-        self.samples: list[dict[str, tuple[str, float] | None]] = []
+        self.samples: list[Sample] = []
+        self.no_answer: list[dict[str, str]] = []  # per sample: why a member did not answer
         self.outputs: list[subprocess.CompletedProcess[str]] = []
         self.wall_s = 0.0
         self.figures: Figures | None = None
@@ -209,9 +222,15 @@ class Day2Scenario:
         return proc
 
     def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append({n: self.cluster.sample(n) for n in self.nodes})
-            self._stop.wait(1.0)
+        began = time.monotonic()
+        # Every member probed at the same moment, so "at once" means at once.
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            while not self._stop.is_set():
+                at = time.monotonic() - began
+                got = dict(zip(self.nodes, pool.map(self.cluster.probe, self.nodes), strict=True))
+                self.samples.append(Sample(round(at, 2), {n: p for n, (p, _w) in got.items()}))
+                self.no_answer.append({n: w for n, (p, w) in got.items() if p is None})
+                self._stop.wait(1.0)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         time.sleep(5)  # the load runs on the changed cluster too
@@ -228,17 +247,10 @@ class Day2Scenario:
             b, a = self.before.get(n), after.get(n)
             if b is None or a is None:
                 continue  # joined or left: not a restart
-            if a[1] - b[1] > 5 or any(s.get(n) is None for s in self.samples):
+            if a[1] - b[1] > 5 or any(s.probes.get(n) is None for s in self.samples):
                 restarted.append(n)
-        def not_synced(sample: dict[str, tuple[str, float] | None]) -> list[str]:
-            return [n for n in self.members if (v := sample.get(n)) is None or v[0] != "Synced"]
-
-        worst_sample = max(self.samples, key=lambda s: len(not_synced(s)), default={})
-        worst = len(not_synced(worst_sample))
-        # Which members and in which state, at the worst moment: a donor (Donor/Desynced) reads differently
-        # from a second node down.
-        at_worst = ", ".join(f"{n} {(v[0] if (v := worst_sample.get(n)) else 'down')}"
-                             for n in not_synced(worst_sample))
+        seen = availability(self.samples, self.members)
+        self._keep_samples()
         tb = self.cluster.testbed()
         transfers: dict[str, str] = {}
         for n in self.nodes:
@@ -251,24 +263,37 @@ class Day2Scenario:
         steps = sum(len(re.findall(r"^\[.*\] up: .* ok in ", p.stderr, flags=re.M)) for p in self.outputs)
         self.figures = Figures(
             scenario=self.name, wall_s=round(self.wall_s, 1), nodes_restarted=restarted,
-            max_members_not_synced=worst, acknowledged=report.acknowledged,
+            max_members_not_synced=seen.max_not_synced, acknowledged=report.acknowledged,
             acknowledged_lost=report.acknowledged_lost, invariant_violations=report.invariant_violations,
             client_errors=report.client_errors, errors_by_kind=report.errors_by_kind,
             longest_gap_s=report.longest_gap_s, state_transfer=transfers,
-            steps_run=steps, notes=f"worst moment: {at_worst}" if at_worst else "",
+            steps_run=steps, max_members_out=seen.max_out, worst_out=seen.worst_out,
+            worst_not_synced=seen.worst_not_synced, extra_not_synced=seen.extra,
+            not_synced_episodes=[str(e) for e in seen.episodes],
         )
         RESULTS.append(self.figures)
 
+    def _keep_samples(self) -> None:
+        """Every sample in a JSON file for reading afterwards (states only, no secrets)."""
+        where = Path(tempfile.gettempdir()) / "mariadb-kms-day2"
+        where.mkdir(exist_ok=True)
+        path = where / (settings().prefix + "-" + re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") + ".json")
+        path.write_text(json.dumps([{"at": s.at, "probes": {n: asdict(p) if p else None for n, p in s.probes.items()},
+                                     "no_answer": w} for s, w in zip(self.samples, self.no_answer, strict=True)]))
+        print(f"\n{self.name}: samples in {path}")
+
 
 def table(results: Sequence[Figures]) -> str:
-    head = ("| scenario | wall (s) | steps run | nodes restarted | max members not Synced | acknowledged | lost "
-            "| client errors | longest gap (s) | state transfer |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| scenario | wall (s) | steps run | nodes restarted | max members out | max not Synced (who) "
+            "| acknowledged | lost | client errors | longest gap (s) | state transfer |")
+    lines = [head, "|" + "---|" * 11]
     for f in results:
         st = ", ".join(f"{n} {k}" for n, k in f.state_transfer.items() if k != "none") or "none"
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.errors_by_kind.items()))
         lines.append(f"| {f.scenario} | {f.wall_s} | {f.steps_run} | {', '.join(f.nodes_restarted) or 'none'} "
-                     f"| {f.max_members_not_synced} | {f.acknowledged} | {f.acknowledged_lost} "
+                     f"| {f.max_members_out} | {f.max_members_not_synced}"
+                     f"{f' ({who})' if (who := f.worst_not_synced.partition(': ')[2]) else ''} "
+                     f"| {f.acknowledged} | {f.acknowledged_lost} "
                      f"| {f.client_errors}{f' ({kinds})' if kinds else ''} "
                      f"| {f.longest_gap_s} | {st} |")
     return "\n".join(lines)
