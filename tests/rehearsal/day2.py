@@ -138,12 +138,18 @@ def prepare_bank(nodes: Sequence[str], addresses: dict[str, str], tmp: Path) -> 
 # --------------------------------------------------------------------------
 
 IST_LINE = re.compile(r"Receiving IST|IST received")
-# MariaDB runs its SST script as joiner before every state transfer, IST included; "--bypass" tells the donor
-# it sends IST. So SST is: the joiner script ran and no IST arrived.
+# MariaDB runs its SST script as joiner before every state transfer, IST included ("--bypass" tells the
+# donor it sends IST), and then logs "Installed new state from SST" either way. A full SST installs a state
+# other than the one the joiner started from (a new node starts from none); an IST installs its own.
 JOINER_LINE = re.compile(r"--role 'joiner'")
+STARTED_AT = re.compile(r"--role 'joiner'.*--wsrep_start_position=(\S+?)'?$", re.M)
+INSTALLED = re.compile(r"Installed new state from SST: (\S+)")
 
 
 def state_transfer(journal: str) -> str:
+    started, installed = STARTED_AT.findall(journal), INSTALLED.findall(journal)
+    if any(i != s for s, i in zip(started, installed, strict=False)):
+        return "SST"
     if IST_LINE.search(journal):
         return "IST"
     if JOINER_LINE.search(journal):
