@@ -1,11 +1,13 @@
 """Every later `pulumi up`, rehearsed: `make demo`, then `make demo-up CONFIG=FILE` per change, under client load.
 
 One cluster for the whole module, changed step by step as a user would (each test's config builds on the
-last): an unchanged `up` runs nothing; adding an on-prem node restarts nobody; the rest (marked
-``scenarios``, `make scenarios`) change an instance type, remove the node again in two ups, and rehearse a
-destroy that the protected resources refuse. Each scenario prints its figures (wall time, nodes restarted,
-the most members not Synced at once, acknowledged writes lost, client errors and the longest gap, SST or
-IST); the module prints them as a table at the end (``day2.table``).
+last): an unchanged `up` runs nothing; adding an on-prem node restarts nobody; a destroy is refused by
+the protected resources; the rest (marked ``scenarios``, run by `make scenarios` with the others) change an
+instance type, remove the node again in two ups, and upgrade MariaDB. Each scenario prints its figures
+(wall time, nodes restarted, the most members out of service at once and the most not Synced, with who,
+acknowledged writes lost, client errors and the longest gap, SST or IST); the module prints them as a
+table at the end (``day2.table``). At most one member may be out at once, and a second one not Synced
+only as the donor serving it.
 
 The commands are the runbook's (docs/runbooks/day-2.md): `python -m rehearsal up --config FILE`, which
 `make demo-up CONFIG=FILE` runs.
