@@ -68,11 +68,15 @@ key = EncryptionKey(
     encryption_context=context,
 )
 
+# The key that wraps the data key: the stack's own, or kmsKeyArn. Changing it re-wraps the same data key onto
+# the new key (an update of ClusterDataKey); the stack's own key stays, for the EBS volumes and older backups.
+wrapping_key_arn: pulumi.Input[str] = cfg.key.wrapping_key_arn or key.arn
+
 # Explicitly after the whole key component: the deployer may call
 # GenerateDataKeyWithoutPlaintext only once the key policy is in place.
 data_key = ClusterDataKey(
     "cluster-data-key",
-    key_arn=key.arn,
+    key_arn=wrapping_key_arn,
     escrow_in_ssm=cfg.key.escrow_in_ssm,
     tags=cfg.tags,
     encryption_context=context,
@@ -82,7 +86,8 @@ data_key = ClusterDataKey(
 cluster = MariaDbCluster(
     "cluster",
     cluster=cfg,
-    key_arn=key.arn,
+    key_arn=wrapping_key_arn,
+    volume_key_arn=key.arn,
     data_key_blob=data_key.ciphertext_blob,
     ssh_private_key=secrets.ssh_private_key,
     instance_profile_name=node_identity.instance_profile_name if node_identity else None,
@@ -95,7 +100,7 @@ resolve_created_vpce_id(
     cluster.kms_vpc_endpoint_id if cluster.kms_vpc_endpoint_id is not None else pulumi.Output.from_input("")
 )
 
-pulumi.export("kmsKeyArn", key.arn)
+pulumi.export("kmsKeyArn", wrapping_key_arn)
 pulumi.export("kmsKeyId", key.key_id)
 pulumi.export("kmsAliasName", key.alias_name)
 pulumi.export("nodeRoleArn", node_identity.role_arn if node_identity else None)

@@ -845,5 +845,5 @@ def test_a_move_to_another_region_is_refused_before_kms(rec: Recorder) -> None:
         raise AssertionError("nothing may be called")
 
     elsewhere = STUB_ARN.replace("eu-west-1", "us-west-2")
-    with pytest.raises(DataKeyError, match="another region.*Nothing was changed"):
+    with pytest.raises(DataKeyError, match=r"another region.*Nothing was changed"):
         rec.provider(client_factory=no_client).update("id", _olds(), _props(elsewhere, None))
