@@ -16,7 +16,7 @@ from components.config import ConfigError
 from components.deployer import deployer_arns, deploying_identity
 from components.encryption_context import cluster_context
 from components.encryption_key import EncryptionKey
-from components.key_policy import onprem_source_cidrs
+from components.key_policy import onprem_source_cidrs, render_policy, wrapping_key_identity_policy
 from components.node_identity import NodeIdentity
 from components.onprem_identity import OnPremIdentity
 from components.stack_config import load_stack_config
@@ -33,12 +33,22 @@ context = cluster_context(
     cfg.stack, cfg.mariadb.cluster_name, cfg.mariadb.key_management, enabled=cfg.key.encryption_context
 )
 
+# A key set by kmsKeyArn is not the stack's: its key policy is its owner's, and the node identities get their
+# side in IAM (docs/runbooks/key-lifecycle.md).
+wrapping_key_policy = (
+    render_policy(wrapping_key_identity_policy(cfg.key.wrapping_key_arn, context))
+    if cfg.key.wrapping_key_arn else None
+)
 node_identity = (
-    NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags)
+    NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags,
+                 wrapping_key_policy=wrapping_key_policy)
     if cfg.ec2_nodes
     else None
 )
-onprem_identity = OnPremIdentity("onprem-identity", tags=cfg.tags) if cfg.onprem_nodes else None
+onprem_identity = (
+    OnPremIdentity("onprem-identity", tags=cfg.tags, wrapping_key_policy=wrapping_key_policy)
+    if cfg.onprem_nodes else None
+)
 
 egress_cidrs, egress_warnings = onprem_source_cidrs(
     cfg.key.onprem_egress_cidrs, {n.name: n.egress_cidr for n in cfg.onprem_nodes}

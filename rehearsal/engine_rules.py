@@ -39,6 +39,8 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     "aws:iam/user:User": frozenset(),
     "aws:iam/accessKey:AccessKey": frozenset({"user", "pgpKey"}),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": frozenset({"role", "policyArn"}),
+    "aws:iam/rolePolicy:RolePolicy": frozenset({"name", "namePrefix", "role"}),
+    "aws:iam/userPolicy:UserPolicy": frozenset({"name", "namePrefix", "user"}),
     "aws:ssm/parameter:Parameter": frozenset({"name"}),
     "aws:ebs/volume:Volume": frozenset({"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn"}),
     # instanceType is an in-place stop/start, not a replacement; userData replaces only with
