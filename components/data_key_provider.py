@@ -494,15 +494,13 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         key_arn, old_encoded = str(olds[P_KEY_ARN]), str(olds[P_BLOB])
         old_context = _context_of(olds)
         encoded = old_encoded
-        if key_arn != inputs.key_arn:
-            if region_of(key_arn) != inputs.region:
-                raise DataKeyError(
-                    f"the cluster data key cannot move from {key_arn} to {inputs.key_arn}: another region "
-                    "(its SSM escrow and every node's unwrap.conf name one region); choose a key in "
-                    f"{region_of(key_arn)}. Nothing was changed"
-                )
-            encoded = self.rewrap(inputs, key_arn, old_encoded, old_context)
-        elif old_context != inputs.encryption_context:
+        if key_arn != inputs.key_arn and region_of(key_arn) != inputs.region:
+            raise DataKeyError(
+                f"the cluster data key cannot move from {key_arn} to {inputs.key_arn}: another region "
+                "(its SSM escrow and every node's unwrap.conf name one region); choose a key in "
+                f"{region_of(key_arn)}. Nothing was changed"
+            )
+        if key_arn != inputs.key_arn or old_context != inputs.encryption_context:
             encoded = self.rewrap(inputs, key_arn, old_encoded, old_context)
         same_escrow = bool(olds.get(P_ESCROW)) and olds.get(P_ESCROW_NAME) == inputs.escrow_parameter_name
         if inputs.escrow_in_ssm:
