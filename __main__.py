@@ -16,7 +16,7 @@ from components.config import ConfigError
 from components.deployer import deployer_arns, deploying_identity
 from components.encryption_context import cluster_context
 from components.encryption_key import EncryptionKey
-from components.key_policy import onprem_source_cidrs
+from components.key_policy import onprem_source_cidrs, render_policy, wrapping_key_identity_policy
 from components.node_identity import NodeIdentity
 from components.onprem_identity import OnPremIdentity
 from components.stack_config import load_stack_config
@@ -33,12 +33,22 @@ context = cluster_context(
     cfg.stack, cfg.mariadb.cluster_name, cfg.mariadb.key_management, enabled=cfg.key.encryption_context
 )
 
+# A key set by kmsKeyArn is not the stack's: its key policy is its owner's, and the node identities get their
+# side in IAM (docs/runbooks/key-lifecycle.md).
+wrapping_key_policy = (
+    render_policy(wrapping_key_identity_policy(cfg.key.wrapping_key_arn, context))
+    if cfg.key.wrapping_key_arn else None
+)
 node_identity = (
-    NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags)
+    NodeIdentity("node-identity", partition=identity.partition, attach_ssm_policy=cfg.attach_ssm_policy, tags=cfg.tags,
+                 wrapping_key_policy=wrapping_key_policy)
     if cfg.ec2_nodes
     else None
 )
-onprem_identity = OnPremIdentity("onprem-identity", tags=cfg.tags) if cfg.onprem_nodes else None
+onprem_identity = (
+    OnPremIdentity("onprem-identity", tags=cfg.tags, wrapping_key_policy=wrapping_key_policy)
+    if cfg.onprem_nodes else None
+)
 
 egress_cidrs, egress_warnings = onprem_source_cidrs(
     cfg.key.onprem_egress_cidrs, {n.name: n.egress_cidr for n in cfg.onprem_nodes}
@@ -68,11 +78,15 @@ key = EncryptionKey(
     encryption_context=context,
 )
 
+# The key that wraps the data key: the stack's own, or kmsKeyArn. Changing it re-wraps the same data key onto
+# the new key (an update of ClusterDataKey); the stack's own key stays, for the EBS volumes and older backups.
+wrapping_key_arn: pulumi.Input[str] = cfg.key.wrapping_key_arn or key.arn
+
 # Explicitly after the whole key component: the deployer may call
 # GenerateDataKeyWithoutPlaintext only once the key policy is in place.
 data_key = ClusterDataKey(
     "cluster-data-key",
-    key_arn=key.arn,
+    key_arn=wrapping_key_arn,
     escrow_in_ssm=cfg.key.escrow_in_ssm,
     tags=cfg.tags,
     encryption_context=context,
@@ -82,7 +96,8 @@ data_key = ClusterDataKey(
 cluster = MariaDbCluster(
     "cluster",
     cluster=cfg,
-    key_arn=key.arn,
+    key_arn=wrapping_key_arn,
+    volume_key_arn=key.arn,
     data_key_blob=data_key.ciphertext_blob,
     ssh_private_key=secrets.ssh_private_key,
     instance_profile_name=node_identity.instance_profile_name if node_identity else None,
@@ -95,7 +110,7 @@ resolve_created_vpce_id(
     cluster.kms_vpc_endpoint_id if cluster.kms_vpc_endpoint_id is not None else pulumi.Output.from_input("")
 )
 
-pulumi.export("kmsKeyArn", key.arn)
+pulumi.export("kmsKeyArn", wrapping_key_arn)
 pulumi.export("kmsKeyId", key.key_id)
 pulumi.export("kmsAliasName", key.alias_name)
 pulumi.export("nodeRoleArn", node_identity.role_arn if node_identity else None)

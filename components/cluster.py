@@ -102,14 +102,20 @@ class MariaDbCluster(pulumi.ComponentResource):
         onprem_access_key_id: pulumi.Input[str] | None = None,
         onprem_secret_access_key: pulumi.Input[str] | None = None,
         jump_host: JumpHost | None = None,
+        volume_key_arn: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``key_arn`` wraps the data key (unwrap.conf names it); ``volume_key_arn`` encrypts the EC2 EBS
+        volumes, by default the same key. They differ once the data key has moved to another key
+        (``kmsKeyArn``): a volume's key cannot change in place, so the volumes stay under the stack's own key.
+        """
         super().__init__(COMPONENT_TYPE, name, None, opts)
         if cluster.onprem_nodes and (onprem_access_key_id is None or onprem_secret_access_key is None):
             raise ValueError("on-prem nodes need the on-prem access key id and secret")
         plan = cluster_plan(cluster)
         self._cfg = cluster
         self._key_arn = pulumi.Output.from_input(key_arn)
+        self._volume_key_arn = pulumi.Output.from_input(volume_key_arn) if volume_key_arn is not None else self._key_arn
         self._blob = pulumi.Output.from_input(data_key_blob)
         self.kms_vpc_endpoint_id: pulumi.Output[str] | None = None  # the key policy's aws:SourceVpce
         child = pulumi.ResourceOptions(parent=self)
@@ -325,7 +331,7 @@ class MariaDbCluster(pulumi.ComponentResource):
                 n.name,
                 node=n,
                 cluster=cfg,
-                key_arn=self._key_arn,
+                key_arn=self._volume_key_arn,
                 data_key_blob=self._blob,
                 instance_profile_name=instance_profile_name,
                 security_group_id=group.id,

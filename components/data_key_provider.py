@@ -19,14 +19,15 @@ What it does, and what it will not do:
   because inputs and outputs are stored in state.
 - ``read`` never mints a key. It checks the stored blob against its id and that
   its key still exists, and returns the state unchanged.
-- ``diff`` replaces only when the key ARN changes (see ``DataKeyProvider.diff``
-  for why that replacement must never actually happen, and why
-  ``protect=True`` makes Pulumi refuse it).
+- ``diff`` never replaces: a new data key would leave every datadir encrypted
+  under one nobody holds any more. Every input change is an update.
 - The encryption context (``encryption_context``) binds the blob to its stack
-  and cluster. A change of it is an update: ``update`` re-wraps the existing
-  blob with a same-key ``ReEncrypt`` (``components.encryption_context``), so the
-  data key itself never changes and no plaintext is ever returned. The resource
-  id stays the digest of the first blob; ``blob_sha256`` names the current one.
+  and cluster, and the key ARN names the KMS key that wraps it. A change of
+  either is an update: ``update`` re-wraps the existing blob with ``ReEncrypt``
+  (``components.encryption_context``), on the same key for a new context, from
+  the old key to the new one for a new key ARN, so the data key itself never
+  changes and no plaintext is ever returned. The resource id stays the digest
+  of the first blob; ``blob_sha256`` names the current one.
 - ``delete`` does nothing: a data key is not a KMS resource, and an escrowed
   blob is retained on purpose.
 """
@@ -65,8 +66,10 @@ P_ENDPOINT = "endpoint_url"
 P_TAGS = "tags"
 P_CONTEXT = "encryption_context"  # absent in stacks made before it existed: read as no context
 P_BLOB_DIGEST = "blob_sha256"  # set once a re-wrap has changed the blob; absent, the id is the blob's digest
-# Changing these keeps the data key, so they are updates, never replacements.
-_UPDATABLE = (P_ESCROW, P_ESCROW_NAME, P_ENDPOINT, P_TAGS, P_CONTEXT)
+# Changing these keeps the data key, so they are updates, never replacements (the key ARN: a re-wrap).
+_UPDATABLE = (P_KEY_ARN, P_ESCROW, P_ESCROW_NAME, P_ENDPOINT, P_TAGS, P_CONTEXT)
+# Where the grant procedure a move to another key needs is written, for its error message.
+REWRAP_RUNBOOK = "docs/runbooks/key-lifecycle.md, \"Moving the data key to another KMS key\""
 
 _KEY_ARN = re.compile(
     r"^arn:(?P<partition>aws(?:-cn|-us-gov|-iso|-iso-[a-z])?)"
@@ -448,40 +451,40 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.ReadResult(id_, props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
-        """Replace only when the key ARN changes; otherwise at most an escrow update.
+        """An update when anything changed, never a replacement.
 
-        A blob belongs to the key that wrapped it, so a data key under another
-        key is another data key: that is a replacement, and the diff says so
-        truthfully. It must never go through: the new blob would hold new key
-        material while every node's data is encrypted under the old one. The
-        resource is ``protect=True``, so Pulumi refuses the replacement (and
-        ``retain_on_delete`` keeps the old one even if unprotected). The way to
-        move to another KMS key is a deliberate ``kms:ReEncrypt`` of the blob,
-        which keeps the data key itself; deployers hold ReEncrypt only onto the
-        same key (``kms:ReEncryptOnSameKey``, for the encryption context), so a
-        move to another key stays an operator procedure.
-
-        An unknown new key ARN (preview while the key itself is being replaced)
-        may differ, so it is reported as a replacement too.
+        A replacement would be a create, and a create mints a new data key: the
+        new blob would hold new key material while every node's data is
+        encrypted under the old one. So a changed key ARN is an update too, which
+        re-wraps the same data key onto the new key (``update``). An unknown new
+        key ARN (a preview while the value is still being computed) may differ:
+        it is reported as a change, still an update. ``protect=True`` on the
+        resource makes Pulumi refuse a replacement asked for by hand
+        (``--replace``), and ``retain_on_delete`` keeps the blob if it is ever
+        deleted.
         """
         old_arn, new_arn = olds.get(P_KEY_ARN), news.get(P_KEY_ARN)
         if new_arn == UNKNOWN or new_arn != old_arn:
             self._warn(
-                f"the cluster data key would be replaced because its KMS key changes from {old_arn} to "
-                f"{'(unknown until apply)' if new_arn == UNKNOWN else new_arn}: the new blob would hold a different "
-                "data key and data encrypted under the old one would become unreadable. It is protected, so Pulumi "
-                "refuses; to change keys, re-wrap the blob with kms:ReEncrypt instead"
+                f"the cluster data key moves from the KMS key {old_arn} to "
+                f"{'(unknown until apply)' if new_arn == UNKNOWN else new_arn}: the same data key is re-wrapped "
+                "with kms:ReEncrypt, which needs the temporary grants of " + REWRAP_RUNBOOK
             )
-            return pulumi.dynamic.DiffResult(changes=True, replaces=[P_KEY_ARN], delete_before_replace=False)
+            return pulumi.dynamic.DiffResult(changes=True, replaces=[])
         changed = [p for p in _UPDATABLE if _comparable(p, olds) != _comparable(p, news)]
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=[])
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
-        """Keep the data key; re-wrap its blob when the encryption context changes, and follow with the escrow.
+        """Keep the data key; re-wrap its blob when the key or the encryption context changes; follow with the escrow.
 
         - A changed context (an existing stack gaining one, or leaving it for
           aws-plugin mode) re-wraps the stored blob with a same-key ``ReEncrypt``:
           new ciphertext, the same data key, no plaintext anywhere.
+        - A changed key ARN re-wraps it from the old key onto the new one (with
+          the new context, in the same call). The deployer's standing key policy
+          allows ReEncrypt on the same key only, so this needs a grant on each
+          key for the time of the move; a refusal says where the procedure is
+          and changes nothing (an update that raises leaves the state as it was).
         - Turning escrow on (or renaming it) writes the blob there. A re-wrap
           overwrites the escrowed blob only if it holds the blob being replaced;
           SSM keeps the earlier value in the parameter's history.
@@ -491,7 +494,13 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         key_arn, old_encoded = str(olds[P_KEY_ARN]), str(olds[P_BLOB])
         old_context = _context_of(olds)
         encoded = old_encoded
-        if old_context != inputs.encryption_context:
+        if key_arn != inputs.key_arn and region_of(key_arn) != inputs.region:
+            raise DataKeyError(
+                f"the cluster data key cannot move from {key_arn} to {inputs.key_arn}: another region "
+                "(its SSM escrow and every node's unwrap.conf name one region); choose a key in "
+                f"{region_of(key_arn)}. Nothing was changed"
+            )
+        if key_arn != inputs.key_arn or old_context != inputs.encryption_context:
             encoded = self.rewrap(inputs, key_arn, old_encoded, old_context)
         same_escrow = bool(olds.get(P_ESCROW)) and olds.get(P_ESCROW_NAME) == inputs.escrow_parameter_name
         if inputs.escrow_in_ssm:
@@ -499,7 +508,7 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
                 self.escrow(inputs, encoded)
             elif encoded != old_encoded:
                 self.escrow(inputs, encoded, replacing=old_encoded)
-        state = _state(inputs, key_arn, encoded)
+        state = _state(inputs, inputs.key_arn, encoded)
         digest = blob_id(base64.b64decode(encoded))
         if digest != id_ or olds.get(P_BLOB_DIGEST):
             state[P_BLOB_DIGEST] = digest
@@ -508,19 +517,33 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
     def rewrap(
         self, inputs: DataKeyInputs, key_arn: str, encoded_blob: str, old_context: Mapping[str, str] | None
     ) -> str:
-        """The stored blob wrapped again under the same key with the new context (base64)."""
+        """The stored blob (under ``key_arn``) wrapped again under ``inputs.key_arn`` with the new context (base64)."""
         # Imported here: that module imports this one, and keeping ReEncrypt out of this module's
         # source lets a unit test hold it to "no call that could see or move key material".
         from components.encryption_context import rewrap_blob
 
         kms = self._client("kms", region_of(key_arn), inputs.endpoint_url)
-        new_blob = rewrap_blob(
-            kms, base64.b64decode(encoded_blob), key_arn,
-            new_context=inputs.encryption_context or {}, old_context=old_context,
-            policy=self.retry_policy, sleep=self._sleep,
-            # Run right after the key policy gained the re-wrap statement: a denial can be a delay.
-            retry_on=RETRY_ON_CREATE,
-        )
+        moving = inputs.key_arn != key_arn
+        try:
+            new_blob = rewrap_blob(
+                kms, base64.b64decode(encoded_blob), key_arn,
+                new_context=inputs.encryption_context or {}, old_context=old_context,
+                policy=self.retry_policy, sleep=self._sleep,
+                # Run right after the key policy gained the re-wrap statement, or a grant was made (grants
+                # are eventually consistent too): a denial can be a delay.
+                retry_on=RETRY_ON_CREATE,
+                destination_key_arn=inputs.key_arn,
+            )
+        except DataKeyError as exc:
+            cause = exc.__cause__
+            if moving and isinstance(cause, Exception) and classify(cause) is Cause.ACCESS_DENIED:
+                raise DataKeyError(
+                    f"{exc}. Moving the cluster data key from {key_arn} to {inputs.key_arn} needs, for the "
+                    "identity running pulumi, a temporary grant of ReEncryptFrom on the old key and of ReEncryptTo "
+                    f"on the new one (see {REWRAP_RUNBOOK}); the deployers' key policy allows ReEncrypt on the "
+                    "same key only. Nothing was changed: the state still holds the blob under the old key"
+                ) from cause
+            raise
         return base64.b64encode(new_blob).decode("ascii")
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
@@ -592,7 +615,10 @@ class DataKeyProvider(pulumi.dynamic.ResourceProvider):
         if existing != replacing:
             _refuse_overwrite(name, inputs.key_arn)
         self._retrying(
-            lambda: ssm.put_parameter(Name=name, Value=encoded_blob, Type="SecureString", Overwrite=True),
+            lambda: ssm.put_parameter(
+                Name=name, Value=encoded_blob, Type="SecureString", Overwrite=True,
+                Description=f"Cluster data key (ciphertext, wrapped by {inputs.key_arn})",
+            ),
             what=f"SSM PutParameter {name} (re-wrapped blob)",
             key_arn=inputs.key_arn,
             retry_on=RETRY_ON_READ,

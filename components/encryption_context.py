@@ -2,9 +2,11 @@
 
 Kept out of ``components.data_key_provider`` on purpose: the provider never
 calls an operation that could expose or move key material (a unit test reads
-its source), and ``ReEncrypt`` is one. Here it is used only from and to the
-same key (``rewrap_request``), which the key policy can pin with
-``kms:ReEncryptOnSameKey``.
+its source), and ``ReEncrypt`` is one. Here it is used from and to the same
+key (``rewrap_request``), which the deployers' standing key-policy statement
+pins with ``kms:ReEncryptOnSameKey``, and from the old key to a new one when
+``kmsKeyArn`` changes, which only a temporary grant on each key allows
+(docs/runbooks/key-lifecycle.md).
 """
 
 from __future__ import annotations
@@ -58,18 +60,25 @@ def generate_request(key_arn: str, context: Mapping[str, str] | None) -> dict[st
 
 
 def rewrap_request(
-    blob: bytes, key_arn: str, *, new_context: Mapping[str, str], old_context: Mapping[str, str] | None
+    blob: bytes,
+    key_arn: str,
+    *,
+    new_context: Mapping[str, str],
+    old_context: Mapping[str, str] | None,
+    destination_key_arn: str | None = None,
 ) -> dict[str, Any]:
-    """ReEncrypt's arguments to move a blob to ``new_context`` under the same key: the data key stays the same.
+    """ReEncrypt's arguments: the same data key, wrapped with ``new_context`` under the destination key.
 
-    Same source and destination key, so the key policy can allow it with
-    ``kms:ReEncryptOnSameKey`` and the deployer never becomes a decrypt oracle
-    (it cannot re-encrypt onto a key it controls).
+    By default the destination is the source key, so the key policy can allow it
+    with ``kms:ReEncryptOnSameKey`` and the deployer never becomes a decrypt
+    oracle (it cannot re-encrypt onto a key it controls). A destination of its
+    own is the move to another key; the source key is named so KMS refuses a
+    blob that is not under the key the state says (``IncorrectKeyException``).
     """
     request: dict[str, Any] = {
         "CiphertextBlob": blob,
         "SourceKeyId": key_arn,
-        "DestinationKeyId": key_arn,
+        "DestinationKeyId": destination_key_arn or key_arn,
         "DestinationEncryptionContext": dict(new_context),
     }
     if old_context:
@@ -87,22 +96,33 @@ def rewrap_blob(
     policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
     retry_on: frozenset[Cause] | None = None,
+    destination_key_arn: str | None = None,
 ) -> bytes:
-    """The same data key, wrapped again with ``new_context``; refuses a result under another key."""
+    """The same data key, wrapped again with ``new_context`` under the destination key (by default the same one).
+
+    Refuses a result under any key but the destination.
+    """
     from components.data_key_provider import DEFAULT_RETRY, RETRY_ON_READ, DataKeyError, call_with_retries
 
+    destination = destination_key_arn or key_arn
+    request = rewrap_request(
+        blob, key_arn, new_context=new_context, old_context=old_context, destination_key_arn=destination
+    )
     response = call_with_retries(
-        lambda: kms.re_encrypt(**rewrap_request(blob, key_arn, new_context=new_context, old_context=old_context)),
-        what="ReEncrypt (same key, new encryption context)",
+        lambda: kms.re_encrypt(**request),
+        what=(
+            "ReEncrypt (same key, new encryption context)" if destination == key_arn
+            else f"ReEncrypt onto the new key {destination}"
+        ),
         key_arn=key_arn,
         retry_on=RETRY_ON_READ if retry_on is None else retry_on,
         policy=DEFAULT_RETRY if policy is None else policy,
         sleep=sleep,
     )
     used = str(response.get("KeyId", ""))
-    if used != key_arn:
-        raise DataKeyError(f"ReEncrypt on {key_arn} answered with a blob under {used or 'no key'}: not used")
+    if used != destination:
+        raise DataKeyError(f"ReEncrypt onto {destination} answered with a blob under {used or 'no key'}: not used")
     new_blob = cast(bytes, response["CiphertextBlob"])
     if not new_blob or new_blob == blob:
-        raise DataKeyError(f"ReEncrypt on {key_arn} returned no new blob")
+        raise DataKeyError(f"ReEncrypt onto {destination} returned no new blob")
     return new_blob

@@ -17,12 +17,14 @@ import pulumi_aws as aws
 
 from components.config import KeyConfig
 from components.key_policy import (
+    SID_ADMINS,
     SID_DEPLOYERS_WRAP,
     SID_EC2_NODES,
     SID_ONPREM_NODES,
     SID_RESTORE,
     key_policy,
     render_policy,
+    rewrap_grant_statement,
     rewrap_statement,
     with_encryption_context,
 )
@@ -36,13 +38,17 @@ def cluster_key_policy(document: Mapping[str, Any], encryption_context: Mapping[
 
     The re-wrap statement lets ``up`` move an existing blob under the context (and
     stays: it can only change a blob's context on this key, never move it to another).
+    The admins' grant statement lets them make the temporary, context-bound grant a
+    move to another key needs (docs/runbooks/key-lifecycle.md), to a deployer only.
     With no context (aws-plugin mode) the document is returned as it was.
     """
     if not encryption_context:
         return dict(document)
     bound = with_encryption_context(document, encryption_context, condition_sids=CONTEXT_BOUND_SIDS)
     [deployers] = [s["Principal"]["AWS"] for s in document["Statement"] if s["Sid"] == SID_DEPLOYERS_WRAP]
+    [admins] = [s["Principal"]["AWS"] for s in document["Statement"] if s["Sid"] == SID_ADMINS]
     bound["Statement"].append(rewrap_statement(deployers))
+    bound["Statement"].append(rewrap_grant_statement(admins, deployers, encryption_context))
     return bound
 
 

@@ -135,6 +135,63 @@ DEPLOYER_REWRAP_ACTIONS: tuple[str, ...] = ("kms:ReEncryptFrom", "kms:ReEncryptT
 SID_DEPLOYERS_REWRAP = "DeployersRewrapOnSameKey"
 
 
+# What a key administrator may grant, and to whom, for a move of the data key to another KMS key
+# (docs/runbooks/key-lifecycle.md): ReEncrypt from or to this key, to a deployer, bound to the context.
+# A standing permission to make the temporary grant, never the cross-key permission itself.
+REWRAP_GRANT_OPERATIONS: tuple[str, ...] = ("ReEncryptFrom", "ReEncryptTo")
+SID_ADMINS_REWRAP_GRANT = "KeyAdministratorsGrantRewrapToDeployers"
+
+
+def rewrap_grant_statement(
+    admins: Iterable[str], deployers: Iterable[str], context: Mapping[str, str]
+) -> dict[str, Any]:
+    """Admins may ``CreateGrant`` only for ReEncryptFrom/ReEncryptTo, only to a deployer, only bound to ``context``.
+
+    ``kms:GrantOperations`` is multivalued, hence ``ForAllValues``; the
+    ``Null`` condition refuses a request that names no operations (for which
+    ``ForAllValues`` alone would be true). ``kms:GrantConstraintType`` makes the
+    grant carry an encryption-context constraint; the runbook gives it
+    ``EncryptionContextEquals`` with the cluster's context, so the grant re-wraps
+    this cluster's blob and nothing else wrapped by the key.
+    """
+    return _statement(
+        SID_ADMINS_REWRAP_GRANT, _principals(admins), ["kms:CreateGrant"],
+        {
+            "ForAllValues:StringEquals": {"kms:GrantOperations": list(REWRAP_GRANT_OPERATIONS)},
+            "Null": {"kms:GrantOperations": "false"},
+            "StringEquals": {
+                "kms:GranteePrincipal": _principals(deployers),
+                "kms:GrantConstraintType": "EncryptionContextEquals",
+                # For CreateGrant these keys are the grant's constraint (the AWS KMS developer guide,
+                # "kms:EncryptionContext:context-key"): the grant may re-wrap this cluster's blob only.
+                **context_condition(context)["StringEquals"],
+            },
+        },
+    )
+
+
+def wrapping_key_identity_policy(key_arn: str, context: Mapping[str, str] | None) -> dict[str, Any]:
+    """The IAM policy a node identity gets when another key (``kmsKeyArn``) wraps the data key.
+
+    The key's own policy must allow the node as well (for a key of another
+    account both are needed; in the same account the key policy alone decides
+    unless it delegates to IAM). Only Decrypt, with the cluster's context when
+    there is one, and DescribeKey, on that one key.
+    """
+    decrypt: dict[str, Any] = {
+        "Sid": "UnwrapClusterDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": key_arn,
+    }
+    if context:
+        decrypt["Condition"] = context_condition(context)
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            decrypt,
+            {"Sid": "DescribeWrappingKey", "Effect": "Allow", "Action": ["kms:DescribeKey"], "Resource": key_arn},
+        ],
+    }
+
+
 def context_condition(context: Mapping[str, str]) -> dict[str, Any]:
     """``kms:EncryptionContext:<key>`` equal to each value: Decrypt of a blob made for another cluster is refused."""
     return {"StringEquals": {f"kms:EncryptionContext:{k}": v for k, v in sorted(context.items())}}

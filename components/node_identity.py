@@ -15,8 +15,10 @@ IAM_PATH = "/mariadb-kms/"
 class NodeIdentity(pulumi.ComponentResource):
     """The EC2 nodes' AWS identity.
 
-    It carries no policy of its own: the key policy grants the role Decrypt and
-    DescribeKey on the one key, which is all a node needs. SSM is opt-in.
+    It carries no policy of its own while the stack's own key wraps the data key:
+    the key policy grants the role Decrypt and DescribeKey on the one key, which is
+    all a node needs. With ``kmsKeyArn`` it gets those two on that key in IAM too
+    (a key of another account needs both sides). SSM is opt-in.
     """
 
     role_arn: pulumi.Output[str]
@@ -30,8 +32,11 @@ class NodeIdentity(pulumi.ComponentResource):
         partition: pulumi.Input[str],
         attach_ssm_policy: bool,
         tags: Mapping[str, str],
+        wrapping_key_policy: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``wrapping_key_policy``: the role's own IAM policy on a key the stack does not own (``kmsKeyArn``),
+        ``key_policy.wrapping_key_identity_policy``; None while the stack's own key wraps the data key."""
         super().__init__("mariadb-kms:index:NodeIdentity", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -53,6 +58,8 @@ class NodeIdentity(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
+        if wrapping_key_policy is not None:
+            aws.iam.RolePolicy(f"{name}-wrapping-key", role=role.id, policy=wrapping_key_policy, opts=child)
         profile = aws.iam.InstanceProfile(
             f"{name}-profile",
             path=IAM_PATH,

@@ -28,8 +28,10 @@ class OnPremIdentity(pulumi.ComponentResource):
         name: str,
         *,
         tags: Mapping[str, str],
+        wrapping_key_policy: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``wrapping_key_policy``: as ``NodeIdentity``'s, the user's IAM policy on a key set by ``kmsKeyArn``."""
         super().__init__("mariadb-kms:index:OnPremIdentity", name, None, opts)
 
         user = aws.iam.User(
@@ -38,6 +40,11 @@ class OnPremIdentity(pulumi.ComponentResource):
             tags=dict(tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
+        if wrapping_key_policy is not None:
+            aws.iam.UserPolicy(
+                f"{name}-wrapping-key", user=user.name, policy=wrapping_key_policy,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
         # The provider already marks these secret; saying it here keeps it true
         # whatever a future provider version does. The SES SMTP password is
         # derived from the secret key, so it is just as sensitive.

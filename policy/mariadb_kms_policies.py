@@ -329,8 +329,16 @@ def ec2_imdsv2_hop_limit(res: Res) -> list[str]:
 
 
 def _cluster_keys(resources: Sequence[Res]) -> set[str]:
-    """The KMS keys that wrap the cluster data key: what its key_arn input came from."""
-    return {u for r in resources if r.type == DATA_KEY for u in r.property_dependencies.get("key_arn", ())}
+    """The KMS keys the volumes must be under: what the data key's key_arn input came from.
+
+    Once the data key has moved to a key the stack does not own (``kmsKeyArn``, a plain ARN with no
+    dependency), the stack's own key: a volume's key cannot change in place, so the volumes keep it.
+    """
+    data_keys = [r for r in resources if r.type == DATA_KEY]
+    sources = {u for r in data_keys for u in r.property_dependencies.get("key_arn", ())}
+    if data_keys and not sources:
+        return {r.urn for r in resources if r.type == KMS_KEY}
+    return sources
 
 
 def volumes_under_cluster_key(resources: Sequence[Res]) -> list[Violation]:
@@ -349,7 +357,8 @@ def volumes_under_cluster_key(resources: Sequence[Res]) -> list[Violation]:
             from_keys = set(deps) & key_types
             if props.get("encrypted") is not True or not from_keys or not from_keys <= keys:
                 out.append((f"{r.name}: the {what} must be encrypted=True with kms_key_id=<the cluster key>.arn "
-                            "(the key that wraps the cluster data key), not another key or the AWS-managed one.",
+                            "(the key that wraps the cluster data key, or the stack's own key once kmsKeyArn "
+                            "names another), not another key or the AWS-managed one.",
                             r.urn))
     return out
 

@@ -21,7 +21,8 @@ recorded                                        emulator
 ``ClusterDataKey``                              the program's own ``DataKeyProvider.create``, unchanged,
                                                 with ``endpoint_url`` set to the emulator
 ``ClusterDataKey`` recorded again, changed      ``DataKeyProvider.diff`` then ``update``, as the engine
-                                                calls them (a re-wrap for a new encryption context)
+                                                calls them (a re-wrap for a new encryption context or,
+                                                with ``kmsKeyArn``, onto another key)
 ==============================================  ===========================================================
 
 Nothing else is translated: IAM, EC2 and networking get realistic mock values

@@ -47,6 +47,8 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     "aws:iam/user:User": frozenset(),
     "aws:iam/accessKey:AccessKey": frozenset({"user", "pgpKey"}),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": frozenset({"role", "policyArn"}),
+    "aws:iam/rolePolicy:RolePolicy": frozenset({"name", "namePrefix", "role"}),
+    "aws:iam/userPolicy:UserPolicy": frozenset({"name", "namePrefix", "user"}),
     "aws:ssm/parameter:Parameter": frozenset({"name"}),
     "aws:ebs/volume:Volume": frozenset({"availabilityZone", "encrypted", "kmsKeyId", "snapshotId", "outpostArn",
                                         "multiAttachEnabled"}),
@@ -78,8 +80,9 @@ REPLACE_ON: Mapping[str, frozenset[str]] = {
     # to every remote.Command (sdk/python/pulumi_command/remote/command.py, _internal_init, v1.2.1), which
     # the recorder sees as a resource option and ``replace_keys`` honours like any other.
     "command:remote:Command": frozenset(),
-    # The project's own dynamic provider (components/data_key_provider.py, DataKeyProvider.diff).
-    "pulumi-python:dynamic/mariadb-kms:ClusterDataKey": frozenset({"key_arn"}),
+    # The project's own dynamic provider (components/data_key_provider.py, DataKeyProvider.diff): nothing
+    # replaces it, a new key ARN included (an update that re-wraps the same data key onto that key).
+    "pulumi-python:dynamic/mariadb-kms:ClusterDataKey": frozenset(),
     # components/instance_type_provider.py, InstanceTypeProvider.diff: a new instance id or type is an update.
     "pulumi-python:dynamic/mariadb-kms:InstanceType": frozenset(),
 }

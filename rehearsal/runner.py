@@ -22,9 +22,9 @@ The same steps as ``make demo``, minus the EC2 side:
 A stack keeps what it made across recordings, as a Pulumi stack's state keeps
 its resources across updates: record again with a changed config and the KMS
 key, its alias, the data key and the on-prem access key stay the same, so the
-nodes' datadirs stay readable (a changed encryption context goes through the
-provider's ``diff`` and ``update``, as the engine calls them: the same data key,
-re-wrapped). ``changed_commands`` names what a new
+nodes' datadirs stay readable (a changed encryption context, or a ``kmsKeyArn``
+naming another key made in the emulator, goes through the provider's ``diff`` and
+``update``, as the engine calls them: the same data key, re-wrapped). ``changed_commands`` names what a new
 recording would run differently.
 
 Transport: ``Testbed.exec`` (nsenter into the host), not SSH. The node tests'

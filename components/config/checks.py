@@ -37,6 +37,11 @@ LOGIN_KEY_TYPES = (*HOST_KEY_TYPES, "ssh-rsa")
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _PRINCIPAL_ARN = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:(role|user)/[\w+=,.@/-]{1,512}$")
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# A key's full ARN (an alias or a bare id would let the wrapping key change without the state saying so).
+_KMS_KEY_ARN = re.compile(
+    r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:kms:(?P<region>[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}):\d{12}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
 _ALIAS = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
 _NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -123,6 +128,17 @@ def ipv4_address(value: Any) -> str | None:
 ssh_user = _matching(_SSH_USER, "a Unix user name")
 role_arn = _matching(_ROLE_ARN, "an IAM role ARN such as arn:aws:iam::123456789012:role/kms-admin")
 principal_arn = _matching(_PRINCIPAL_ARN, "an IAM role or user ARN")
+kms_key_arn = _matching(
+    _KMS_KEY_ARN, "a KMS key ARN such as arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab "
+    "(not an alias or a bare key id)"
+)
+
+
+def kms_key_region(value: str) -> str | None:
+    match = _KMS_KEY_ARN.match(value)
+    return match["region"] if match else None
+
+
 alias = _matching(_ALIAS, "a name starting with alias/ (letters, digits, / _ -), not alias/aws/...")
 NODE_NAME_RULE = "2-32 lower-case letters, digits or -, starting with a letter and ending with a letter or digit"
 node_name = _matching(_NODE_NAME, NODE_NAME_RULE)

@@ -67,6 +67,8 @@ class KeyConfig:
     escrow_in_ssm: bool
     restore_principals: tuple[str, ...] = ()  # roles that may Decrypt to restore a backup elsewhere
     encryption_context: bool = True  # dataKeyEncryptionContext (kms-envelope mode only)
+    # kmsKeyArn: the key that wraps the data key when it is not the stack's own (None: the stack's own key)
+    wrapping_key_arn: str | None = None
 
 
 @dataclass(frozen=True)

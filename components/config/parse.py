@@ -245,6 +245,12 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
 
     egress = tuple(str(x) for x in v["onPremEgressCidrs"] if checks.is_cidr(x))
     vpce = v["kmsVpcEndpointId"] or None
+    wrapping_key = v["kmsKeyArn"] or None
+    if wrapping_key is not None and region and checks.kms_key_arn(wrapping_key) is None:
+        key_region = checks.kms_key_region(wrapping_key)
+        if key_region != region:
+            c.bad("kmsKeyArn", wrapping_key, f"a key in the stack's region {region} (this one is in {key_region}): "
+                  "the SSM escrow and every node's unwrap.conf name one region")
 
     mode = str(v["keyManagement"])
     plugin = v["awsPluginSource"] or None
@@ -368,6 +374,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             escrow_in_ssm=bool(v["escrowDataKeyInSsm"]),
             restore_principals=tuple(sorted(set(str(r) for r in v["restorePrincipals"]))),
             encryption_context=bool(v["dataKeyEncryptionContext"]),
+            wrapping_key_arn=wrapping_key,
         ),
         mariadb=MariaDbSettings(
             key_management=mode,

@@ -234,6 +234,18 @@ SCHEMA: tuple[ConfigKey, ...] = (
         default=True,
     ),
     ConfigKey(
+        "kmsKeyArn",
+        "string",
+        "The KMS key that wraps the cluster data key, if not the key this stack creates: the full ARN of a key in "
+        "the stack's region (another account's is allowed). Empty: the stack's own key. Changing it re-wraps the "
+        "same data key onto the new key (kms:ReEncrypt) in one `pulumi up` and rolls the new blob to the nodes; "
+        "the identity running pulumi then needs a temporary grant on both keys "
+        "(docs/runbooks/key-lifecycle.md). The stack's own key stays: it still encrypts the EC2 EBS volumes, and "
+        "blobs in backups made before the move.",
+        default="",
+        check=checks.kms_key_arn,
+    ),
+    ConfigKey(
         "restorePrincipals",
         "array",
         "Role ARNs allowed to restore a backup on a host outside the cluster: the key policy grants them "

@@ -200,6 +200,13 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("EC2 nodes without amiId", with_(amiId=...), "amiId", "AMI"),
     ("EC2 nodes without SSH key", with_(sshAuthorizedKey=...), "sshAuthorizedKey", "public half"),
     ("malformed VPC endpoint", with_(kmsVpcEndpointId="vpc-123"), "kmsVpcEndpointId", "vpce-"),
+    ("wrapping key given as an alias", with_(kmsKeyArn="alias/mariadb-kms-b"), "kmsKeyArn", "not an alias"),
+    (
+        "wrapping key in another region",
+        with_(kmsKeyArn="arn:aws:kms:us-east-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+        "kmsKeyArn",
+        "stack's region eu-west-1",
+    ),
     ("mirror not a URL", with_(debianMirror="ftp.debian.org"), "debianMirror", "http:// or https:// URL"),
     ("bootstrap node not a node", with_(bootstrapNode="nope"), "bootstrapNode", "one of the node names"),
     ("boolean given as a string", with_(generalLog="yes"), "generalLog", "true or false"),
@@ -539,3 +546,9 @@ def test_every_error_message_shows_yaml_values_and_user_key_paths(monkeypatch: p
     assert not unreached, f"no test config reaches the errors reported on parse.py lines {sorted(unreached)}"
     leaks = {m: repr_leaks(m) for m in messages if repr_leaks(m)}
     assert not leaks, leaks
+
+
+def test_a_wrapping_key_of_another_account_in_the_region_is_taken_and_none_means_the_stacks_own() -> None:
+    other = "arn:aws:kms:eu-west-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert parse_config(with_(kmsKeyArn=other), stack="dev", region="eu-west-1").key.wrapping_key_arn == other
+    assert parse_config(VALID, stack="dev", region="eu-west-1").key.wrapping_key_arn is None

@@ -318,19 +318,20 @@ def test_diff_same_key_is_no_change(rec: Recorder) -> None:
     assert rec.warnings == []
 
 
-def test_diff_changed_key_is_a_replacement_with_a_reason(rec: Recorder) -> None:
+def test_diff_changed_key_is_an_update_never_a_replacement(rec: Recorder) -> None:
+    # A replacement is a create, and a create mints a new data key: the datadirs would become unreadable.
     other = STUB_ARN.replace("1234abcd", "9999abcd")
     result = rec.provider().diff("id", _olds(), _props(other, None))
     assert result.changes is True
-    assert result.replaces == ["key_arn"]
-    assert result.delete_before_replace is False
+    assert not result.replaces
     assert len(rec.warnings) == 1
     assert STUB_ARN in rec.warnings[0] and other in rec.warnings[0] and "ReEncrypt" in rec.warnings[0]
+    assert "key-lifecycle.md" in rec.warnings[0]
 
 
-def test_diff_unknown_key_in_preview_may_replace(rec: Recorder) -> None:
+def test_diff_unknown_key_in_preview_is_an_update(rec: Recorder) -> None:
     result = rec.provider().diff("id", _olds(), _props(UNKNOWN, None))
-    assert result.replaces == ["key_arn"]
+    assert result.changes is True and not result.replaces
     assert "unknown until apply" in rec.warnings[0]
 
 
@@ -728,3 +729,121 @@ def test_a_provider_pickled_before_the_context_existed_rewraps(endpoint: str) ->
 def test_check_names_a_bad_context(rec: Recorder, bad: Any) -> None:
     result = rec.provider().check({}, _props(STUB_ARN, None, encryption_context=bad))
     assert [f.property for f in result.failures] == ["encryption_context"]
+
+
+# --------------------------------------------------------------------------
+# a new KMS key (kmsKeyArn changed): the same data key re-wrapped from the old key onto the new one
+# --------------------------------------------------------------------------
+
+
+def _on_key_a_with_escrow(endpoint: str, rec: Recorder) -> tuple[dict[str, Any], dict[str, Any], Any, str]:
+    key_a = _new_key(endpoint)
+    name = _escrow_name()
+    created = rec.provider().create(
+        _props(key_a["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name, encryption_context=CONTEXT)
+    )
+    return key_a, dict(created.outs), created.id, name
+
+
+def test_a_new_key_rewraps_the_same_data_key_onto_it_and_follows_with_the_escrow(
+    endpoint: str, rec: Recorder
+) -> None:
+    key_a, olds, resource_id, name = _on_key_a_with_escrow(endpoint, rec)
+    key_b = _new_key(endpoint)
+    old_blob = base64.b64decode(olds["ciphertext_blob"])
+    data_key = _kms(endpoint).decrypt(CiphertextBlob=old_blob, EncryptionContext=CONTEXT)["Plaintext"]
+
+    news = _props(key_b["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name, encryption_context=CONTEXT)
+    assert rec.provider().diff(resource_id, olds, news).replaces == []
+    updated = rec.provider().update(resource_id, olds, news)
+
+    new_blob = base64.b64decode(updated.outs["ciphertext_blob"])
+    assert updated.outs["key_arn"] == key_b["Arn"] and new_blob != old_blob
+    # KMS's own answer: the new blob is under B, and it is the same data key.
+    under_b = _kms(endpoint).decrypt(CiphertextBlob=new_blob, EncryptionContext=CONTEXT)
+    assert under_b["KeyId"] == key_b["Arn"]
+    assert under_b["Plaintext"] == data_key
+    # The old blob still opens under A (a rollback, and every backup made before the move, need it).
+    under_a = _kms(endpoint).decrypt(CiphertextBlob=old_blob, EncryptionContext=CONTEXT)
+    assert (under_a["KeyId"], under_a["Plaintext"]) == (key_a["Arn"], data_key)
+    # Control: the data key compared above is not just any 32 bytes: another data key differs.
+    other = rec.provider().create(_props(key_b["Arn"], endpoint, encryption_context=CONTEXT)).outs["ciphertext_blob"]
+    other_key = _kms(endpoint).decrypt(CiphertextBlob=base64.b64decode(other), EncryptionContext=CONTEXT)
+    assert other_key["Plaintext"] != data_key
+    # Same resource id, the new blob's digest recorded; the SSM escrow now holds the new blob, the old in history.
+    assert updated.outs["blob_sha256"] == blob_id(new_blob) != resource_id
+    assert rec.provider().read(resource_id, dict(updated.outs)).outs == updated.outs
+    history = _ssm(endpoint).get_parameter_history(Name=name, WithDecryption=True)["Parameters"]
+    assert [h["Value"] for h in history] == [olds["ciphertext_blob"], updated.outs["ciphertext_blob"]]
+    assert key_b["Arn"] in history[-1]["Description"]
+    # The next up with the same inputs changes nothing.
+    assert rec.provider().diff(resource_id, dict(updated.outs), news).changes is False
+
+
+def test_a_new_key_and_a_new_context_in_one_call(endpoint: str, rec: Recorder) -> None:
+    # A stack made before the context existed, moved to a new key in the same up: one ReEncrypt does both.
+    key_a, key_b = _new_key(endpoint), _new_key(endpoint)
+    created = rec.provider().create(_props(key_a["Arn"], endpoint))
+    data_key = _kms(endpoint).decrypt(CiphertextBlob=base64.b64decode(created.outs["ciphertext_blob"]))["Plaintext"]
+    updated = rec.provider().update(created.id, dict(created.outs), _props(key_b["Arn"], endpoint,
+                                                                           encryption_context=CONTEXT))
+    blob = base64.b64decode(updated.outs["ciphertext_blob"])
+    answer = _kms(endpoint).decrypt(CiphertextBlob=blob, EncryptionContext=CONTEXT)
+    assert (answer["KeyId"], answer["Plaintext"]) == (key_b["Arn"], data_key)
+
+
+def _kms_stub_with_moto_ssm(endpoint: str, kms_client: Any) -> Callable[[str, str, str | None], Any]:
+    def factory(service: str, region: str, _url: str | None) -> Any:
+        return kms_client if service == "kms" else dkp.make_client(service, region, endpoint)
+
+    return factory
+
+
+def test_a_refused_move_names_the_grant_runbook_and_changes_nothing(endpoint: str, rec: Recorder) -> None:
+    # moto enforces no key policy or grant: the refusal real KMS gives without the grant comes from a Stubber.
+    key_a, olds, resource_id, name = _on_key_a_with_escrow(endpoint, rec)
+    key_b = _new_key(endpoint)
+    before = dict(olds)
+    client = botocore.session.get_session().create_client(
+        "kms", region_name=KEY_REGION, aws_access_key_id="stub", aws_secret_access_key="stub"
+    )
+    stub = Stubber(client)
+    refused = "User: arn:aws:iam::123456789012:role/deployer is not authorized to perform: kms:ReEncryptFrom"
+    for _ in range(3):
+        stub.add_client_error("re_encrypt", "AccessDeniedException", refused, expected_params={
+            "CiphertextBlob": base64.b64decode(olds["ciphertext_blob"]), "SourceKeyId": key_a["Arn"],
+            "DestinationKeyId": key_b["Arn"], "SourceEncryptionContext": CONTEXT,
+            "DestinationEncryptionContext": CONTEXT,
+        })
+    news = _props(key_b["Arn"], endpoint, escrow_in_ssm=True, escrow_parameter_name=name, encryption_context=CONTEXT)
+    provider = rec.provider(client_factory=_kms_stub_with_moto_ssm(endpoint, client),
+                            retry_policy=RetryPolicy(attempts=3, first_delay=0, max_delay=0))
+    with stub, pytest.raises(DataKeyError) as error:
+        provider.update(resource_id, olds, news)
+    stub.assert_no_pending_responses()
+    said = str(error.value)
+    for needed in (key_a["Arn"], key_b["Arn"], "ReEncryptFrom", "ReEncryptTo", "grant", "key-lifecycle.md",
+                   "Nothing was changed", "after 3 attempts"):
+        assert needed in said, (needed, said)
+    # Nothing changed: the engine keeps the old state when update raises, and the escrow was not touched.
+    assert olds == before
+    stored = _ssm(endpoint).get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    assert stored == olds["ciphertext_blob"]
+
+
+def test_control_a_refused_same_key_rewrap_does_not_point_at_the_grant_runbook(rec: Recorder) -> None:
+    client, stub = _stubbed_kms()
+    stub.add_client_error("re_encrypt", "AccessDeniedException", "no")
+    provider = rec.provider(client_factory=_factory(client), retry_policy=RetryPolicy(attempts=1))
+    with stub, pytest.raises(DataKeyError) as error:
+        provider.update("id", _olds(), _props(STUB_ARN, None, encryption_context=CONTEXT))
+    assert "access denied" in str(error.value) and "key-lifecycle.md" not in str(error.value)
+
+
+def test_a_move_to_another_region_is_refused_before_kms(rec: Recorder) -> None:
+    def no_client(*_args: Any) -> Any:
+        raise AssertionError("nothing may be called")
+
+    elsewhere = STUB_ARN.replace("eu-west-1", "us-west-2")
+    with pytest.raises(DataKeyError, match=r"another region.*Nothing was changed"):
+        rec.provider(client_factory=no_client).update("id", _olds(), _props(elsewhere, None))

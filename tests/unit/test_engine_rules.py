@@ -177,3 +177,18 @@ def test_replace_keys_table_and_wildcards() -> None:
     assert replace_keys(INSTANCE, ["instanceType"]) == ([], False)
     assert replace_keys("aws:unknown/thing:Thing", ["x"]) == ([], True)
     assert replace_keys("aws:unknown/thing:Thing", ["x"], ["*"]) == (["x"], True)
+
+
+def test_a_new_key_arn_updates_the_protected_data_key_in_place() -> None:
+    # A replacement of the data key would be a create, which mints a new data key; the provider never asks
+    # for one, a new key ARN included (it re-wraps), so the engine goes ahead with an update.
+    data_key = "pulumi-python:dynamic/mariadb-kms:ClusterDataKey"
+    old = res(data_key, "dk", {"key_arn": "arn:a", "escrow_in_ssm": True}, protect=True, retain_on_delete=True)
+    new = res(data_key, "dk", {"key_arn": "arn:b", "escrow_in_ssm": True}, protect=True, retain_on_delete=True)
+    [change] = plan_changes(rec(old), rec(new))
+    assert (change.action, change.changed, change.blocked) == ("update", ("key_arn",), False)
+    # Control: the same change on a type that replaces on it is a replacement the engine refuses.
+    vol_old = res(VOLUME, "v", {"kmsKeyId": "arn:a"}, protect=True)
+    vol_new = res(VOLUME, "v", {"kmsKeyId": "arn:b"}, protect=True)
+    [vol] = plan_changes(rec(vol_old), rec(vol_new))
+    assert (vol.action, vol.blocked) == ("replace", True)

@@ -28,6 +28,9 @@ ALLOWED: dict[tuple[str, str, str, str | None], str] = {
         "The account-root statement is the opt-in IAM delegation switch; its trade-off is documented with it.",
     (KEY, kp.SID_DEPLOYERS_EC2_GRANT, "PERMISSIONS_MANAGEMENT_ACTIONS", None):
         "EC2 needs a grant to use the key for EBS volumes; the grant is limited to AWS resources via EC2.",
+    (KEY, kp.SID_ADMINS_REWRAP_GRANT, "PERMISSIONS_MANAGEMENT_ACTIONS", None):
+        "Admins make the temporary grant a move to another key needs: ReEncrypt only, to a deployer only, bound to "
+        "the cluster's encryption context.",
     (TRUST, "*", "MALFORMED", TRUST_NO_RESOURCE):
         "A trust policy has no Resource: the role it is attached to is the resource.",
     (TRUST_PROBE, "*", "RESOURCE_STAR", None):

@@ -252,6 +252,15 @@ def _unprotected_volume(rec: Recording) -> None:
     vol.options.protect = False
 
 
+def test_a_data_key_moved_to_another_key_passes_with_the_volumes_under_the_stacks_own_key() -> None:
+    rec = run_program(mocks_module.full_config(
+        kmsKeyArn="arn:aws:kms:eu-west-1:210987654321:key/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"), preview=False)
+    assert fired(analyze(rec)) == EXPECTED_ADVISORIES
+    # Control: a volume under no key of the stack still fires.
+    _volume_other_key(rec)
+    assert "volumes-under-cluster-key" in fired(analyze(rec))
+
+
 def _imds_hops(rec: Recording) -> None:
     inst = _one(rec, Types.EC2_INSTANCE)
     _set_input(inst, "metadataOptions", {**inst.input("metadataOptions"), "httpPutResponseHopLimit": 2})
