@@ -107,9 +107,10 @@ demo-destroy: venv
 	$(PY) -m rehearsal destroy $(if $(PREVIEW),--preview)
 
 # `pulumi state unprotect` on the demo's stack, to retire it (docs/runbooks/retire.md): URN=... or ALL=1;
-# demo-protected lists the protected URNs (`pulumi stack export` | jq).
+# demo-protected lists the protected URNs (`pulumi stack export` | jq). $(value URN): a URN holds '$', which
+# make would expand.
 demo-unprotect: venv
-	$(PY) -m rehearsal state unprotect $(if $(ALL),--all) $(URN)
+	$(PY) -m rehearsal state unprotect $(if $(ALL),--all) $(if $(value URN),'$(value URN)')
 
 demo-protected: venv
 	@$(PY) -m rehearsal state protected
