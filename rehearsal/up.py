@@ -4,7 +4,10 @@
 
 1. completes FILE as ``make demo`` completes ``Pulumi.rehearsal.yaml`` (the
    login key and every known node's address and host key from the state; a new
-   node gets the next testbed host and, on premises, a fresh host key);
+   node gets the next testbed host and, on premises, a fresh host key). A new
+   login key comes as a 0600 file (``--ssh-private-key``, the stand-in for
+   ``pulumi config set --secret sshPrivateKey``) with its public half as
+   FILE's ``sshAuthorizedKey``;
 2. records the program under mocks that answer, for every resource the state
    holds, what the state holds (the engine keeps a resource's outputs when it
    has nothing to do), and records it again with fresh answers for the
