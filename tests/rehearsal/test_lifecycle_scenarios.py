@@ -6,7 +6,8 @@ over real SSH, as the runbooks say (`make scenarios`; marked ``scenarios``, so n
 1. **Login-key rotation** (docs/runbooks/credentials.md), with `make demo-up CONFIG=FILE [SSH_KEY=FILE]`:
    the first `up` (``sshNextAuthorizedKey`` = B) makes every node accept A and B; going back from there
    (the stack's old config) removes B again; the first `up` once more and the second (``sshPrivateKey`` /
-   ``sshAuthorizedKey`` = B) switch to B, after which sshd refuses A on every node. Checked over real SSH
+   ``sshAuthorizedKey`` = B) switch to B, after which sshd refuses A on every node; and back to A after
+   that, by the same rotation with the roles reversed. Checked over real SSH
    with paramiko (pinned host key); the commands each `up` re-runs are counted against the engine's rules
    (login-keys alone, then every command but the create-only bootstrap); mariadbd keeps its PID.
 2. **Retiring the cluster** (docs/runbooks/retire.md): a final `mariadb-kms-backup`, a clean shutdown
@@ -255,6 +256,35 @@ def test_second_up_switches_to_the_new_key_and_the_old_one_is_refused(
     assert FACTS.get("pids") and pids == FACTS["pids"], "a mariadbd restarted during the rotation"
     assert f.nodes_restarted == [] and f.max_members_not_synced <= 1
     assert f.acknowledged > 0 and f.acknowledged_lost == 0 and f.invariant_violations == 0
+
+
+def test_going_back_after_the_second_up_is_the_rotation_reversed(
+        cluster: DemoCluster, keys: Keys, tmp_path: Path) -> None:
+    pair = {"old": keys.old, "new": keys.new}
+    old_file = tmp_path / "login-old"
+    fd = os.open(old_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(keys.old.private_openssh)
+    # The new key stays the stack's (the state holds it); the old one comes back as the next key, then as the key.
+    back_next = stack_file(tmp_path, "login-3-back-next.yaml", sshNextAuthorizedKey=keys.old.public_line)
+    back_switch = stack_file(tmp_path, "login-4-back-switch.yaml", sshAuthorizedKey=keys.old.public_line)
+    with Day2Scenario(cluster, "login key: back after up 2 (reversed)", members=NODES, nodes=NODES) as sc:
+        first = sc.up(back_next)  # make demo-up CONFIG=login-3-back-next.yaml
+        assert first.returncode == 0, first.stderr[-6000:]
+        middle = who_logs_in(demo_state(), pair)
+        second = sc.up(back_switch, "--ssh-private-key", str(old_file))
+        assert second.returncode == 0, second.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    after = who_logs_in(demo_state(), pair)
+    pids = mariadbd_pids(cluster)
+    figures("login key back after up 2", {"steps": [len(steps_of(first)), len(steps_of(second))], **f.to_dict(),
+                                          "logs_in": after, "pids_after": pids})
+    assert len(steps_of(first)) == len(NODES) and len(steps_of(second)) == 11 * len(NODES) + len(NODES)
+    assert middle == everywhere(True, True), middle
+    assert after == everywhere(True, False), after
+    assert pids == FACTS["pids"], "a mariadbd restarted during the way back"
+    assert f.nodes_restarted == [] and f.acknowledged_lost == 0 and f.invariant_violations == 0
 
 
 # --------------------------------------------------------------------------
