@@ -14,7 +14,7 @@ PYTEST = bash -c 'pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest col
 
 .PHONY: venv deps host-python host-deps test test-unit test-node test-fresh-host test-at-rest-full pytest lint demo demo-down testbed-down \
 	bench bench-demo bench-tls bench-node-start bench-program docs clean-cache plan-diff deployer-policy \
-	reliability demo-up demo-destroy scenarios
+	reliability demo-up demo-destroy demo-unprotect demo-protected scenarios
 
 # Install order on a fresh host: check it, host packages (python3-venv among them), then the venv.
 # tools/check-host.sh lists every problem it finds (OS, root, Python version, free disk, swap, address range).
@@ -83,9 +83,10 @@ reliability: deps
 test-at-rest-full: deps
 	MARIADB_KMS_ATREST_FULL=1 $(PYTEST) -m node tests/node/test_at_rest.py
 
-# Every day-2 scenario on one demo cluster under the bank-transfer load (tests/rehearsal/test_day2_scenarios.py).
+# Every day-2 scenario on one demo cluster under the bank-transfer load (tests/rehearsal/test_day2_scenarios.py),
+# then the login-key rotation and the retirement on another (tests/rehearsal/test_lifecycle_scenarios.py).
 scenarios: deps
-	$(PYTEST) -s tests/rehearsal/test_day2_scenarios.py
+	$(PYTEST) -s tests/rehearsal/test_day2_scenarios.py tests/rehearsal/test_lifecycle_scenarios.py
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
@@ -97,12 +98,22 @@ demo-down: venv
 
 # A later `pulumi up` on the demo's cluster (rehearsal/up.py): CONFIG is a changed copy of
 # Pulumi.rehearsal.yaml; PREVIEW=1 prints the engine's plan and runs nothing.
+# SSH_KEY=FILE (0600): a new login key, as `pulumi config set --secret sshPrivateKey` (docs/runbooks/credentials.md).
 demo-up: venv
-	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview)
+	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview) $(if $(SSH_KEY),--ssh-private-key $(SSH_KEY))
 
 # `pulumi destroy` on the demo's stack: its protected resources refuse it; PREVIEW=1 prints the plan only.
 demo-destroy: venv
 	$(PY) -m rehearsal destroy $(if $(PREVIEW),--preview)
+
+# `pulumi state unprotect` on the demo's stack, to retire it (docs/runbooks/retire.md): URN=... or ALL=1;
+# demo-protected lists the protected URNs (`pulumi stack export` | jq). $(value URN): a URN holds '$', which
+# make would expand.
+demo-unprotect: venv
+	$(PY) -m rehearsal state unprotect $(if $(ALL),--all) $(if $(value URN),'$(value URN)')
+
+demo-protected: venv
+	@$(PY) -m rehearsal state protected
 
 # Removes a node-test testbed left behind (MARIADB_KMS_TESTBED_PREFIX, default mk).
 testbed-down: venv

@@ -483,6 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_p.add_argument("--config", type=Path, required=True, help="a stack file like Pulumi.rehearsal.yaml")
     up_p.add_argument("--preview", action="store_true", help="print the plan only (pulumi preview)")
     up_p.add_argument("--command-timeout", type=float, default=1800.0, help="give up on one remote command after")
+    up_p.add_argument("--ssh-private-key", type=Path, default=None,
+                      help="a new login key (a 0600 file): `pulumi config set --secret sshPrivateKey`, rehearsed")
+    state_p = sub.add_parser("state", help="`pulumi state` on the demo's stack: list protected URNs, unprotect")
+    state_p.add_argument("action", choices=("protected", "unprotect"))
+    state_p.add_argument("urns", nargs="*", metavar="URN", help="for unprotect: the resources to unprotect")
+    state_p.add_argument("--all", action="store_true", help="for unprotect: every protected resource")
     destroy_p = sub.add_parser("destroy", help="`pulumi destroy` on the demo's stack (protected resources refuse)")
     destroy_p.add_argument("--preview", action="store_true", help="print the plan only")
     args = parser.parse_args(argv)
@@ -496,7 +502,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from rehearsal.up import main as up_main
 
-        return up_main(args.config, preview=args.preview, timeout=args.command_timeout)
+        return up_main(args.config, preview=args.preview, timeout=args.command_timeout,
+                       ssh_private_key=args.ssh_private_key)
+    if args.command == "state":
+        from rehearsal.state import NoState, state_main
+
+        try:
+            return state_main(out_dir(), args.action, args.urns, every=args.all)
+        except NoState as err:
+            print(f"state: {err}", file=sys.stderr)
+            return 2
     if args.command == "destroy":
         from rehearsal.up import main as up_main
 

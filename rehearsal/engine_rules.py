@@ -217,7 +217,7 @@ def _options(res: RegisteredResource) -> tuple[bool, bool, bool, tuple[str, ...]
             o.replace_on_changes)
 
 
-def _resolve_protect(rec: Recording) -> dict[str, bool]:
+def resolve_protect(rec: Recording) -> dict[str, bool]:
     """URN -> protected, with the engine's inheritance: unset means the parent's value, false at the top.
 
     https://www.pulumi.com/docs/iac/concepts/resources/options/protect/ ("The default is to inherit this
@@ -256,7 +256,7 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
     """
     old = {r.urn: r for r in base.resources}
     new = {r.urn: r for r in head.resources}
-    protect_new, protect_old = _resolve_protect(head), _resolve_protect(base)
+    protect_new, protect_old = resolve_protect(head), resolve_protect(base)
     changes: dict[str, Change] = {}
 
     for urn in sorted(set(old) - set(new)):

@@ -15,14 +15,16 @@ root, and never printed. One state per demo prefix (``out_dir``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rehearsal.recorder import Recording, RegisteredResource
+from rehearsal.recorder import RecordedOptions, Recording, RegisteredResource
 
 STATE_FILE = "state.pickle"
 FORMAT = 1
@@ -87,3 +89,64 @@ def load(directory: Path) -> RehearsalState:
     state = data["state"]
     assert isinstance(state, RehearsalState)
     return state
+
+
+# --------------------------------------------------------------------------
+# `pulumi state unprotect`, on the rehearsal's state
+# --------------------------------------------------------------------------
+
+
+def protected_urns(state: RehearsalState) -> list[str]:
+    """Every URN the engine treats as protected, in the state's order (inherited ``protect`` included)."""
+    from rehearsal.engine_rules import resolve_protect
+
+    resolved = resolve_protect(state.recording())
+    return [urn for urn in state.resources if resolved.get(urn)]
+
+
+class UnknownUrn(ValueError):
+    pass
+
+
+def unprotect(state: RehearsalState, urns: Sequence[str]) -> list[str]:
+    """``pulumi state unprotect URN...``: each named resource's ``protect`` cleared in the state; the URNs changed.
+
+    As the CLI does, only the state changes: the program still says ``protect=True``, so the next ``up``
+    protects the resource again (it is ``destroy`` that reads the state alone). Every URN must be in the
+    state; none is changed when one is not.
+    """
+    missing = [u for u in urns if u not in state.resources]
+    if missing:
+        raise UnknownUrn("not in the stack's state: " + ", ".join(missing)
+                         + "; `make demo-protected` lists the protected URNs")
+    changed: list[str] = []
+    for urn in urns:
+        res = state.resources[urn]
+        if res.options is None or res.options.protect is not False:
+            opts = res.options or RecordedOptions(None, None, None, (), (), (), (), None)
+            state.resources[urn] = dataclasses.replace(res, options=dataclasses.replace(opts, protect=False))
+            changed.append(urn)
+    return changed
+
+
+def state_main(directory: Path, command: str, urns: Sequence[str], *, every: bool) -> int:
+    """``python -m rehearsal state protected|unprotect``: list, or clear ``protect`` as the Pulumi CLI does."""
+    state = load(directory)
+    if command == "protected":
+        for urn in protected_urns(state):
+            print(urn)
+        return 0
+    if every == bool(urns):
+        print("state unprotect: name the URNs, or --all (not both)", file=sys.stderr)
+        return 2
+    try:
+        changed = unprotect(state, protected_urns(state) if every else urns)
+    except UnknownUrn as err:
+        print(f"state unprotect: {err}", file=sys.stderr)
+        return 2
+    save(state, directory)
+    for urn in changed:
+        print(f"unprotected {urn}", file=sys.stderr)
+    print(f"state unprotect: {len(changed)} resource(s) unprotected; {len(protected_urns(state))} still protected",
+          file=sys.stderr)
+    return 0

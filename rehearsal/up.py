@@ -4,7 +4,10 @@
 
 1. completes FILE as ``make demo`` completes ``Pulumi.rehearsal.yaml`` (the
    login key and every known node's address and host key from the state; a new
-   node gets the next testbed host and, on premises, a fresh host key);
+   node gets the next testbed host and, on premises, a fresh host key). A new
+   login key comes as a 0600 file (``--ssh-private-key``, the stand-in for
+   ``pulumi config set --secret sshPrivateKey``) with its public half as
+   FILE's ``sshAuthorizedKey``;
 2. records the program under mocks that answer, for every resource the state
    holds, what the state holds (the engine keeps a resource's outputs when it
    has nothing to do), and records it again with fresh answers for the
@@ -36,6 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -87,16 +91,26 @@ class Completed:
 
 
 def complete_config(raw: Mapping[str, Any], region: str, state: RehearsalState,
-                    address_of: Callable[[int], str], next_index: int) -> Completed:
-    """FILE's config with what only the rehearsal knows; a known node keeps its host, a new one gets the next."""
-    for key in ("sshPrivateKey", "sshAuthorizedKey"):
-        if key in raw:
-            raise StackError(f"{key}: the rehearsal keeps the demo's login key; leave it out of the config file")
+                    address_of: Callable[[int], str], next_index: int, *, login: str | None = None) -> Completed:
+    """FILE's config with what only the rehearsal knows; a known node keeps its host, a new one gets the next.
+
+    The login key is the state's, unless ``login`` (a new private key, OpenSSH) is given: then FILE names
+    its public half as ``sshAuthorizedKey``, as the runbook's second `up` of a login-key rotation sets both.
+    """
+    if "sshPrivateKey" in raw:
+        raise StackError("sshPrivateKey: a secret never goes into the config file; give the rehearsal the "
+                         "new key as a 0600 file (--ssh-private-key FILE, make demo-up SSH_KEY=FILE)")
+    if "sshAuthorizedKey" in raw and login is None:
+        raise StackError("sshAuthorizedKey: the rehearsal keeps the demo's login key unless a new private key "
+                         "comes with it (--ssh-private-key FILE); leave it out of the config file")
     if raw.get("keyManagement", "kms-envelope") != "kms-envelope":
         raise StackError("keyManagement: the rehearsal runs kms-envelope only")
     config = copy.deepcopy(dict(raw))
     for key in (*SECRET_KEYS, "sshAuthorizedKey"):
         config[key] = state.config[key]
+    if login is not None:
+        config["sshPrivateKey"] = login
+        config["sshAuthorizedKey"] = new_login_public(raw.get("sshAuthorizedKey"), login)
     nodes: dict[str, NodeHost] = {}
     new_keys: dict[str, tuple[str, str]] = {}
     index = next_index
@@ -130,6 +144,42 @@ def complete_config(raw: Mapping[str, Any], region: str, state: RehearsalState,
     except ValueError as err:
         raise StackError(str(err)) from None
     return Completed(config, nodes, new_keys)
+
+
+def public_half(private_openssh: str) -> str:
+    """"type base64" of an OpenSSH private key's public key (no comment)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization as ser
+
+    try:
+        key = ser.load_ssh_private_key(private_openssh.encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise StackError("--ssh-private-key: not an unencrypted OpenSSH private key") from None
+    return key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+
+
+def new_login_public(authorized: Any, private_openssh: str) -> str:
+    """FILE's ``sshAuthorizedKey`` when it is the new private key's public half; else an error naming both."""
+    public = public_half(private_openssh)
+    if not isinstance(authorized, str) or not authorized.strip():
+        raise StackError(f"sshAuthorizedKey: missing; with a new private key the config file sets it to that key's "
+                         f"public half ({public[:40]}...), or the nodes would drop the key the program logs in with")
+    if authorized.split()[:2] != public.split():
+        raise StackError(f"sshAuthorizedKey: {authorized.strip()[:40]}... is not the public half of the new private "
+                         f"key (expected {public[:40]}...)")
+    return authorized.strip()
+
+
+def read_login_key(path: Path) -> str:
+    """A private key file as ssh reads one: refused when others may read it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise StackError(f"--ssh-private-key {path}: {err.strerror}") from None
+    if mode & 0o077:
+        raise StackError(f"--ssh-private-key {path}: mode {oct(mode & 0o777)}, expected 0600 (or stricter): "
+                         "a private key others can read is refused, as ssh refuses it")
+    return path.read_text()
 
 
 # --------------------------------------------------------------------------
@@ -583,7 +633,7 @@ class UpResult:
 
 
 def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool = False,
-       timeout: float = 1800.0, console: Console | None = None) -> UpResult:
+       timeout: float = 1800.0, console: Console | None = None, login: str | None = None) -> UpResult:
     console = console or Console(stderr=True, highlight=False, width=200)
     started = time.monotonic()
     state = load(directory)
@@ -594,7 +644,7 @@ def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool 
         tb = attach(settings)
         known = {n.address for n in state.nodes.values()} | {h.address for h in tb.hosts.values()}
         next_index = len(tb.hosts) + 1
-        completed = complete_config(raw, region, state, settings.host_address, next_index)
+        completed = complete_config(raw, region, state, settings.host_address, next_index, login=login)
         new = [n for n in completed.nodes.values() if n.name not in state.nodes and n.address not in known]
         kms_url = f"http://{settings.bridge_address}:{KMS_PORT}"
         all_nodes = {**state.nodes, **completed.nodes}
@@ -639,9 +689,11 @@ def destroy(*, settings: Settings, directory: Path, preview: bool = False,
             console: Console | None = None) -> UpResult:
     """``pulumi destroy``: every resource of the state deleted, so a protected one refuses the whole run.
 
-    The program's protected resources (the KMS key, the data key, EC2 data volumes) always do: retiring a
-    cluster is a runbook (docs/runbooks/day-2.md), never a destroy. Without a protected resource, the
-    hosts' delete steps would run as in ``up``.
+    The program's protected resources (the KMS key, the data key, EC2 data volumes) refuse it until
+    ``state unprotect`` clears them: retiring a cluster is that runbook (docs/runbooks/retire.md). Then
+    the delete steps run as in ``up`` (an EC2 node's host is powered off; a remote command runs its
+    ``delete``, and the program gives none), a ``retain_on_delete`` resource is only forgotten, and the
+    state is left empty, as the engine leaves a destroyed stack.
     """
     console = console or Console(stderr=True, highlight=False, width=200)
     state = load(directory)
@@ -659,10 +711,18 @@ def destroy(*, settings: Settings, directory: Path, preview: bool = False,
         tb = attach(settings)
         executor = Executor(tb, state.nodes, console=console)
         executor.backward(delete_steps(changes, state.recording(), state.nodes))
+        tb._save_state()
+        forgotten = [c for c in changes if c.action == "delete" and c.retain_on_delete]
+        save(dataclasses.replace(state, resources={}), directory)
+    for c in forgotten:
+        console.print(f"retained: {c.type} {c.name} (retain_on_delete: forgotten, not deleted)", markup=False)
+    say(f"destroy: done: {len(executor.executed.steps)} delete script(s) ran, "
+        f"{len([c for c in changes if c.action == 'delete'])} resource(s) left the state, {len(forgotten)} retained"
+        + (f", powered off {', '.join(executor.executed.powered_off)}" if executor.executed.powered_off else ""))
     return UpResult(OK, changes, executor.executed)
 
 
-def main(config_file: Path | None, *, preview: bool, timeout: float) -> int:
+def main(config_file: Path | None, *, preview: bool, timeout: float, ssh_private_key: Path | None = None) -> int:
     from rehearsal.demo import demo_settings, out_dir
     from rehearsal.state import NoState
 
@@ -670,7 +730,16 @@ def main(config_file: Path | None, *, preview: bool, timeout: float) -> int:
     try:
         if config_file is None:
             return destroy(settings=settings, directory=out_dir(settings), preview=preview).rc
-        return up(config_file, settings=settings, directory=out_dir(settings), preview=preview, timeout=timeout).rc
+        login = read_login_key(ssh_private_key) if ssh_private_key is not None else None
+        rc = up(config_file, settings=settings, directory=out_dir(settings), preview=preview, timeout=timeout,
+                login=login).rc
+        hint = out_dir(settings) / "ssh"
+        if rc == OK and login is not None and not preview and hint.is_dir():
+            # make demo's `ssh -i .../ssh/id_ed25519` hint logs in with the stack's key: now the new one.
+            fd = os.open(hint / "id_ed25519", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(login)
+        return rc
     except (StackError, NoState) as err:
         print(f"up: {err}", file=sys.stderr)
         return USAGE
