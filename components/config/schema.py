@@ -186,7 +186,9 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "keyDeletionWindowDays",
         "integer",
-        "Days a scheduled key deletion can still be cancelled ({range}).",
+        "The waiting period ({range}) pulumi-aws would use if the engine deleted the key. The key is retained on "
+        "delete, so a destroy never schedules its deletion: one you schedule by hand with `aws kms "
+        "schedule-key-deletion` takes its own `--pending-window-in-days`.",
         default=30,
         bounds=Bounds(7, 30),
     ),
