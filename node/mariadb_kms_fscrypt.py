@@ -28,6 +28,8 @@ Commands for the node (mariadb-kms-datadir-key.service and mariadb-kms-install):
   migrate                MariaDB stopped: move an unencrypted datadir (and log/, secure-file-priv/) out of the
                          way and set encryption=fscrypt, so that mariadb-kms-install makes a new encrypted one
                          and the node joins by SST (docs/at-rest.md)
+  wipe DIR               after the move: overwrite with zeros every file of DIR (a plain-* directory migrate
+                         made) in place, remove it, then fill the volume's free space with zeros and remove that
 
 Commands on any path (each prints one line, never key material):
   preflight MOUNT        the filesystem under MOUNT supports encryption (ext4 ``-O encrypt``)
@@ -434,7 +436,64 @@ def migrate(volume: Path, datadir: Path, conf: Path, fstab: Path, *, stamp: str 
                      0o644)
     said.append(f"{conf}: encryption=fscrypt")
     said.append(f"next: sudo mariadb-kms-install, then sudo systemctl start mariadb (the node joins by SST); "
-                f"then remove {old} and overwrite the volume's free space (docs/at-rest.md)")
+                f"then sudo {PROG} wipe {old} (docs/at-rest.md)")
+    return said
+
+
+def _zero_file(path: Path, chunk: bytes) -> int:
+    """Overwrite a file's bytes in place (ext4 writes over the same blocks) and flush them to the device."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        left = size
+        while left > 0:
+            left -= f.write(chunk[: min(left, len(chunk))])
+        f.flush()
+        os.fsync(f.fileno())
+    return size
+
+
+def wipe(volume: Path, target: Path, datadir: Path = Path(DATADIR)) -> list[str]:
+    """The runbook's last step on the same volume: what migrate moved aside is overwritten, then removed, then
+    the free space (where files deleted while the datadir was plain lie) is overwritten too, as far as a file
+    can reach: ext4 keeps some clusters in reserve that no write of a file takes, and an SSD may keep old
+    blocks elsewhere. A new volume is the clean way."""
+    target = Path(os.path.abspath(target))
+    allowed = (target.parent == volume and target.name.startswith("plain-")) or (
+        target.parent == datadir.parent and target.name.startswith(f"{datadir.name}.plain-"))
+    if not allowed or not target.is_dir() or target.is_symlink():
+        raise FscryptError(f"{target}: expected a directory migrate made ({volume}/plain-<time> or "
+                           f"{datadir}.plain-<time>)")
+    chunk = bytes(1 << 20)
+    files = overwritten = 0
+    for dirpath, _dirs, names in os.walk(target):
+        for name in names:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                overwritten += _zero_file(path, chunk)
+                files += 1
+    subprocess.run(["rm", "-rf", "--one-file-system", str(target)], check=True, capture_output=True, timeout=3600)
+    said = [f"overwrote {files} files ({overwritten} bytes) of {target} with zeros and removed it"]
+    filler = target.parent / f".mariadb-kms-wipe-{os.getpid()}"
+    filled = 0
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while True:
+                try:
+                    written = os.write(fd, chunk)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        break
+                    raise
+                if written == 0:
+                    break
+                filled += written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        filler.unlink(missing_ok=True)
+    said.append(f"filled {filled} bytes of free space on {target.parent}'s filesystem with zeros and removed them")
     return said
 
 
@@ -473,6 +532,12 @@ def run_node(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         for line in migrate(Path(args.volume), Path(DATADIR), Path(args.conf), Path(FSTAB)):
+            print(f"{PROG}: {line}")
+        return 0
+    if args.command == "wipe":
+        if not args.path:
+            raise FscryptError("wipe needs the directory migrate moved the old datadir to")
+        for line in wipe(Path(args.volume), Path(args.path)):
             print(f"{PROG}: {line}")
         return 0
     if args.command in NODE_COMMANDS:
@@ -541,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=(*NODE_COMMANDS, "migrate", "preflight", "add", "remove", "status",
+    parser.add_argument("command", choices=(*NODE_COMMANDS, "migrate", "wipe", "preflight", "add", "remove", "status",
                                             "protect", "policy"))
     parser.add_argument("path", nargs="?", default="",
                         help="the data volume's mount point (add/remove/status/preflight) or a directory")
