@@ -7,6 +7,7 @@ hosts, is tests/node/test_datadir_migration.py.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 fscrypt = load_node_script("mariadb_kms_fscrypt", REPO / "node" / "mariadb_kms_fscrypt.py")
 STAMP = "20261202T210000Z"
 BIND = "/srv/mariadb-kms/data /var/lib/mysql none bind,x-systemd.requires-mounts-for=/srv/mariadb-kms 0 0"
+
+
+def bind_line(volume: Path, datadir: Path) -> str:
+    return f"{volume}/data {datadir} none bind,x-systemd.requires-mounts-for={volume} 0 0"
 
 
 @pytest.fixture
@@ -31,7 +36,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     conf = tmp_path / "datadir.conf"
     conf.write_text("encryption=none\n")
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"/dev/root / ext4 defaults 0 1\n{fscrypt.BIND_MARKER}\n{BIND}\n")
+    fstab.write_text(f"/dev/root / ext4 defaults 0 1\n{fscrypt.BIND_MARKER}\n{bind_line(volume, datadir)}\n")
     policies: dict[Path, bytes] = {}
     unmounted: list[list[str]] = []
     monkeypatch.setattr(fscrypt, "supports_encryption", lambda mount: (True, "yes"))
@@ -104,3 +109,36 @@ def test_the_marker_matches_what_the_installer_writes() -> None:
     install = (REPO / "node" / "mariadb-kms-install").read_text()
     assert f'BIND_MARKER="{fscrypt.BIND_MARKER}"' in install
     assert 'entry="$VOLUME_DATADIR $DATADIR none bind,' in install
+
+
+def test_a_datadir_mounted_from_elsewhere_is_refused(node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    volume, datadir = node["volume"], node["datadir"]
+    monkeypatch.setattr(fscrypt.os.path, "ismount", lambda p: Path(p) in (volume, datadir))
+    with pytest.raises(fscrypt.FscryptError, match="a mount of something other than"):
+        _migrate(node)
+    assert node["unmounted"] == [] and (volume / "data" / "ibdata1").exists()
+
+
+def test_wipe_overwrites_in_place_removes_and_accepts_only_what_migrate_made(
+    node: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _migrate(node)
+    old = node["volume"] / f"plain-{STAMP}"
+    inode = (old / "data" / "ibdata1").stat().st_ino
+    zeroed: list[tuple[int, bytes]] = []
+    real = fscrypt._zero_file
+
+    def spy(path: Path, chunk: bytes) -> int:
+        n = real(path, chunk)
+        zeroed.append((path.stat().st_ino, path.read_bytes()))
+        return n
+
+    monkeypatch.setattr(fscrypt, "_zero_file", spy)
+    monkeypatch.setattr(fscrypt.subprocess, "run", lambda argv, **kw: shutil.rmtree(argv[-1]))
+    monkeypatch.setattr(fscrypt.os, "write", lambda fd, data: 0)  # the fill: nothing left to fill here
+    said = fscrypt.wipe(node["volume"], old, node["datadir"])
+    assert (inode, b"\0" * 4) in zeroed  # the same file (inode), its bytes now zeros
+    assert not old.exists()
+    assert said[0].startswith("overwrote 2 files")
+    with pytest.raises(fscrypt.FscryptError, match="expected a directory migrate made"):
+        fscrypt.wipe(node["volume"], node["volume"] / "data", node["datadir"])
