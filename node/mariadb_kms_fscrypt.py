@@ -25,6 +25,11 @@ Commands for the node (mariadb-kms-datadir-key.service and mariadb-kms-install):
   start                  add the key, and refuse unless the datadir is encrypted under it (before MariaDB)
   stop                   remove the key (after MariaDB); exit 3 while files are still open
   key-status             present / absent, for the key the datadir's policy names (no key needed)
+  migrate                MariaDB stopped: move an unencrypted datadir (and log/, secure-file-priv/) out of the
+                         way and set encryption=fscrypt, so that mariadb-kms-install makes a new encrypted one
+                         and the node joins by SST (docs/at-rest.md)
+  wipe DIR               after the move: overwrite with zeros every file of DIR (a plain-* directory migrate
+                         made) in place, remove it, then fill the volume's free space with zeros and remove that
 
 Commands on any path (each prints one line, never key material):
   preflight MOUNT        the filesystem under MOUNT supports encryption (ext4 ``-O encrypt``)
@@ -46,6 +51,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +60,9 @@ DEFAULT_KEYFILE = "/run/mariadb-kms/keyfile"
 VOLUME_ROOT = "/srv/mariadb-kms"
 DATADIR = "/var/lib/mysql"
 DATADIR_CONF = "/etc/mariadb-kms/datadir.conf"
+FSTAB = "/etc/fstab"
+# What mariadb-kms-install writes above the datadir's bind line when the datadir is not fscrypt-encrypted.
+BIND_MARKER = "# mariadb-kms-install: the datadir is a subdirectory of the data volume"
 DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")
 DATADIR_KEY_INFO = b"mariadb-kms fscrypt datadir key v1"
 MASTER_KEY_BYTES = 64  # AES-256-XTS takes a 512-bit key; a v2 master key must be at least that long
@@ -330,6 +339,165 @@ def stop(volume: Path, datadir: Path = Path(DATADIR)) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------
+# Moving an unencrypted datadir out of the way (the SST runbook, docs/at-rest.md)
+# --------------------------------------------------------------------------
+
+
+def mariadbd_running(proc: Path = Path("/proc")) -> bool:
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text(encoding="utf-8", errors="replace").strip() == "mariadbd":
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def without_bind_lines(fstab: str, volume: Path, datadir: Path) -> tuple[str, bool]:
+    """``fstab`` without the installer's bind of ``volume``/data at ``datadir`` (and its marker line)."""
+    entry = f"{volume / 'data'} {datadir} none bind"
+    kept = [line for line in fstab.splitlines(keepends=True)
+            if line.rstrip("\n") != BIND_MARKER and not line.startswith(entry)]
+    return "".join(kept), len(kept) != len(fstab.splitlines())
+
+
+def _write_replacing(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.mariadb-kms-fscrypt")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        os.fchmod(f.fileno(), mode)
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def migrate(volume: Path, datadir: Path, conf: Path, fstab: Path, *, stamp: str | None = None,
+            running: bool | None = None) -> list[str]:
+    """Steps 2 and 3 of the runbook but the install: MariaDB must be stopped. The old datadir and the old
+    contents of log/ and secure-file-priv/ go to ``<volume>/plain-<stamp>/`` (a rename: the same volume, so
+    its blocks stay where they are until wiped, which the runbook's last step does); the datadir's bind
+    mount and its /etc/fstab line go; datadir.conf says fscrypt. mariadb-kms-install then encrypts the
+    empty directories and initialises a new datadir, which the node's next start fills by SST."""
+    if running if running is not None else mariadbd_running():
+        raise FscryptError("mariadbd is running: stop MariaDB first (sudo systemctl stop mariadb); the node "
+                           "then rejoins by SST")
+    if not os.path.ismount(volume):
+        raise FscryptError(f"no volume is mounted at {volume}: mount an ext4 volume made with mkfs.ext4 -O encrypt "
+                           "there (docs/at-rest.md)")
+    ok, why = supports_encryption(volume)
+    if not ok:
+        raise FscryptError(why)
+    data = volume / "data"
+    if data.is_dir() and get_policy(data) is not None:
+        if configured_mode(conf) == "fscrypt":
+            return [f"{data} is already encrypted and {conf} says fscrypt: nothing to move"]
+        raise FscryptError(f"{data} is encrypted but {conf} does not say fscrypt: set encryption=fscrypt there "
+                           "by hand")
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    old = volume / f"plain-{stamp}"
+    if old.exists():
+        raise FscryptError(f"{old} exists already")
+    said: list[str] = []
+    if os.path.ismount(datadir):
+        if not data.is_dir() or os.stat(datadir) != os.stat(data):
+            raise FscryptError(f"{datadir} is a mount of something other than {data} (a datadir on a device of "
+                               f"its own, from before the volume layout?): unmount it, drop its {fstab} line, and "
+                               "run this again")
+        subprocess.run(["umount", str(datadir)], check=True, capture_output=True, timeout=120)
+        said.append(f"unmounted {datadir} (the bind of {data})")
+    elif datadir.is_dir() and any(datadir.iterdir()):
+        # A datadir from before the volume layout, on the root filesystem: renamed there (another filesystem).
+        aside = datadir.with_name(f"{datadir.name}.plain-{stamp}")
+        datadir.rename(aside)
+        datadir.mkdir(mode=0o750)
+        said.append(f"moved the datadir from before the volume layout to {aside}: its blocks are on the root "
+                    "filesystem; wipe them")
+    if fstab.exists():
+        text, changed = without_bind_lines(fstab.read_text(encoding="utf-8"), volume, datadir)
+        if changed:
+            _write_replacing(fstab, text, 0o644)
+            said.append(f"removed the datadir's bind line from {fstab}")
+    old.mkdir(mode=0o700)
+    if data.exists():
+        data.rename(old / "data")
+        said.append(f"moved {data} to {old / 'data'}")
+    for name in SIBLINGS:
+        directory = volume / name
+        if not directory.is_dir() or get_policy(directory) is not None:
+            continue
+        entries = sorted(directory.iterdir())
+        if entries:
+            (old / name).mkdir(mode=0o700)
+            for entry in entries:
+                entry.rename(old / name / entry.name)
+            said.append(f"moved the contents of {directory} to {old / name}")
+    conf.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _write_replacing(conf, "# mariadb-kms: onPremDatadirEncryption from the stack config.\nencryption=fscrypt\n",
+                     0o644)
+    said.append(f"{conf}: encryption=fscrypt")
+    said.append(f"next: sudo mariadb-kms-install, then sudo systemctl start mariadb (the node joins by SST); "
+                f"then sudo {PROG} wipe {old} (docs/at-rest.md)")
+    return said
+
+
+def _zero_file(path: Path, chunk: bytes) -> int:
+    """Overwrite a file's bytes in place (ext4 writes over the same blocks) and flush them to the device."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        left = size
+        while left > 0:
+            left -= f.write(chunk[: min(left, len(chunk))])
+        f.flush()
+        os.fsync(f.fileno())
+    return size
+
+
+def wipe(volume: Path, target: Path, datadir: Path = Path(DATADIR)) -> list[str]:
+    """The runbook's last step on the same volume: what migrate moved aside is overwritten, then removed, then
+    the free space (where files deleted while the datadir was plain lie) is overwritten too, as far as a file
+    can reach: ext4 keeps some clusters in reserve that no write of a file takes, and an SSD may keep old
+    blocks elsewhere. A new volume is the clean way."""
+    target = Path(os.path.abspath(target))
+    allowed = (target.parent == volume and target.name.startswith("plain-")) or (
+        target.parent == datadir.parent and target.name.startswith(f"{datadir.name}.plain-"))
+    if not allowed or not target.is_dir() or target.is_symlink():
+        raise FscryptError(f"{target}: expected a directory migrate made ({volume}/plain-<time> or "
+                           f"{datadir}.plain-<time>)")
+    chunk = bytes(1 << 20)
+    files = overwritten = 0
+    for dirpath, _dirs, names in os.walk(target):
+        for name in names:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                overwritten += _zero_file(path, chunk)
+                files += 1
+    subprocess.run(["rm", "-rf", "--one-file-system", str(target)], check=True, capture_output=True, timeout=3600)
+    said = [f"overwrote {files} files ({overwritten} bytes) of {target} with zeros and removed it"]
+    filler = target.parent / f".mariadb-kms-wipe-{os.getpid()}"
+    filled = 0
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while True:
+                try:
+                    written = os.write(fd, chunk)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        break
+                    raise
+                if written == 0:
+                    break
+                filled += written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        filler.unlink(missing_ok=True)
+    said.append(f"filled {filled} bytes of free space on {target.parent}'s filesystem with zeros and removed them")
+    return said
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
@@ -362,6 +530,16 @@ def run_node(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "migrate":
+        for line in migrate(Path(args.volume), Path(DATADIR), Path(args.conf), Path(FSTAB)):
+            print(f"{PROG}: {line}")
+        return 0
+    if args.command == "wipe":
+        if not args.path:
+            raise FscryptError("wipe needs the directory migrate moved the old datadir to")
+        for line in wipe(Path(args.volume), Path(args.path)):
+            print(f"{PROG}: {line}")
+        return 0
     if args.command in NODE_COMMANDS:
         return run_node(args)
     if not args.path:
@@ -415,6 +593,7 @@ exit status: 0 done (or datadir encryption is not fscrypt: nothing to do);
              3 stop/remove: files under the datadir are still open, the key goes when they close
 
 example: sudo mariadb-kms-fscrypt key-status
+         sudo mariadb-kms-fscrypt migrate
          sudo mariadb-kms-fscrypt preflight /srv/mariadb-kms
 """
 
@@ -427,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=(*NODE_COMMANDS, "preflight", "add", "remove", "status", "protect",
-                                            "policy"))
+    parser.add_argument("command", choices=(*NODE_COMMANDS, "migrate", "wipe", "preflight", "add", "remove", "status",
+                                            "protect", "policy"))
     parser.add_argument("path", nargs="?", default="",
                         help="the data volume's mount point (add/remove/status/preflight) or a directory")
     parser.add_argument("--keyfile", default=DEFAULT_KEYFILE, help="file_key_management's keyfile (id;hex)")

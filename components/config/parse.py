@@ -320,6 +320,13 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
                     "the node's KMS calls only from those, so add its range there or correct it",
                 )
 
+    if mode == "aws-plugin" and onprem and v["onPremDatadirEncryption"] == "fscrypt":
+        # fscrypt's key is derived from the plaintext data key the kms-envelope unwrap puts on tmpfs; in
+        # aws-plugin mode that key exists only inside mariadbd (docs/at-rest.md says what wiring it would take).
+        c.bad("onPremDatadirEncryption", "fscrypt", "luks (your dm-crypt volume at /srv/mariadb-kms) or none "
+              "(with allowPlainDatadir: true) when keyManagement is aws-plugin and onPremNodes is not empty: fscrypt "
+              "takes its key from kms-envelope's unwrap, which aws-plugin mode does not have (fscrypt is the "
+              "default; or set keyManagement to kms-envelope)")
     vpc_id = v["vpcId"] or None
     ami_id = v["amiId"] or None
     if ec2 and vpc_id is None:

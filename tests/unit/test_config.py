@@ -127,7 +127,8 @@ def test_onprem_only_cluster_needs_no_vpc_or_ami() -> None:
 
 def test_aws_plugin_mode_with_source() -> None:
     cfg = parse(
-        with_(keyManagement="aws-plugin", awsPluginSource="https://artifacts.example.com/aws_key_management.so")
+        with_(keyManagement="aws-plugin", awsPluginSource="https://artifacts.example.com/aws_key_management.so",
+              onPremDatadirEncryption="luks")
     )
     assert cfg.mariadb.key_management == "aws-plugin"
 
@@ -165,6 +166,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown keyManagement", with_(keyManagement="vault"), "keyManagement", "kms-envelope"),
     ("aws-plugin without a source", with_(keyManagement="aws-plugin"), "awsPluginSource", "no distribution"),
     ("plugin source over http", with_(awsPluginSource="http://x/aws.so"), "awsPluginSource", "https://"),
+    (
+        "aws-plugin with on-prem nodes on fscrypt (the default)",
+        with_(keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so"),
+        "onPremDatadirEncryption",
+        "luks (your dm-crypt volume at /srv/mariadb-kms) or none",
+    ),
     ("missing keyAdmins", with_(keyAdmins=...), "keyAdmins", "a value"),
     ("empty keyAdmins", with_(keyAdmins=[]), "keyAdmins", "at least one"),
     ("rotation below 90 days", with_(keyRotationPeriodDays=30), "keyRotationPeriodDays", "90 to 2560"),
@@ -552,3 +559,13 @@ def test_a_wrapping_key_of_another_account_in_the_region_is_taken_and_none_means
     other = "arn:aws:kms:eu-west-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     assert parse_config(with_(kmsKeyArn=other), stack="dev", region="eu-west-1").key.wrapping_key_arn == other
     assert parse_config(VALID, stack="dev", region="eu-west-1").key.wrapping_key_arn is None
+
+
+def test_aws_plugin_with_fscrypt_is_refused_only_where_on_prem_nodes_would_need_it() -> None:
+    plugin = {"keyManagement": "aws-plugin", "awsPluginSource": "/opt/aws_key_management.so"}
+    # EC2 nodes only: their volumes are EBS's, fscrypt (the on-prem default) applies to no node.
+    assert parse(with_(**plugin, onPremNodes=...)).mariadb.key_management == "aws-plugin"
+    for mode in ("luks", "none"):
+        assert parse(with_(**plugin, onPremDatadirEncryption=mode)).mariadb.onprem_datadir_encryption == mode
+    # Control: kms-envelope keeps the default, fscrypt, with the same on-prem nodes.
+    assert parse(with_()).mariadb.onprem_datadir_encryption == "fscrypt"

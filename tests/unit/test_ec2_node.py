@@ -315,7 +315,8 @@ def test_user_data_does_change_with_what_it_carries() -> None:
 
 
 def test_aws_plugin_mode_user_data() -> None:
-    rec = run(full_config(keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so"))
+    rec = run(full_config(keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so",
+                          onPremDatadirEncryption="luks"))
     config = cloud_config_of(rec, "aws-a")
     assert b"mode = aws-plugin" in written(config, UNWRAP_CONF_PATH)
     assert {f["path"] for f in config["write_files"]} == {f["path"] for f in cloud_config_of(run(), "aws-a")[
@@ -326,7 +327,8 @@ def test_27_nodes_with_long_names_fit_and_share_one_shape() -> None:
     names = [f"{'node' * 7}{i:02d}"[-32:] for i in range(27)]  # 32 characters each
     ec2 = [{"name": n, "subnetId": "subnet-0a1b2c3d4e5f60718", "availabilityZone": "eu-west-1a"} for n in names]
     config = full_config(
-        ec2Nodes=ec2, keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so"
+        ec2Nodes=ec2, keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so",
+        onPremDatadirEncryption="luks"
     )
     rec = run(config)
     sizes = {n: len(base64.b64decode(user_data_of(rec, n))) for n in names}

@@ -52,7 +52,8 @@ def envelope() -> Recording:
 
 @pytest.fixture(scope="module")
 def plugin() -> Recording:
-    return _up(keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so")
+    return _up(keyManagement="aws-plugin", awsPluginSource="https://example.com/aws_key_management.so",
+               onPremDatadirEncryption="luks")
 
 
 def test_the_context_is_the_stack_and_the_cluster_and_none_in_aws_plugin_mode() -> None:

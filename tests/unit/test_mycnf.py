@@ -79,7 +79,8 @@ def test_kms_envelope_loads_file_key_management_for_good_with_aes_ctr(full_confi
 
 @pytest.mark.parametrize("mode", ["kms-envelope", "aws-plugin"])
 def test_every_encryption_flag_is_on_in_both_modes(full_config: dict[str, Any], mode: str) -> None:
-    extra = {"awsPluginSource": "/opt/aws_key_management.so"} if mode == "aws-plugin" else {}
+    plugin = {"awsPluginSource": "/opt/aws_key_management.so", "onPremDatadirEncryption": "luks"}
+    extra = plugin if mode == "aws-plugin" else {}
     cluster = _cluster(full_config, keyManagement=mode, **extra)
     enc = _parse(render_encryption_cnf(cluster, key_arn=KEY_ARN))
     for flag in ENCRYPTION_FLAGS_ON:
@@ -96,7 +97,8 @@ def test_encrypt_tables_and_threads_come_from_config(full_config: dict[str, Any]
 
 
 def test_aws_plugin_mode_has_key_spec_arn_region_and_no_file_key_management(full_config: dict[str, Any]) -> None:
-    cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so")
+    cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so",
+                       onPremDatadirEncryption="luks")
     enc = _parse(render_encryption_cnf(cluster, key_arn=KEY_ARN))
     assert enc["plugin_load_add"] == "aws_key_management"
     assert enc["aws_key_management"] == "FORCE_PLUS_PERMANENT"
@@ -110,7 +112,8 @@ def test_aws_plugin_mode_has_key_spec_arn_region_and_no_file_key_management(full
 
 
 def test_aws_plugin_needs_the_key_arn(full_config: dict[str, Any]) -> None:
-    cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so")
+    cluster = _cluster(full_config, keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so",
+                       onPremDatadirEncryption="luks")
     with pytest.raises(ValueError, match="key ARN"):
         render_encryption_cnf(cluster, key_arn=None)
 
@@ -205,7 +208,8 @@ def test_ipv6_members_are_bracketed(full_config: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("mode", ["kms-envelope", "aws-plugin"])
 def test_no_sql_path_to_the_key_in_both_modes(full_config: dict[str, Any], mode: str) -> None:
-    extra = {"awsPluginSource": "/opt/aws_key_management.so"} if mode == "aws-plugin" else {}
+    plugin = {"awsPluginSource": "/opt/aws_key_management.so", "onPremDatadirEncryption": "luks"}
+    extra = plugin if mode == "aws-plugin" else {}
     node = _all(_cluster(full_config, keyManagement=mode, **extra), 2)[MYCNF_NODE_PATH]
     # An empty secure_file_priv lets any FILE-privileged account LOAD DATA INFILE the keyfile (measured).
     assert node["secure_file_priv"] == SECURE_FILE_PRIV_DIR != ""

@@ -118,7 +118,8 @@ def roll_digest_files(text: str) -> set[str]:
 
 def program_restart_files() -> set[str]:
     """Every file the program renders that a restart applies, in either mode (node/ files aside)."""
-    plugin = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so")
+    plugin = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/aws_key_management.so",
+                     onPremDatadirEncryption="luks")
     files: set[str] = set()
     for cfg in (cluster(), plugin):
         for node in cfg.nodes:

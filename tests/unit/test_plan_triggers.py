@@ -80,7 +80,8 @@ TABLE: dict[str, tuple[Any, set[str]]] = {
     # The member list restarts nobody: only verification (it expects the new size) runs again.
     "ec2Nodes (a new member)": (_with_new_member, every("verify")),
     "keyManagement": (
-        lambda c: {**c, "keyManagement": "aws-plugin", "awsPluginSource": "/opt/aws_key_management.so"},
+        lambda c: {**c, "keyManagement": "aws-plugin", "awsPluginSource": "/opt/aws_key_management.so",
+                   "onPremDatadirEncryption": "luks"},
         every("install", "escrow", *RESTART),
     ),
 }

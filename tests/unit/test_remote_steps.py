@@ -190,7 +190,8 @@ def test_verify_step_accepts_plaintext_only_on_channels_config_turned_off() -> N
 
 
 def test_aws_plugin_mode_installs_the_plugin_and_one_credentials_file() -> None:
-    cfg = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/mariadb plugins/aws_key_management.so")
+    cfg = cluster(keyManagement="aws-plugin", awsPluginSource="/opt/mariadb plugins/aws_key_management.so",
+                  onPremDatadirEncryption="luks")
     install = node_plan(node(cfg, "dc-1"), cfg).step("install").create
     assert install.endswith("--aws-plugin-source '/opt/mariadb plugins/aws_key_management.so'")
     files = credentials_files(cfg, access_key_id="AKIAEXAMPLE", secret_access_key=PLANTED_ACCESS_KEY_SECRET)

@@ -628,6 +628,24 @@ def test_datadir_encryption_luks_needs_dm_crypt_and_none_is_a_gap_unless_allowed
     assert verify.check_datadir_encryption(None, tmp_path, allow_plain=False)[0]["mode"] == "unchecked"
 
 
+def test_luks_the_datadirs_device_is_found_dm_crypt_through_sysfs(tmp_path: Path) -> None:
+    # The datadir's st_dev leads to /sys/dev/block/MAJ:MIN: LUKS directly, LVM on LUKS, and a plain disk.
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    st_dev = os.stat(datadir).st_dev
+    sys_root = tmp_path / "sys"
+    (sys_root / "dev" / "block").mkdir(parents=True)
+    link = sys_root / "dev" / "block" / f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    _sys_block(sys_root, "sdb1")
+    _sys_block(sys_root, "dm-0", "CRYPT-LUKS2-abc-data")
+    _sys_block(sys_root, "dm-1", "LVM-xyz", slaves=("dm-0",))
+    _sys_block(sys_root, "dm-2", "LVM-plain", slaves=("sdb1",))
+    for name, encrypted in (("dm-0", True), ("dm-1", True), ("dm-2", False), ("sdb1", False)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(sys_root / "class" / "block" / name)
+        assert verify.device_encrypted_under(datadir, sys_root=sys_root) is encrypted, name
+
+
 # --------------------------------------------------------------------------
 # No SQL path to the key
 # --------------------------------------------------------------------------
