@@ -267,10 +267,16 @@ def negotiated(bed: Testbed) -> dict[str, dict[str, str]]:
     client = sh(bed, second, f"mariadb --defaults-extra-file={PROBE_CNF} -h {address} -N -B -e "
                              "\"SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')\"")
     values = dict(line.split("\t", 1) for line in client.splitlines() if "\t" in line)
-    galera = sh(bed, second, f"openssl s_client -brief -connect {address}:4567 -CAfile {CA_CERT_PATH} "
-                             f"-cert {CERT_PATH} -key {KEY_PATH} </dev/null 2>&1; true", timeout=60)
+    s_client = (f"openssl s_client -brief -connect {address}:4567 -CAfile {CA_CERT_PATH} -cert {CERT_PATH} "
+                f"-key {KEY_PATH}")
+    galera = {"offering 1.2 and 1.3": parse_s_client(sh(bed, second, f"{s_client} </dev/null 2>&1; true", 60))}
+    # Offering one version only shows whether the Galera port still accepts it (an empty entry: refused).
+    for version in TLS_VERSION_CHOICES:
+        flag = "-tls" + version.replace(".", "_")
+        galera[f"offering {version} only"] = parse_s_client(sh(bed, second, f"{s_client} {flag} </dev/null 2>&1; "
+                                                                            "true", 60))
     return {"clients": {"protocol": values.get("Ssl_version", ""), "cipher": values.get("Ssl_cipher", "")},
-            "galera": parse_s_client(galera)}
+            "galera": galera}
 
 
 def prepare_probe_user(bed: Testbed) -> None:
