@@ -131,21 +131,21 @@ bench: deps
 	$(if $(findstring program,$(PARTS)),$(PY) -m bench.program_eval &&) \
 	$(PY) -m bench.plots
 
-# Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only.
+# Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only (ARGS="--runs 3").
 bench-demo: deps
-	$(PY) bench/demo_timing.py $(if $(filter 0,$(COLD)),--warm-only)
+	$(PY) -m bench.demo_timing $(if $(filter 0,$(COLD)),--warm-only) $(ARGS)
 
 # What TLS costs Galera replication, side by side (bench/tls_replication.py; ARGS="--repeats 5").
 bench-tls: deps
-	$(PY) bench/tls_replication.py $(ARGS)
+	$(PY) -m bench.tls_replication $(ARGS)
 
 # Testbed cold build, warm 3-node start, the unwrap's share of a start (bench/node_start.py; ARGS="--cold").
 bench-node-start: deps
-	$(PY) bench/node_start.py $(ARGS)
+	$(PY) -m bench.node_start $(ARGS)
 
 # The program under mocks for 3, 9 and 27 nodes: time, memory, user-data size (bench/program_scale.py).
 bench-program: venv
-	$(PY) bench/program_scale.py $(ARGS)
+	$(PY) -m bench.program_scale $(ARGS)
 
 # The diagrams in docs/ from their .dot sources (graphviz); tests/unit/test_diagrams.py checks they are current.
 docs: venv

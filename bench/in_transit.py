@@ -17,7 +17,21 @@ Per run: TPS (and MB/s of row data for the probes) and the ``mariadbd`` CPU-seco
 transactions summed over the cluster's three nodes (/proc). Also the cipher each Galera link negotiated
 (from the error log). Prints progress and a summary, writes JSON; asserts nothing; needs root.
 
-    python -m bench.in_transit [--rounds 7] [--seconds 12] [--threads 1,4,16] [--probes small,large] [--json FILE]
+``--tls-versions 1.2,1.3`` replaces the one TLS variant with one per protocol version, ``tls-v1.2`` and
+``tls-v1.3``, each against the same plaintext cluster. The stack config has no key for the version, so the
+TLS cluster is switched between them in place: OpenSSL's own configuration (``OPENSSL_CONF`` for
+mariadb.service, a systemd drop-in) limits every TLS context in ``mariadbd`` to that version, Galera's
+links included (Galera 4 has a cipher-list option, ``socket.ssl_cipher``, but none for the protocol; the
+list does not touch TLS 1.3's suites), and the SST's socat, which ``mariadbd`` starts, inherits it;
+``tls_version`` in the node's file is set to the same version for client connections. The nodes restart
+one at a time, each Synced before the next, twice per switch (through both versions allowed, since a node
+pinned to one cannot join nodes pinned to the other), once per round at most: the variants' order is
+reversed every other round, so a round starts with the version the last one ended with. Per variant,
+what each channel negotiated (``Ssl_version``/``Ssl_cipher`` of a TCP client; ``openssl s_client``
+against a Galera port) goes into the JSON.
+
+    python -m bench.in_transit [--rounds 7] [--seconds 12] [--threads 1,4,16] [--probes small,large] \
+        [--tls-versions 1.2,1.3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,8 +48,10 @@ from pathlib import Path
 
 from bench.single_node import _TX, BENCH_PACKAGES, CLK_TCK, _cpu_ticks, machine
 from bench.stats import compare, per_thousand
+from components.node_files import MYCNF_NODE_PATH
+from components.tls_material import CA_CERT_PATH, CERT_PATH, KEY_PATH
 from rehearsal.kms_server import KmsServer
-from rehearsal.mariadb_on_host import join, status, stop, tmp_on_disk
+from rehearsal.mariadb_on_host import check, join, status, stop, tmp_on_disk, wait_synced
 from rehearsal.runner import TLS_OFF, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import Settings, Testbed, TestbedError
 
@@ -43,6 +59,62 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = {"plain": ("p1", "p2", "p3"), "tls": ("t1", "t2", "t3")}
 SOCKET = "/run/mysqld/mysqld.sock"
 _CIPHER = re.compile(r"cipher: (\S+)")
+
+
+TLS_VERSION_CHOICES = ("1.2", "1.3")
+OPENSSL_CONF_PATH = "/etc/mysql/bench-openssl.cnf"
+DROP_IN_PATH = "/etc/systemd/system/mariadb.service.d/bench-tls-version.conf"
+_TLS_VERSION_LINE = re.compile(r"^tls_version\s*=.*$", re.M)
+
+
+def parse_tls_versions(text: str) -> tuple[str, ...]:
+    """``--tls-versions``: "1.2,1.3" -> ("1.2", "1.3"); empty for none. Anything else names what is allowed."""
+    versions = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in versions if v not in TLS_VERSION_CHOICES]
+    if unknown or len(set(versions)) != len(versions):
+        raise ValueError(f"--tls-versions {text!r}: each of {', '.join(TLS_VERSION_CHOICES)} at most once")
+    return versions
+
+
+def tls_variants(versions: tuple[str, ...]) -> tuple[str, ...]:
+    """The variants measured: plaintext first (the baseline), then TLS as deployed or one per pinned version."""
+    return ("plain", *(f"tls-v{v}" for v in versions)) if versions else ("plain", "tls")
+
+
+def openssl_conf(version: str | None) -> str:
+    """An OpenSSL configuration that allows only protocol ``version`` (1.2 or 1.3) in every TLS context.
+
+    ``None``: both, the range the nodes have without this file. A node pinned to one version cannot meet a
+    node pinned to the other, so the cluster moves between them through this range (``switch_tls_version``).
+    The cipher string is OpenSSL's default for TLS 1.2, as without this file.
+    """
+    if version is not None and version not in TLS_VERSION_CHOICES:
+        raise ValueError(f"TLS version {version!r}: expected one of {TLS_VERSION_CHOICES}")
+    low, high = (f"TLSv{version}", f"TLSv{version}") if version else ("TLSv1.2", "TLSv1.3")
+    return ("# Written by bench/in_transit.py: every TLS context mariadbd makes (clients, Galera, SST's socat).\n"
+            "openssl_conf = openssl_init\n\n[openssl_init]\nssl_conf = ssl_sect\n\n"
+            "[ssl_sect]\nsystem_default = system_default_sect\n\n"
+            f"[system_default_sect]\nMinProtocol = {low}\nMaxProtocol = {high}\n"
+            "CipherString = DEFAULT:@SECLEVEL=2\n")
+
+
+def pin_client_tls_version(node_cnf: str, version: str) -> str:
+    """The node's rendered file with ``tls_version`` set to ``version`` alone (a missing line is an error)."""
+    if version not in TLS_VERSION_CHOICES:
+        raise ValueError(f"TLS version {version!r}: expected one of {TLS_VERSION_CHOICES}")
+    if len(_TLS_VERSION_LINE.findall(node_cnf)) != 1:
+        raise ValueError(f"{MYCNF_NODE_PATH}: expected exactly one tls_version line (is client TLS on?)")
+    return _TLS_VERSION_LINE.sub(f"tls_version = TLSv{version}", node_cnf)
+
+
+def parse_s_client(output: str) -> dict[str, str]:
+    """Protocol and cipher from ``openssl s_client -brief`` (stderr); empty when no handshake completed."""
+    found = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("Protocol version", "Ciphersuite"):
+            found["protocol" if key.strip() == "Protocol version" else "cipher"] = value.strip()
+    return found
 
 
 def sh(bed: Testbed, host: str, script: str, timeout: float = 900) -> str:
@@ -168,30 +240,99 @@ def run_sst(bed: Testbed, kind: str) -> dict[str, object]:
             "tps": 1 / seconds}  # SSTs per second, so its TLS/plaintext ratio reads as the others' do
 
 
+def switch_tls_version(bed: Testbed, version: str, current: str, originals: dict[str, str]) -> None:
+    """The TLS cluster's nodes, one at a time, restarted allowing only TLS ``version`` (``openssl_conf``) and
+    with ``tls_version`` set to it in their own rendered file; each is Synced in a cluster of 3 before the next.
+    From the other pinned version (``current``) the nodes first pass through both versions allowed, since a
+    node pinned to one cannot join nodes pinned to the other."""
+    for allowed in ((None, version) if current and current != version else (version,)):
+        for name in CLUSTERS["tls"]:
+            bed.put_file(name, OPENSSL_CONF_PATH, openssl_conf(allowed))
+            bed.put_file(name, DROP_IN_PATH, f"[Service]\nEnvironment=OPENSSL_CONF={OPENSSL_CONF_PATH}\n")
+            bed.put_file(name, MYCNF_NODE_PATH, pin_client_tls_version(originals[name], version))
+            check(bed, name, "systemctl daemon-reload && systemctl restart mariadb", timeout=900)
+            wait_synced(bed, name, 3, timeout=600)
+
+
+PROBE_USER = "bench_tls_probe"
+PROBE_CNF = "/root/.bench-tls-probe.cnf"
+
+
+def negotiated(bed: Testbed) -> dict[str, dict[str, str]]:
+    """What the TLS cluster's channels negotiate now, seen from its second node towards its first: a TCP client
+    connection (the server's ``Ssl_version``/``Ssl_cipher`` for that session) and a Galera link (``openssl
+    s_client`` with the node's certificate, as a peer connects)."""
+    first, second = CLUSTERS["tls"][:2]
+    address = bed.hosts[first].address
+    client = sh(bed, second, f"mariadb --defaults-extra-file={PROBE_CNF} -h {address} -N -B -e "
+                             "\"SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')\"")
+    values = dict(line.split("\t", 1) for line in client.splitlines() if "\t" in line)
+    s_client = (f"openssl s_client -brief -connect {address}:4567 -CAfile {CA_CERT_PATH} -cert {CERT_PATH} "
+                f"-key {KEY_PATH}")
+    galera = {"offering 1.2 and 1.3": parse_s_client(sh(bed, second, f"{s_client} </dev/null 2>&1; true", 60))}
+    # Offering one version only shows whether the Galera port still accepts it (an empty entry: refused).
+    for version in TLS_VERSION_CHOICES:
+        flag = "-tls" + version.replace(".", "_")
+        galera[f"offering {version} only"] = parse_s_client(sh(bed, second, f"{s_client} {flag} </dev/null 2>&1; "
+                                                                            "true", 60))
+    return {"clients": {"protocol": values.get("Ssl_version", ""), "cipher": values.get("Ssl_cipher", "")},
+            "galera": galera}
+
+
+def prepare_probe_user(bed: Testbed) -> None:
+    """A TCP login that requires TLS, for ``negotiated``; its password is random and lives in a root-only file."""
+    import secrets
+
+    password = secrets.token_hex(16)
+    first, second = CLUSTERS["tls"][:2]
+    check(bed, first, ["mariadb"], input=f"CREATE OR REPLACE USER {PROBE_USER}@'%' IDENTIFIED BY '{password}' "
+                                          "REQUIRE SSL;\n")
+    bed.put_file(second, PROBE_CNF, f"[client]\nuser={PROBE_USER}\npassword={password}\nssl-ca={CA_CERT_PATH}\n"
+                                    "ssl-verify-server-cert\n", mode=0o600)
+
+
 def summarize(runs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Per part, each variant against plaintext; with both TLS versions also TLS 1.3 against TLS 1.2."""
     summary: list[dict[str, object]] = []
     for part in dict.fromkeys(str(r["part"]) for r in runs):
-        def series(kind: str, key: str, part: str = part) -> list[float]:
-            return [float(str(r[key])) for r in sorted((r for r in runs if r["part"] == part and r["variant"] == kind),
-                                                       key=lambda r: int(str(r["round"])))]
-        tps = compare(series("plain", "tps"), series("tls", "tps"))
-        workload = "oltp_write_only" if part.startswith("wo-") else part
-        if part == "sst":
-            summary.append({"part": part, "workload": "sst", "variant": "tls", "speed_ratio": tps.as_dict(),
-                            "seconds_plain": statistics.median(series("plain", "seconds")),
-                            "seconds_tls": statistics.median(series("tls", "seconds"))})
-            print(f"sst: TLS/plaintext speed median {tps.median:.3f} (pairs {tps.minimum:.2f}..{tps.maximum:.2f}); "
-                  f"median seconds plain {summary[-1]['seconds_plain']:.1f} tls {summary[-1]['seconds_tls']:.1f}")
-            continue
-        cpu = compare(series("plain", "cpu_per_1k"), series("tls", "cpu_per_1k"))
-        summary.append({"part": part, "workload": workload, "variant": "tls", "tps_ratio": tps.as_dict(),
-                        "cost_median": tps.cost, "cost_upper95": tps.cost_upper, "cpu_ratio": cpu.as_dict(),
-                        "cpu_per_1k_plain": statistics.median(series("plain", "cpu_per_1k")),
-                        "cpu_per_1k": statistics.median(series("tls", "cpu_per_1k"))})
-        print(f"{part}: TLS/plaintext TPS median {tps.median:.3f} (pairs {tps.minimum:.2f}..{tps.maximum:.2f}, "
-              f"95% CI {tps.ci_low:.3f}..{tps.ci_high:.3f}); CPU-s/1k tx plain "
-              f"{summary[-1]['cpu_per_1k_plain']:.3f} tls {summary[-1]['cpu_per_1k']:.3f} "
-              f"(ratio median {cpu.median:.3f})")
+        variants = list(dict.fromkeys(str(r["variant"]) for r in runs if r["part"] == part))
+        pairs = [("plain", v) for v in variants if v != "plain"]
+        if "tls-v1.2" in variants and "tls-v1.3" in variants:
+            pairs.append(("tls-v1.2", "tls-v1.3"))
+        for base, variant in pairs:
+            summary.extend(summarize_pair(runs, part, base, variant))
+    return summary
+
+
+def summarize_pair(runs: list[dict[str, object]], part: str, base: str, variant: str) -> list[dict[str, object]]:
+    """One comparison: ``variant`` against ``base``, pair by pair (rounds in order)."""
+    summary: list[dict[str, object]] = []
+
+    def series(kind: str, key: str, part: str = part) -> list[float]:
+        return [float(str(r[key])) for r in sorted((r for r in runs if r["part"] == part and r["variant"] == kind),
+                                                   key=lambda r: int(str(r["round"])))]
+    tps = compare(series(base, "tps"), series(variant, "tps"))
+    workload = "oltp_write_only" if part.startswith("wo-") else part
+    if part == "sst":
+        summary.append({"part": part, "workload": "sst", "variant": variant, "baseline": base,
+                        "speed_ratio": tps.as_dict(),
+                        f"seconds_{base}": statistics.median(series(base, "seconds")),
+                        f"seconds_{variant}": statistics.median(series(variant, "seconds"))})
+        print(f"sst: {variant}/{base} speed median {tps.median:.3f} (pairs {tps.minimum:.2f}..{tps.maximum:.2f});"
+              f" median seconds {base} {summary[-1][f'seconds_{base}']:.1f} "
+              f"{variant} {summary[-1][f'seconds_{variant}']:.1f}")
+        return summary
+    cpu = compare(series(base, "cpu_per_1k"), series(variant, "cpu_per_1k"))
+    # "cpu_per_1k_plain" keeps its name for the plain baseline, which the plots and earlier JSON read.
+    summary.append({"part": part, "workload": workload, "variant": variant, "baseline": base,
+                    "tps_ratio": tps.as_dict(),
+                    "cost_median": tps.cost, "cost_upper95": tps.cost_upper, "cpu_ratio": cpu.as_dict(),
+                    f"cpu_per_1k_{base}": statistics.median(series(base, "cpu_per_1k")),
+                    "cpu_per_1k": statistics.median(series(variant, "cpu_per_1k"))})
+    print(f"{part}: {variant}/{base} TPS median {tps.median:.3f} (pairs {tps.minimum:.2f}..{tps.maximum:.2f}, "
+          f"95% CI {tps.ci_low:.3f}..{tps.ci_high:.3f}); CPU-s/1k tx {base} "
+          f"{summary[-1][f'cpu_per_1k_{base}']:.3f} {variant} {summary[-1]['cpu_per_1k']:.3f} "
+          f"(ratio median {cpu.median:.3f})")
     return summary
 
 
@@ -213,6 +354,10 @@ def measure(bed: Testbed, args: argparse.Namespace, chosen: list[Probe], record:
                         "| grep -i 'cipher' | tail -n 50; true")
     record["galera_ciphers"] = sorted(set(_CIPHER.findall(log)))
     print("Galera TLS ciphers seen on t1:", record["galera_ciphers"], flush=True)
+
+    if args.tls_versions:
+        measure_versions(bed, args, chosen, record, runs)
+        return
 
     def rounds(part: str, count: int, one: Callable[[str], dict[str, object]], line: Callable[[dict], str]) -> None:
         for rnd in range(count):
@@ -242,6 +387,44 @@ def measure(bed: Testbed, args: argparse.Namespace, chosen: list[Probe], record:
                          f"({r['mb_per_s']:.1f} MB/s)")
 
 
+def measure_versions(bed: Testbed, args: argparse.Namespace, chosen: list[Probe], record: dict[str, object],
+                     runs: list[dict[str, object]]) -> None:
+    """``--tls-versions``: per round every variant (plaintext and each pinned version) runs every part, in an
+    order reversed every other round; the TLS cluster switches version only when the next variant needs it."""
+    variants = tls_variants(args.tls_versions)
+    originals = {n: bed.read_file(n, MYCNF_NODE_PATH).decode() for n in CLUSTERS["tls"]}
+    prepare_probe_user(bed)
+    seen: dict[str, object] = {"as deployed": negotiated(bed)}
+    record["negotiated"] = seen
+    print("negotiated as deployed:", seen["as deployed"], flush=True)
+    threads = [int(t) for t in args.threads.split(",") if t]
+    run(bed, "plain", 4, 5)  # warm-up
+    current = ""
+    for rnd in range(args.rounds):
+        for variant in (variants if rnd % 2 == 0 else variants[::-1]):
+            kind = "plain" if variant == "plain" else "tls"
+            version = variant.removeprefix("tls-v")
+            if kind == "tls" and version != current:
+                t0 = time.monotonic()
+                switch_tls_version(bed, version, current, originals)
+                current = version
+                print(f"TLS cluster switched to TLS {version} in {time.monotonic() - t0:.0f} s", flush=True)
+                run(bed, "tls", 4, 5)  # warm-up after the restarts
+                if variant not in seen:
+                    seen[variant] = negotiated(bed)
+                    print(f"negotiated under {variant}:", seen[variant], flush=True)
+            parts: list[tuple[str, Callable[[], dict[str, object]]]] = [
+                *((f"wo-{t}t", lambda t=t, k=kind: run(bed, k, t, args.seconds)) for t in threads),
+                *((f"probe-{p.key}", lambda p=p, k=kind: run_probe(bed, k, p)) for p in chosen),
+            ]
+            for part, one in parts:
+                res = one()
+                load = open("/proc/loadavg").read().split()[0]
+                runs.append({"part": part, "round": rnd, "variant": variant, **res, "load1": load})
+                print(f"{part} round {rnd + 1}/{args.rounds} {variant:<8} {float(str(res['tps'])):8.1f} tx/s "
+                      f"{float(str(res['cpu_per_1k'])):.3f} CPU-s/1k tx (3 nodes)  load {load}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -253,13 +436,23 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=150, help="transactions of the 64 KiB probe")
     parser.add_argument("--sst-mb", type=int, default=0, help="MB loaded for the SST part (0: no SST part)")
     parser.add_argument("--sst-rounds", type=int, default=3)
+    parser.add_argument("--tls-versions", default="",
+                        help="e.g. 1.2,1.3: one TLS variant per protocol version instead of TLS as deployed "
+                             "(not with --sst-mb)")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "in_transit.json")
     args = parser.parse_args()
+    try:
+        args.tls_versions = parse_tls_versions(args.tls_versions)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.tls_versions and args.sst_mb:
+        parser.error("--tls-versions measures the sysbench and probe parts; run the SST part on its own")
     probes = {"small": Probe("small", args.small, 100), "large": Probe("large", args.large, 64 * 1024)}
     chosen = [probes[p] for p in args.probes.split(",") if p]
     record: dict[str, object] = {"machine_start": machine(), "goal_ratio": 0.90,
                                  "command": " ".join(sys.argv), "seconds": args.seconds,
-                                 "rounds": args.rounds, "probes": [p.__dict__ for p in chosen]}
+                                 "rounds": args.rounds, "probes": [p.__dict__ for p in chosen],
+                                 "variants": list(tls_variants(args.tls_versions))}
     runs: list[dict[str, object]] = []
     hosts = [*CLUSTERS["plain"], *CLUSTERS["tls"]]
     with Testbed(hosts, settings=Settings.from_env(), repo_packages=BENCH_PACKAGES) as bed:

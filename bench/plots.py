@@ -1,11 +1,13 @@
-"""PNG plots from a side-by-side benchmark's JSON (bench/at_rest.py, bench/in_transit.py).
+"""PNG plots from a side-by-side benchmark's JSON (bench/at_rest.py, bench/in_transit.py, bench/program_eval.py).
 
 Per JSON file, two figures:
 
 - ``<stem>-ratios.png``: for each part, every pair ratio (variant/baseline within a round) as a dot, the
   median as a bar and the bootstrap 95% interval as a whisker, with lines at 1.0 and at the 3% goal;
 - ``<stem>-cpu.png``: the same for mariadbd CPU-seconds per transaction (the goal line mirrored above 1);
-- ``<stem>-rounds.png``: throughput of every run in round order per variant, so drift and pairing show.
+- ``<stem>-rounds.png``: throughput of every run in round order per variant, so drift and pairing show;
+
+and for bench/program_eval.py's JSON one, ``<stem>-cpu.png``: CPU seconds by node count per tree measured.
 
     python -m bench.plots [docs/benchmarks/at_rest.json …] [--out DIR]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,32 @@ def rounds_figure(data: dict[str, Any], title: str) -> Any:
     return fig
 
 
+def program_figure(data: dict[str, Any]) -> Any:
+    """bench/program_eval.py's JSON: process CPU seconds of ``up`` and ``preview`` by node count, per tree, every
+    process's median as a dot and the median over them as a line."""
+    rows = data["rows"]
+    trees = list(data.get("trees") or dict.fromkeys(r.get("tree", "") for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for ax, mode in zip(axes, ("up", "preview"), strict=True):
+        for i, tree in enumerate(trees):
+            mine = [r for r in rows if r.get("tree", "") == tree]
+            sizes = sorted({r["nodes"] for r in mine})
+            ax.scatter([r["nodes"] + (i - 0.5) * 0.3 for r in mine], [r[f"{mode}_cpu_s"] for r in mine],
+                       s=14, alpha=0.7, color=f"C{i}")
+            medians = [statistics.median(r[f"{mode}_cpu_s"] for r in mine if r["nodes"] == n) for n in sizes]
+            ax.plot(sizes, medians, marker="o", color=f"C{i}", label=tree)
+        ax.axhline(1.0, color="tab:green", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{mode}", fontsize=9)
+        ax.set_xlabel("nodes")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("process CPU seconds per evaluation")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"program evaluation under mocks ({data.get('date', '')}, load {' '.join(data.get('loadavg', []))})\n"
+                 "dots = each process's median, line = median over processes, dashed = 1 s goal", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", type=Path, nargs="*", help="default: the at-rest and in-transit JSON that exist")
@@ -77,11 +106,19 @@ def main() -> int:
     parser.add_argument("--goal", type=float, default=None,
                         help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
     args = parser.parse_args()
-    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json", BENCH_DIR / "in_transit_probes.json"]
+    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json", BENCH_DIR / "in_transit_probes.json",
+               BENCH_DIR / "in_transit_tls_versions.json", BENCH_DIR / "program_eval.json"]
     for path in args.json or [p for p in default if p.is_file()]:
         data = json.loads(path.read_text())
         out = args.out or path.parent
         out.mkdir(parents=True, exist_ok=True)
+        if "trees" in data:  # bench/program_eval.py
+            target = out / f"{path.stem}-cpu.png"
+            fig = program_figure(data)
+            fig.savefig(target, dpi=110)
+            plt.close(fig)
+            print(target)
+            continue
         goal = args.goal if args.goal is not None else float(data.get("goal_ratio", 0.97))
         figures = (("ratios", ratio_figure(data, path.stem, goal)),
                    ("cpu", ratio_figure(data, path.stem, 2 - goal, key="cpu_ratio")),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
 import logging
 import os
@@ -446,10 +447,13 @@ def record(
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("PULUMI_CONFIG")}
     for k in saved_env:
         del os.environ[k]
+    # The program tunes the garbage collector for its one evaluation; the recording process keeps its own.
+    saved_gc = gc.get_threshold()
     try:
         return contextvars.Context().run(_run_isolated, mocks, dict(config), list(secret_keys), stack, program)
     finally:
         os.environ.update(saved_env)
+        gc.set_threshold(*saved_gc)
 
 
 def _run_isolated(
@@ -462,6 +466,9 @@ def _run_isolated(
     recording = Recording(preview=mocks.preview)
     recorder = OptionsRecorder()
     logger = logging.Logger(f"pulumi-mock-engine-{uuid.uuid4()}")
+    # The SDK logs a few debug lines per resource; below WARNING the handler drops them anyway, so the
+    # logger does too, before making a record of each.
+    logger.setLevel(logging.WARNING)
     logger.addHandler(_ListHandler(recording))
     logger.propagate = False
 

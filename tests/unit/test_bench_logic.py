@@ -115,3 +115,73 @@ def test_probe_script_is_one_autocommit_insert_per_transaction() -> None:
 
 def test_rounds_alternate_the_order() -> None:
     assert [in_transit.alternate(r) for r in range(4)] == [("plain", "tls"), ("tls", "plain")] * 2
+
+
+# --tls-versions of bench/in_transit.py
+
+
+def _client_tls_cnf(clients: bool) -> str:
+    """The [mariadb] group as the program renders it for client TLS on or off."""
+    from components.config.model import TlsConfig
+    from components.mycnf import _section, tls_lines
+
+    return _section("mariadb", ["wsrep_on = ON", *tls_lines(TlsConfig(clients=clients))])
+
+
+def test_tls_versions_are_read_in_order_and_checked() -> None:
+    assert in_transit.parse_tls_versions("1.2,1.3") == ("1.2", "1.3")
+    assert in_transit.parse_tls_versions(" 1.3 ") == ("1.3",)
+    assert in_transit.parse_tls_versions("") == ()
+    for wrong in ("1.1", "1.2,1.2", "TLSv1.3"):
+        with pytest.raises(ValueError, match=r"each of 1\.2, 1\.3 at most once"):
+            in_transit.parse_tls_versions(wrong)
+
+
+def test_tls_variants_replace_the_deployed_tls_variant_by_one_per_version() -> None:
+    assert in_transit.tls_variants(()) == ("plain", "tls")
+    assert in_transit.tls_variants(("1.2", "1.3")) == ("plain", "tls-v1.2", "tls-v1.3")
+
+
+def _protocol_bounds(version: str | None) -> dict[str, str]:
+    import configparser
+
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read_string("[top]\n" + in_transit.openssl_conf(version))
+    assert parsed["top"]["openssl_conf"] == "openssl_init"
+    assert parsed["openssl_init"]["ssl_conf"] == "ssl_sect"
+    assert parsed["ssl_sect"]["system_default"] == "system_default_sect"
+    section = parsed["system_default_sect"]
+    return {k: section[k] for k in ("minprotocol", "maxprotocol") if k in section}
+
+
+def test_openssl_conf_allows_exactly_one_version_or_both_on_the_way_between_them() -> None:
+    assert _protocol_bounds("1.2") == {"minprotocol": "TLSv1.2", "maxprotocol": "TLSv1.2"}
+    assert _protocol_bounds("1.3") == {"minprotocol": "TLSv1.3", "maxprotocol": "TLSv1.3"}
+    assert _protocol_bounds(None) == {"minprotocol": "TLSv1.2", "maxprotocol": "TLSv1.3"}
+    with pytest.raises(ValueError, match="expected one of"):
+        in_transit.openssl_conf("1.1")
+
+
+def test_client_tls_version_is_pinned_in_the_rendered_file_and_nothing_else_changes() -> None:
+    rendered = _client_tls_cnf(clients=True)
+    assert "tls_version = TLSv1.2,TLSv1.3" in rendered
+    pinned = in_transit.pin_client_tls_version(rendered, "1.3")
+    assert "tls_version = TLSv1.3\n" in pinned
+    assert pinned.replace("tls_version = TLSv1.3\n", "") == rendered.replace("tls_version = TLSv1.2,TLSv1.3\n", "")
+
+
+def test_client_tls_version_refuses_a_file_without_client_tls_or_with_two_lines() -> None:
+    with pytest.raises(ValueError, match="exactly one tls_version line"):
+        in_transit.pin_client_tls_version(_client_tls_cnf(clients=False), "1.2")
+    twice = _client_tls_cnf(clients=True) + "tls_version = TLSv1.3\n"
+    with pytest.raises(ValueError, match="exactly one tls_version line"):
+        in_transit.pin_client_tls_version(twice, "1.2")
+
+
+def test_s_client_brief_output_gives_protocol_and_cipher_and_a_failed_handshake_nothing() -> None:
+    ok = ("Connecting to 10.231.28.14\nCONNECTION ESTABLISHED\nProtocol version: TLSv1.2\n"
+          "Ciphersuite: ECDHE-ECDSA-AES256-GCM-SHA384\nPeer certificate: CN = t1\nVerification: OK\nDONE\n")
+    assert in_transit.parse_s_client(ok) == {"protocol": "TLSv1.2", "cipher": "ECDHE-ECDSA-AES256-GCM-SHA384"}
+    failed = ("Connecting to 10.231.28.14\n40D7:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert protocol "
+              "version:../ssl/record/rec_layer_s3.c:1586:SSL alert number 70\n")
+    assert in_transit.parse_s_client(failed) == {}
