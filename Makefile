@@ -83,9 +83,11 @@ reliability: deps
 test-at-rest-full: deps
 	MARIADB_KMS_ATREST_FULL=1 $(PYTEST) -m node tests/node/test_at_rest.py
 
-# Every day-2 scenario on one demo cluster under the bank-transfer load (tests/rehearsal/test_day2_scenarios.py).
+# Every day-2 scenario under the bank-transfer load: tests/rehearsal/test_day2_scenarios.py on one demo
+# cluster, then adding and replacing EC2 nodes (tests/rehearsal/test_day2_replace.py) on another.
 scenarios: deps
 	$(PYTEST) -s tests/rehearsal/test_day2_scenarios.py
+	$(PYTEST) -s tests/rehearsal/test_day2_replace.py
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
@@ -98,7 +100,7 @@ demo-down: venv
 # A later `pulumi up` on the demo's cluster (rehearsal/up.py): CONFIG is a changed copy of
 # Pulumi.rehearsal.yaml; PREVIEW=1 prints the engine's plan and runs nothing.
 demo-up: venv
-	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview)
+	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview) $(if $(REPLACE),--replace $(REPLACE))
 
 # `pulumi destroy` on the demo's stack: its protected resources refuse it; PREVIEW=1 prints the plan only.
 demo-destroy: venv

@@ -483,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_p.add_argument("--config", type=Path, required=True, help="a stack file like Pulumi.rehearsal.yaml")
     up_p.add_argument("--preview", action="store_true", help="print the plan only (pulumi preview)")
     up_p.add_argument("--command-timeout", type=float, default=1800.0, help="give up on one remote command after")
+    up_p.add_argument("--replace", action="append", default=[], metavar="URN",
+                      help="replace this resource (a URN or a name), as `pulumi up --replace`; repeatable")
     destroy_p = sub.add_parser("destroy", help="`pulumi destroy` on the demo's stack (protected resources refuse)")
     destroy_p.add_argument("--preview", action="store_true", help="print the plan only")
     args = parser.parse_args(argv)
@@ -496,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from rehearsal.up import main as up_main
 
-        return up_main(args.config, preview=args.preview, timeout=args.command_timeout)
+        return up_main(args.config, preview=args.preview, timeout=args.command_timeout, replace=args.replace)
     if args.command == "destroy":
         from rehearsal.up import main as up_main
 

@@ -180,8 +180,11 @@ def _resolve_protect(rec: Recording) -> dict[str, bool]:
     return memo
 
 
-def plan_changes(base: Recording, head: Recording) -> list[Change]:
+def plan_changes(base: Recording, head: Recording, replace: Iterable[str] = ()) -> list[Change]:
     """Every resource of either recording with the engine's step for it (sorted by URN).
+
+    ``replace``: URNs named by ``pulumi up --replace``; each is replaced whatever its diff says, and the
+    replacement travels along property dependencies as any other does.
 
     Engine step generation (pulumi/pulumi pkg/resource/deploy/step_generator.go, generateSteps and
     diff): a URN only in the program is a create, one only in the state a delete (after every other
@@ -197,6 +200,7 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
     new = {r.urn: r for r in head.resources}
     protect_new, protect_old = _resolve_protect(head), _resolve_protect(base)
     changes: dict[str, Change] = {}
+    targeted = set(replace)
 
     for urn in sorted(set(old) - set(new)):
         r = old[urn]
@@ -227,9 +231,11 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
             diff = sorted(set(diff) | set(via))
             forced, rule_unknown = replace_keys(n.type, diff, roc)
             action: Action = "same" if not diff else ("replace" if forced else "update")
+            if urn in targeted:
+                action = "replace"
             if action == "replace":
                 replaced.add(urn)
-            notes: list[str] = []
+            notes: list[str] = ["targeted by --replace"] if urn in targeted else []
             kept: tuple[str, ...] = ()
             if action == "replace" and ignore:
                 # On a replacement the engine keeps the ignored inputs' old values
