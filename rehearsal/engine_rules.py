@@ -224,10 +224,12 @@ def plan_changes(base: Recording, head: Recording, replace: Iterable[str] = ()) 
                 continue
             diff = changed_inputs(o.inputs, n.inputs, ignore)
             ignored = {camel(top_level(p)) for p in ignore}
-            via = sorted(
-                k for k, deps in n.property_dependencies.items()
-                if k not in ignored and set(deps) & (replaced | {u for u, c in changes.items() if c.action == "create"})
-            )
+            # Only a replacement's outputs stand for unknowns here: the recording answers a replaced resource as
+            # the state did (the same instance id, say), while the real one gets new outputs. A created
+            # resource's outputs are recorded as the up would see them (a new node's address), and the engine
+            # diffs the inputs of what depends on it by value once it exists (a `pulumi preview`, before it
+            # exists, shows those dependents as changing).
+            via = sorted(k for k, deps in n.property_dependencies.items() if k not in ignored and set(deps) & replaced)
             diff = sorted(set(diff) | set(via))
             forced, rule_unknown = replace_keys(n.type, diff, roc)
             action: Action = "same" if not diff else ("replace" if forced else "update")

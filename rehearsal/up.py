@@ -217,6 +217,8 @@ def why(change: Change) -> str:
             parts.append("unknown until a replacement runs: " + ", ".join(change.unknown_via))
         if change.delete_before_replace and change.action == "replace":
             parts.append("delete before replace")
+    if change.action == "replace" and change.delete_before_replace and not change.changed:
+        parts.append("delete before replace")
     if change.rule_unknown:
         parts.append("(no replacement rule for this type: shown as an update)")
     parts += list(change.notes)
