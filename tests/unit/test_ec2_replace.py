@@ -171,3 +171,18 @@ def test_replace_names_a_urn_or_a_resource_name_and_refuses_others() -> None:
 def test_a_new_instance_gets_a_new_id_and_names_its_ami() -> None:
     first, second = meta_data("rpd-aws-a", "aws-a", NEW_AMI), meta_data("rpd-aws-a", "aws-a", NEW_AMI)
     assert first != second and f"ami-id: {NEW_AMI}" in first and "local-hostname: aws-a" in first
+
+
+def test_what_depends_on_a_created_resource_is_diffed_by_value() -> None:
+    from test_engine_rules import command, res
+
+    eni = res("aws:ec2/networkInterface:NetworkInterface", "new-eni", {"subnetId": "subnet-1"})
+    same = command("roll", triggers=["digest-1"], deps={"triggers": ("urn:new-eni",)})
+    changes = by_name(plan_changes(Recording(preview=False, resources=[same]),
+                                   Recording(preview=False, resources=[eni, same])))
+    assert changes["new-eni"].action == "create" and changes["roll"].action == "same"
+    # Control: the same dependency with a value that changed is a replacement.
+    moved = command("roll", triggers=["digest-2"], deps={"triggers": ("urn:new-eni",)})
+    changes = by_name(plan_changes(Recording(preview=False, resources=[same]),
+                                   Recording(preview=False, resources=[eni, moved])))
+    assert changes["roll"].action == "replace"
