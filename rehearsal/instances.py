@@ -23,6 +23,7 @@ bound at boot, before cloud-init runs, where EBS would attach it a little later
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 
 from rehearsal import TestbedError, say
 from rehearsal.engine_rules import camel, top_level
-from rehearsal.recorder import RegisteredResource
+from rehearsal.recorder import Recording, RegisteredResource
 from rehearsal.testbed import Testbed
 
 AMI_META_KEY = "ami-id"  # the AMI stand-in in the seed's meta-data (cloud-init: ds.meta_data)
@@ -55,6 +56,28 @@ def engine_inputs(old: RegisteredResource | None, new: RegisteredResource) -> di
         if key in old.inputs:
             inputs[key] = old.inputs[key]
     return inputs
+
+
+def engine_state(base: Recording, head: Recording) -> Recording:
+    """What the stack's state holds after an up: the program's registrations with the engine's inputs.
+
+    A resource the state held keeps the state's value of each ignored input (``engine_inputs``), in its
+    inputs and its outputs alike: the next up diffs against those, so a node's own ``amiId`` that differs
+    from the AMI it was launched with is a change even if the cluster's ``amiId`` already named it.
+    """
+    old = {r.urn: r for r in base.resources}
+    out: list[RegisteredResource] = []
+    for r in head.resources:
+        before = old.get(r.urn)
+        if before is None or r.options is None or not r.options.ignore_changes:
+            out.append(r)
+            continue
+        state = dict(r.state)
+        for key in {camel(top_level(p)) for p in r.options.ignore_changes} & set(before.inputs):
+            if key in state:
+                state[key] = before.state.get(key, before.inputs[key])
+        out.append(dataclasses.replace(r, inputs=engine_inputs(before, r), state=state))
+    return dataclasses.replace(head, resources=out)
 
 
 def meta_data(machine: str, hostname: str, ami: str) -> str:

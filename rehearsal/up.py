@@ -55,7 +55,7 @@ from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID, random_secret_access_key
 from rehearsal.emulator import EmulatedMocks, KmsEmulator, emulator_credentials, generated_access_key_id
 from rehearsal.engine_rules import Change, blocking, plain, plan_changes, remote_runs
-from rehearsal.instances import engine_inputs, meta_data, replace_host
+from rehearsal.instances import engine_inputs, engine_state, meta_data, replace_host
 from rehearsal.kms_server import DEFAULT_PORT as KMS_PORT
 from rehearsal.plan import RecordedCommand, closure, recorded_commands
 from rehearsal.recorder import Computed, Recording, RegisteredResource, Types, config_for_pulumi, record
@@ -711,8 +711,8 @@ def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool 
         tb._save_state()
         nodes = {**state.nodes, **completed.nodes}
         host_keys = {**state.host_keys, **{k: v[1] for k, v in completed.new_host_keys.items()}}
-        save(RehearsalState.from_recording(head, config=completed.config, region=region, nodes=nodes,
-                                           host_keys=host_keys, ups=state.ups + 1), directory)
+        save(RehearsalState.from_recording(engine_state(base, head), config=completed.config, region=region,
+                                           nodes=nodes, host_keys=host_keys, ups=state.ups + 1), directory)
         executor.executed.seconds = round(time.monotonic() - started, 1)
         say(f"up: done in {executor.executed.seconds:.0f}s: {len(executor.executed.steps)} script(s) ran"
             + (f", booted {', '.join(executor.executed.booted)}" if executor.executed.booted else "")

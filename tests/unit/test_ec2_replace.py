@@ -186,3 +186,19 @@ def test_what_depends_on_a_created_resource_is_diffed_by_value() -> None:
     changes = by_name(plan_changes(Recording(preview=False, resources=[same]),
                                    Recording(preview=False, resources=[eni, moved])))
     assert changes["roll"].action == "replace"
+
+
+def test_the_state_after_an_up_keeps_the_ignored_inputs_old_values() -> None:
+    from rehearsal.instances import engine_state
+
+    base = run()
+    head = run(full_config(amiId=NEW_AMI))
+    saved = engine_state(base, head)
+    urn = instance_urn(head, "aws-a")
+    assert saved.by_urn(urn).inputs["ami"] == "ami-0abcdef1234567890"
+    # So a node's own amiId naming the newer AMI is a change against that state, and replaces the node.
+    changes = by_name(plan_changes(saved, run(with_node_ami(full_config(amiId=NEW_AMI), "aws-a", NEW_AMI))))
+    assert changes["aws-a-instance"].action == "replace"
+    # Control: the program's inputs saved as they are would hide it.
+    changes = by_name(plan_changes(head, run(with_node_ami(full_config(amiId=NEW_AMI), "aws-a", NEW_AMI))))
+    assert changes["aws-a-instance"].action == "same"
