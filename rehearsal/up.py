@@ -332,9 +332,9 @@ def forward_steps(changes: Sequence[Change], head: Recording, nodes: Mapping[str
             # delete_before_replace on the instance and on its volume attachment (which names the instance id,
             # so it is replaced with it): one host action, in the instance's place in the dependency order.
             node = res.parent_urn.split("::")[-1]
-            sent = engine_inputs(_in(base, res.urn), res)
-            user_data = ov.user_data(decode_user_data(str(plain(sent["userDataBase64"]))), ov_settings)
-            launch = {"user_data": user_data, "ami": str(plain(sent["ami"]))}
+            given = engine_inputs(_in(base, res.urn), res)
+            user_data = ov.user_data(decode_user_data(str(plain(given["userDataBase64"]))), ov_settings)
+            launch = {"user_data": user_data, "ami": str(plain(given["ami"]))}
             steps.append(Step(res.name, res.urn, node, change.action, [Run("replace-host", None, launch=launch)]))
     return steps
 
