@@ -83,10 +83,12 @@ reliability: deps
 test-at-rest-full: deps
 	MARIADB_KMS_ATREST_FULL=1 $(PYTEST) -m node tests/node/test_at_rest.py
 
-# Every day-2 scenario on one demo cluster under the bank-transfer load (tests/rehearsal/test_day2_scenarios.py),
-# then the login-key rotation and the retirement on another (tests/rehearsal/test_lifecycle_scenarios.py).
+# Every day-2 scenario under the bank-transfer load: tests/rehearsal/test_day2_scenarios.py on one demo
+# cluster; adding and replacing EC2 nodes (tests/rehearsal/test_day2_replace.py) on another; then the login-key
+# rotation and the retirement (tests/rehearsal/test_lifecycle_scenarios.py).
 scenarios: deps
 	$(PYTEST) -s tests/rehearsal/test_day2_scenarios.py tests/rehearsal/test_lifecycle_scenarios.py
+	$(PYTEST) -s tests/rehearsal/test_day2_replace.py
 
 # The whole deployment rehearsed on this machine (rehearsal/demo.py); NODES=5 for another node count.
 # It leaves the cluster running; `make demo-down` removes it (also after a failed or interrupted run).
@@ -100,7 +102,7 @@ demo-down: venv
 # Pulumi.rehearsal.yaml; PREVIEW=1 prints the engine's plan and runs nothing.
 # SSH_KEY=FILE (0600): a new login key, as `pulumi config set --secret sshPrivateKey` (docs/runbooks/credentials.md).
 demo-up: venv
-	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview) $(if $(SSH_KEY),--ssh-private-key $(SSH_KEY))
+	$(PY) -m rehearsal up --config $(CONFIG) $(if $(PREVIEW),--preview) $(if $(SSH_KEY),--ssh-private-key $(SSH_KEY)) $(if $(REPLACE),--replace $(REPLACE))
 
 # `pulumi destroy` on the demo's stack: its protected resources refuse it; PREVIEW=1 prints the plan only.
 demo-destroy: venv

@@ -18,7 +18,14 @@ Why it is shaped like this:
   from replacing instances too. Changes reach nodes over SSH, one at a time.
 - The AMI is pinned in config, and later changes to it are ignored for the
   same reason: a new ``amiId`` would replace every instance at once. It
-  applies to nodes created afterwards.
+  applies to nodes created afterwards. A replacement (``pulumi up --replace``)
+  would not take it either: the engine creates a replacement with the state's
+  value of every ignored input. So a node may carry its own ``amiId``: its
+  instance then does not ignore ``ami``, and a change of it replaces that node
+  alone, launched from the new AMI (a rolling replace, one node per up). The
+  user-data stays ignored, so the replacement boots the user-data of the
+  node's first launch, and the SSH path brings the node up to date from there
+  (docs/runbooks/day-2.md says when that first user-data no longer suffices).
 - ``instanceType`` is ignored after launch too: pulumi-aws applies it by a
   stop and a start, to every changed instance at once. The cluster applies it
   one node at a time instead (``components/instance_type_provider.py``).
@@ -87,7 +94,7 @@ class Ec2Node(pulumi.ComponentResource):
         runs agree. ``kms_path``: what the node's way to KMS needs (a VPC endpoint the program makes);
         the SSH path waits for it, since the install unwraps the key."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        ami_id = cluster.network.ami_id
+        ami_id = node.ami_id or cluster.network.ami_id
         if ami_id is None:
             raise ValueError("EC2 nodes need a pinned AMI (amiId)")
         if cluster.ssh_authorized_key is None:
@@ -178,7 +185,8 @@ class Ec2Node(pulumi.ComponentResource):
                 delete_before_replace=True,
                 # instanceType: pulumi-aws would stop and start every changed instance at once; the cluster's
                 # InstanceTypeResource applies it one node at a time (components/instance_type_provider.py).
-                ignore_changes=["ami", "userDataBase64", "instanceType"],
+                # ami: unless the node names its own (a rolling replace); see the module docstring.
+                ignore_changes=[*([] if node.ami_id else ["ami"]), "userDataBase64", "instanceType"],
                 additional_secret_outputs=["userData", "userDataBase64"],
             ),
         )

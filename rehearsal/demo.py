@@ -483,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_p.add_argument("--config", type=Path, required=True, help="a stack file like Pulumi.rehearsal.yaml")
     up_p.add_argument("--preview", action="store_true", help="print the plan only (pulumi preview)")
     up_p.add_argument("--command-timeout", type=float, default=1800.0, help="give up on one remote command after")
+    up_p.add_argument("--replace", action="append", default=[], metavar="URN",
+                      help="replace this resource (a URN or a name), as `pulumi up --replace`; repeatable")
     up_p.add_argument("--ssh-private-key", type=Path, default=None,
                       help="a new login key (a 0600 file): `pulumi config set --secret sshPrivateKey`, rehearsed")
     state_p = sub.add_parser("state", help="`pulumi state` on the demo's stack: list protected URNs, unprotect")
@@ -503,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rehearsal.up import main as up_main
 
         return up_main(args.config, preview=args.preview, timeout=args.command_timeout,
-                       ssh_private_key=args.ssh_private_key)
+                       ssh_private_key=args.ssh_private_key, replace=args.replace)
     if args.command == "state":
         from rehearsal.state import NoState, state_main
 

@@ -241,8 +241,11 @@ def resolve_protect(rec: Recording) -> dict[str, bool]:
     return memo
 
 
-def plan_changes(base: Recording, head: Recording) -> list[Change]:
+def plan_changes(base: Recording, head: Recording, replace: Iterable[str] = ()) -> list[Change]:
     """Every resource of either recording with the engine's step for it (sorted by URN).
+
+    ``replace``: URNs named by ``pulumi up --replace``; each is replaced whatever its diff says, and the
+    replacement travels along property dependencies as any other does.
 
     Engine step generation (pulumi/pulumi pkg/resource/deploy/step_generator.go, generateSteps and
     diff): a URN only in the program is a create, one only in the state a delete (after every other
@@ -258,6 +261,7 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
     new = {r.urn: r for r in head.resources}
     protect_new, protect_old = resolve_protect(head), resolve_protect(base)
     changes: dict[str, Change] = {}
+    targeted = set(replace)
 
     for urn in sorted(set(old) - set(new)):
         r = old[urn]
@@ -281,17 +285,21 @@ def plan_changes(base: Recording, head: Recording) -> list[Change]:
                 continue
             diff = changed_inputs(o.inputs, n.inputs, ignore)
             ignored = {camel(top_level(p)) for p in ignore}
-            via = sorted(
-                k for k, deps in n.property_dependencies.items()
-                if k not in ignored and set(deps) & (replaced | {u for u, c in changes.items() if c.action == "create"})
-            )
+            # Only a replacement's outputs stand for unknowns here: the recording answers a replaced resource as
+            # the state did (the same instance id, say), while the real one gets new outputs. A created
+            # resource's outputs are recorded as the up would see them (a new node's address), and the engine
+            # diffs the inputs of what depends on it by value once it exists (a `pulumi preview`, before it
+            # exists, shows those dependents as changing).
+            via = sorted(k for k, deps in n.property_dependencies.items() if k not in ignored and set(deps) & replaced)
             diff = sorted(set(diff) | set(via))
             forced, rule_unknown = replace_keys(n.type, diff, roc)
             forced = sorted(set(forced) | set(nested_replace_keys(n.type, o.inputs, n.inputs, diff)))
             action: Action = "same" if not diff else ("replace" if forced else "update")
+            if urn in targeted:
+                action = "replace"
             if action == "replace":
                 replaced.add(urn)
-            notes: list[str] = []
+            notes: list[str] = ["targeted by --replace"] if urn in targeted else []
             kept: tuple[str, ...] = ()
             if action == "replace" and ignore:
                 # On a replacement the engine keeps the ignored inputs' old values

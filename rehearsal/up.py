@@ -51,6 +51,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from components.cloud_config import decode_user_data
 from components.config import parse_config
 from components.node_files import CREDENTIALS_PATH
 from rehearsal import TestbedError, file_lock, run, say
@@ -58,6 +59,7 @@ from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID, random_secret_access_key
 from rehearsal.emulator import EmulatedMocks, KmsEmulator, emulator_credentials, generated_access_key_id
 from rehearsal.engine_rules import Change, blocking, plain, plan_changes, remote_runs
+from rehearsal.instances import engine_inputs, engine_state, meta_data, replace_host
 from rehearsal.kms_server import DEFAULT_PORT as KMS_PORT
 from rehearsal.plan import RecordedCommand, closure, recorded_commands
 from rehearsal.recorder import Computed, Recording, RegisteredResource, Types, config_for_pulumi, record
@@ -215,7 +217,7 @@ class StateMocks(EmulatedMocks):
 
 
 def record_against(state: RehearsalState, config: Mapping[str, Any], nodes: Mapping[str, NodeHost],
-                   kms_url: str) -> tuple[Recording, list[Change]]:
+                   kms_url: str, replace: Sequence[str] = ()) -> tuple[Recording, list[Change]]:
     """The program's recording for ``config`` and the engine's plan against the state.
 
     Twice when something is replaced: a replacement's new outputs (a new certificate, a new instance id) are
@@ -234,7 +236,7 @@ def record_against(state: RehearsalState, config: Mapping[str, Any], nodes: Mapp
             rec = record(mocks, flat, secret_keys, stack=STACK)
         if rec.exception is not None or rec.errors:
             raise UpFailed(f"the program failed under mocks: {rec.exception!r}; errors: {rec.errors}")
-        changes = plan_changes(base, rec)
+        changes = plan_changes(base, rec, replace)
         replaced = {(c.type, c.name) for c in changes if c.action == "replace"}
         if replaced <= fresh:
             return rec, changes
@@ -265,6 +267,8 @@ def why(change: Change) -> str:
             parts.append("unknown until a replacement runs: " + ", ".join(change.unknown_via))
         if change.delete_before_replace and change.action == "replace":
             parts.append("delete before replace")
+    if change.action == "replace" and change.delete_before_replace and not change.changed:
+        parts.append("delete before replace")
     if change.rule_unknown:
         parts.append("(no replacement rule for this type: shown as an update)")
     parts += list(change.notes)
@@ -309,9 +313,10 @@ def print_plan(changes: Sequence[Change], console: Console) -> None:
 class Run:
     """One script of one resource on one host."""
 
-    script: str  # "create", "update", "delete", "stop-start"
+    script: str  # "create", "update", "delete", "stop-start", "power-off", "replace-host"
     command: RecordedCommand | None  # None for a host action
     stdin: str | None = None
+    launch: Mapping[str, str] = field(default_factory=dict)  # replace-host: the new instance's user-data and AMI
 
 
 @dataclass
@@ -329,6 +334,7 @@ class Executed:
 
     steps: list[str] = field(default_factory=list)  # "name:script", in the order they finished
     booted: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # nodes whose instance was replaced
     powered_off: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
@@ -370,11 +376,39 @@ def forward_steps(changes: Sequence[Change], head: Recording, nodes: Mapping[str
                 steps.append(Step(res.name, res.urn, _node_of(cmd.host, nodes), change.action, runs))
         elif res.type == INSTANCE_TYPE and change.action == "update":
             node = res.parent_urn.split("::")[-1]
-            steps.append(Step(res.name, res.urn, node, change.action, [Run("stop-start", None)]))
+            if _retypes(res, head, base, by_urn):
+                steps.append(Step(res.name, res.urn, node, change.action, [Run("stop-start", None)]))
         elif res.type == Types.EC2_INSTANCE and change.action == "replace":
-            raise UpFailed(f"{res.name}: replacing an EC2 instance is not rehearsed yet "
-                           "(a fresh host with the retained volume re-attached)")
+            # delete_before_replace on the instance and on its volume attachment (which names the instance id,
+            # so it is replaced with it): one host action, in the instance's place in the dependency order.
+            node = res.parent_urn.split("::")[-1]
+            given = engine_inputs(_in(base, res.urn), res)
+            user_data = ov.user_data(decode_user_data(str(plain(given["userDataBase64"]))), ov_settings)
+            launch = {"user_data": user_data, "ami": str(plain(given["ami"]))}
+            steps.append(Step(res.name, res.urn, node, change.action, [Run("replace-host", None, launch=launch)]))
     return steps
+
+
+def _retypes(res: RegisteredResource, head: Recording, base: Recording, by_urn: Mapping[str, Change]) -> bool:
+    """Whether an InstanceType update stops and starts its instance: only when the instance's type differs.
+
+    Its provider (components/instance_type_provider.py) compares the instance's type with the wanted one. An
+    update that only follows a replaced instance (a new instance id) finds the type the engine launched the
+    replacement with: the state's, since the instance ignores instanceType changes.
+    """
+    old = _in(base, res.urn)
+    wanted = plain(res.inputs.get("instance_type"))
+    instance = next((r for r in head.resources if r.type == Types.EC2_INSTANCE and r.parent_urn == res.parent_urn),
+                    None)
+    if instance is not None and by_urn.get(instance.urn, None) is not None \
+            and by_urn[instance.urn].action == "replace":
+        launched = plain(engine_inputs(_in(base, instance.urn), instance).get("instanceType"))
+        return bool(launched != wanted)
+    return old is None or plain(old.inputs.get("instance_type")) != wanted
+
+
+def _in(rec: Recording, urn: str) -> RegisteredResource | None:
+    return next((r for r in rec.resources if r.urn == urn), None)
 
 
 def _stdin(cmd: RecordedCommand, settings: ov.Settings, kinds: Mapping[str, str]) -> str | None:
@@ -481,7 +515,7 @@ class Executor:
                 last = run_one(Sent(r.command, step.node, r.stdin), stop, timeout, abort)
                 last.name = step.name
             else:
-                last = self._host_action(step, r.script, started)
+                last = self._host_action(step, r, started)
             with self._lock:
                 self.executed.outcomes.append(last)
                 if last.ok:
@@ -491,7 +525,8 @@ class Executor:
         last.seconds = time.monotonic() - started
         return last
 
-    def _host_action(self, step: Step, script: str, started: float) -> Outcome:
+    def _host_action(self, step: Step, run_: Run, started: float) -> Outcome:
+        script = run_.script
         outcome = Outcome(name=step.name, node=step.node, create=script, stdin_sha256=None, stdin_bytes=0, rc=None,
                           started=started)
         try:
@@ -499,6 +534,12 @@ class Executor:
                 # pulumi-aws changes an instance's type by stopping it and starting it again.
                 self.testbed.stop(step.node, timeout=120)
                 self.testbed.start(step.node, timeout=300)
+            elif script == "replace-host":
+                replace_host(self.testbed, step.node, user_data=run_.launch["user_data"], ami=run_.launch["ami"],
+                             base_files=base_files(self.testbed, step.node, self._apt_source()))
+                self._after_boot(step.node)
+                with self._lock:
+                    self.executed.replaced.append(step.node)
             elif script == "power-off":
                 self.testbed.stop(step.node, timeout=120)
                 with self._lock:
@@ -507,6 +548,15 @@ class Executor:
         except (TestbedError, OSError) as err:
             outcome.error = str(err)
         return outcome
+
+    def _apt_source(self) -> str:
+        from rehearsal.pkgrepo import APT_SOURCE_PATH
+
+        running = next(h for h in self.testbed.hosts.values() if h.leader_pid)
+        return self.testbed.read_file(running.name, APT_SOURCE_PATH).decode()
+
+    def _after_boot(self, node: str) -> None:
+        after_boot(self.testbed, node, ec2=self.nodes[node].kind == "ec2")
 
     def _progress(self) -> Progress:
         def finished(o: Outcome) -> None:
@@ -560,19 +610,32 @@ def add_host(tb: Testbed, name: str, apt_source: str) -> Host:
     run(["ip", "-n", host.machine, "link", "set", "eth0", "up"])
     run(["ip", "-n", host.machine, "link", "set", "lo", "up"])
     host.upper.mkdir(parents=True)
+    for path, text in base_files(tb, name, apt_source).items():
+        tb._write_upper(host, path, text.encode(), 0o644)
+    return host
+
+
+def base_files(tb: Testbed, name: str, apt_source: str) -> dict[str, str]:
+    """What a host's root disk holds before its first boot: names of the testbed's hosts, the package source."""
     from rehearsal.pkgrepo import APT_SOURCE_PATH
     from rehearsal.testbed import DEBIAN_SOURCES_PATH
+
     hosts_lines = ["127.0.0.1\tlocalhost", "::1\t\tlocalhost ip6-localhost ip6-loopback",
                    f"{tb.bridge_address}\ttestbed-gateway", *(f"{h.address}\t{h.name}" for h in tb.hosts.values())]
-    files = {
+    return {
         "/etc/hosts": "\n".join(hosts_lines) + "\n",
         "/etc/hostname": f"{name}\n",
         DEBIAN_SOURCES_PATH: "# mariadb-kms testbed: no route to the Debian mirrors; see " + APT_SOURCE_PATH + "\n",
         APT_SOURCE_PATH: apt_source,
     }
-    for path, text in files.items():
-        tb._write_upper(host, path, text.encode(), 0o644)
-    return host
+
+
+def after_boot(tb: Testbed, node: str, *, ec2: bool) -> None:
+    """What the testbed gives a host after its first boot, as make demo does (rehearsal/demo.py, boot_hosts)."""
+    tb.put_file(node, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
+    if ec2:
+        tb.put_file(node, CREDENTIALS_PATH,
+                    ov.ec2_credentials(generated_access_key_id(), random_secret_access_key()), 0o600, "root:root")
 
 
 def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, completed: Completed,
@@ -585,6 +648,7 @@ def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, comple
     running = next(h for h in tb.hosts.values() if h.leader_pid)
     apt_source = tb.read_file(running.name, APT_SOURCE_PATH).decode()
     user_data = ec2_user_data(head)
+    launched = {i.parent_urn.split("::")[-1]: str(plain(i.inputs.get("ami"))) for i in head.of_type(Types.EC2_INSTANCE)}
     for n in new:
         host = add_host(tb, n.name, apt_source)
         if host.address != n.address:
@@ -594,7 +658,8 @@ def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, comple
         for name, volume in make_volumes(tb.run_dir, {n.name: n.kind != "ec2"}).items():
             tb.volumes[name] = volume.mount_point
         if n.kind == "ec2":
-            tb.seed(n.name, user_data=ov.user_data(user_data[n.name], ov_settings))
+            tb.seed(n.name, user_data=ov.user_data(user_data[n.name], ov_settings),
+                    meta_data=meta_data(host.machine, n.name, launched[n.name]))
         else:
             private, public = completed.new_host_keys[n.name]
             onprem = next(o for o in completed.config["onPremNodes"] if o["name"] == n.name)
@@ -613,10 +678,7 @@ def boot_new_hosts(tb: Testbed, new: Sequence[NodeHost], head: Recording, comple
             tb.stop(n.name, timeout=120)
         tb.boot([n.name for n in new], timeout=300)
     for n in new:
-        tb.put_file(n.name, ov.DPKG_UNSAFE_IO_PATH, ov.DPKG_UNSAFE_IO, 0o644, "root:root")
-        if n.kind == "ec2":
-            tb.put_file(n.name, CREDENTIALS_PATH,
-                        ov.ec2_credentials(generated_access_key_id(), random_secret_access_key()), 0o600, "root:root")
+        after_boot(tb, n.name, ec2=n.kind == "ec2")
         executed.booted.append(n.name)
 
 
@@ -632,12 +694,36 @@ class UpResult:
     executed: Executed
 
 
+def targets(names: Sequence[str], state: RehearsalState) -> list[str]:
+    """``--replace`` values (a URN, or a resource name as the plan prints it) as URNs of the state's resources."""
+    by_name: dict[str, list[str]] = {}
+    for r in state.resources.values():
+        if r.custom:
+            by_name.setdefault(r.name, []).append(r.urn)
+    urns, unknown = [], []
+    for name in names:
+        if name in state.resources:
+            urns.append(name)
+        elif len(by_name.get(name, [])) == 1:
+            urns.append(by_name[name][0])
+        else:
+            unknown.append(name)
+    if unknown:
+        instances = sorted(r.name for r in state.resources.values() if r.type == Types.EC2_INSTANCE)
+        raise StackError(f"--replace {', '.join(unknown)}: no resource of the stack has that URN or name; "
+                         f"expected a URN or a resource name, e.g. {', '.join(instances) or 'an instance'}")
+    return urns
+
+
 def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool = False,
-       timeout: float = 1800.0, console: Console | None = None, login: str | None = None) -> UpResult:
+       timeout: float = 1800.0, console: Console | None = None, login: str | None = None,
+       replace: Sequence[str] = ()) -> UpResult:
+    """``pulumi up`` with FILE's config; ``replace``: what ``pulumi up --replace`` names (URNs or names)."""
     console = console or Console(stderr=True, highlight=False, width=200)
     started = time.monotonic()
     state = load(directory)
     raw, region = load_file(config_file)
+    replace_urns = targets(replace, state)
     if region != state.region:
         raise StackError(f"aws:region {region}: the stack is in {state.region}")
     with file_lock(settings.run_dir().with_suffix(".lock"), f"testbed {settings.prefix}"):
@@ -648,7 +734,7 @@ def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool 
         new = [n for n in completed.nodes.values() if n.name not in state.nodes and n.address not in known]
         kms_url = f"http://{settings.bridge_address}:{KMS_PORT}"
         all_nodes = {**state.nodes, **completed.nodes}
-        head, changes = record_against(state, completed.config, all_nodes, kms_url)
+        head, changes = record_against(state, completed.config, all_nodes, kms_url, replace_urns)
         print_plan(changes, console)
         refused = blocking(changes)
         if refused:
@@ -676,11 +762,12 @@ def up(config_file: Path, *, settings: Settings, directory: Path, preview: bool 
         tb._save_state()
         nodes = {**state.nodes, **completed.nodes}
         host_keys = {**state.host_keys, **{k: v[1] for k, v in completed.new_host_keys.items()}}
-        save(RehearsalState.from_recording(head, config=completed.config, region=region, nodes=nodes,
-                                           host_keys=host_keys, ups=state.ups + 1), directory)
+        save(RehearsalState.from_recording(engine_state(base, head), config=completed.config, region=region,
+                                           nodes=nodes, host_keys=host_keys, ups=state.ups + 1), directory)
         executor.executed.seconds = round(time.monotonic() - started, 1)
         say(f"up: done in {executor.executed.seconds:.0f}s: {len(executor.executed.steps)} script(s) ran"
             + (f", booted {', '.join(executor.executed.booted)}" if executor.executed.booted else "")
+            + (f", replaced {', '.join(executor.executed.replaced)}" if executor.executed.replaced else "")
             + (f", powered off {', '.join(executor.executed.powered_off)}" if executor.executed.powered_off else ""))
         return UpResult(OK, changes, executor.executed)
 
@@ -722,7 +809,8 @@ def destroy(*, settings: Settings, directory: Path, preview: bool = False,
     return UpResult(OK, changes, executor.executed)
 
 
-def main(config_file: Path | None, *, preview: bool, timeout: float, ssh_private_key: Path | None = None) -> int:
+def main(config_file: Path | None, *, preview: bool, timeout: float, ssh_private_key: Path | None = None,
+         replace: Sequence[str] = ()) -> int:
     from rehearsal.demo import demo_settings, out_dir
     from rehearsal.state import NoState
 
@@ -732,7 +820,7 @@ def main(config_file: Path | None, *, preview: bool, timeout: float, ssh_private
             return destroy(settings=settings, directory=out_dir(settings), preview=preview).rc
         login = read_login_key(ssh_private_key) if ssh_private_key is not None else None
         rc = up(config_file, settings=settings, directory=out_dir(settings), preview=preview, timeout=timeout,
-                login=login).rc
+                login=login, replace=replace).rc
         hint = out_dir(settings) / "ssh"
         if rc == OK and login is not None and not preview and hint.is_dir():
             # make demo's `ssh -i .../ssh/id_ed25519` hint logs in with the stack's key: now the new one.

@@ -21,6 +21,7 @@ class Ec2NodeConfig:
     instance_type: str = field_default(EC2_NODE_FIELDS, "instanceType")
     data_volume_gib: int = field_default(EC2_NODE_FIELDS, "dataVolumeGiB")
     private_ip: str | None = None
+    ami_id: str | None = None  # the node's own AMI; None: the cluster's amiId at launch, ignored afterwards
     decommission: bool = False
     kind: str = "ec2"
 

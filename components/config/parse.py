@@ -272,6 +272,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
                 instance_type=str(d["instanceType"]),
                 data_volume_gib=int(d["dataVolumeGiB"]),
                 private_ip=d["privateIp"],
+                ami_id=d["amiId"] or None,
                 decommission=d["decommission"] is True,
             ),
         )

@@ -93,6 +93,13 @@ EC2_NODE_FIELDS = (
     Field("instanceType", "an EC2 instance type", checks.instance_type, default="t3.medium"),
     Field("dataVolumeGiB", "the data volume's size in GiB", default=50, bounds=Bounds(8, 16384)),
     Field("privateIp", "the node's private IPv4 address inside its subnet", checks.ipv4_address),
+    Field(
+        "amiId",
+        "this node's own AMI: setting or changing it replaces this node alone, launched from that AMI with its "
+        "data volume re-attached (a rolling replace: one node per `pulumi up`); without it the node keeps the "
+        "AMI it was launched with",
+        checks.ami_id,
+    ),
     DECOMMISSION_FIELD,
 )
 ONPREM_NODE_FIELDS = (
