@@ -27,6 +27,7 @@ import pulumi_command as command
 from components.cluster_ca import ClusterCa
 from components.config import ClusterConfig, Ec2NodeConfig, JumpHost, NodeConfig
 from components.encryption_context import cluster_context
+from components.member_firewall import render_member_firewall
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
@@ -124,6 +125,12 @@ class MariaDbCluster(pulumi.ComponentResource):
         members = pulumi.Output.all(*(addresses[n.name] for n in cluster.members)).apply(
             lambda values: [str(v) for v in values]
         )
+        # The Galera ports' allowlist: a leaving node stays in it until it has left (then shut-out).
+        leaving = pulumi.Output.all(*(addresses[n.name] for n in cluster.leaving)).apply(
+            lambda values: [str(v) for v in values]
+        )
+        firewall = pulumi.Output.all(members, leaving).apply(lambda v: render_member_firewall([*v[0], *v[1]]))
+        firewall_closed = members.apply(render_member_firewall)
         self.ca: ClusterCa | None = None
         if cluster.tls.any_channel:
             self.ca = ClusterCa(
@@ -184,6 +191,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 version=version or None,
                 key_digest=key_digest,
                 login_keys=login_keys_stdin(cluster),
+                member_firewall=firewall,
+                member_firewall_closed=firewall_closed,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],
