@@ -337,7 +337,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 key_arn=self._key_arn,
                 data_key_blob=self._blob,
                 instance_profile_name=instance_profile_name,
-                security_group_id=group.id,
+                # A leaving node leaves the node group: its SELF rules would keep admitting it.
+                security_group_id=group.leaving_id if n.decommission and group.leaving_id is not None else group.id,
                 unwrap_conf=unwrap_conf,
                 kms_path=kms_path,
                 opts=child,

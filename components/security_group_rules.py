@@ -114,6 +114,20 @@ def node_security_group_rules(cluster: ClusterConfig) -> tuple[SecurityGroupRule
     return tuple(sorted(rules))
 
 
+def leaving_security_group_rules(cluster: ClusterConfig) -> tuple[SecurityGroupRule, ...]:
+    """The group an EC2 node being decommissioned switches to: SSH from ``adminCidrs``, nothing else.
+
+    Galera has no certificate revocation list, so the leaving instance must leave
+    the node group, whose SELF rules admit every member of it. SSH stays, so the
+    program's steps on that node (its decommission) still run. No egress rule:
+    replies to SSH are tracked, and a leaving node has nothing else to reach.
+    """
+    return tuple(sorted({
+        SecurityGroupRule("ingress", "tcp", SSH_PORT, cidr, "SSH from administrators and the deployer")
+        for cidr in _unique(cluster.network.admin_cidrs)
+    }))
+
+
 def exposure_warnings(cluster: ClusterConfig) -> tuple[str, ...]:
     """One warning per CIDR list that opens a node port to the whole internet."""
     net = cluster.network

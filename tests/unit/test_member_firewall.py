@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mocks import Recording, full_config, run_program
+from mocks import Recording, Types, full_config, run_program
 from remote_plan import command, runs_after, stdin_text
 from test_plan_triggers import NO_TLS
 
@@ -32,6 +32,7 @@ from components.member_firewall import (
 )
 from components.plan import cluster_plan
 from components.security_group_rules import GALERA_PORTS
+from rehearsal.engine_rules import REPLACE_ON
 
 REPO = Path(__file__).resolve().parents[2]
 B_ADDRESS = "10.20.2.10"  # aws-b's privateIp in the test config
@@ -163,7 +164,7 @@ def test_a_decommissioned_node_is_in_no_allowlist_once_it_left(recordings: tuple
         assert B_ADDRESS not in closed and len(closed) == len(MEMBERS)
         assert runs_after(after, f"{n}-ssh-shut-out", "aws-b-ssh-decommission")
         assert runs_after(after, f"{n}-verification-run", f"{n}-ssh-shut-out")
-    names = {r.name for r in after.of_type("command:remote:Command")}
+    names = {r.name for r in after.of_type(Types.REMOTE_COMMAND)}
     assert "aws-b-ssh-member-firewall" not in names and "aws-b-ssh-shut-out" not in names
 
 
@@ -173,7 +174,7 @@ def test_a_node_gone_from_config_is_in_no_allowlist() -> None:
     rec = run_program(cfg, preview=False)
     for n in MEMBERS:
         assert B_ADDRESS not in loaded_by(rec, f"{n}-ssh-member-firewall")
-    assert not [r for r in rec.of_type("command:remote:Command") if r.name.endswith("-ssh-shut-out")]
+    assert not [r for r in rec.of_type(Types.REMOTE_COMMAND) if r.name.endswith("-ssh-shut-out")]
 
 
 # -- the node tool ------------------------------------------------------------------
@@ -240,3 +241,38 @@ def test_load_without_a_kept_ruleset_does_nothing(tmp_path: Path) -> None:
     done = node.run("--load")
     assert done.returncode == 0 and "nothing to load" in done.stdout
     assert (node.state / "log").read_text() == ""
+
+
+# -- the EC2 security groups ----------------------------------------------------------
+
+
+def groups_of(rec: Recording) -> dict[str, str]:
+    """ENI name -> the name of the one security group it carries."""
+    by_id = {g.id: g.name for g in rec.of_type(Types.EC2_SECURITY_GROUP)}
+    out = {}
+    for eni in rec.of_type(Types.EC2_NETWORK_INTERFACE):
+        [group] = eni.input("securityGroups")
+        out[eni.name] = by_id[group]
+    return out
+
+
+def rules_of(rec: Recording, group: str) -> set[tuple[str, int, str]]:
+    [g] = [g for g in rec.of_type(Types.EC2_SECURITY_GROUP) if g.name == group]
+    return {(r.input("ipProtocol"), r.input("fromPort"), r.input("cidrIpv4") or r.input("referencedSecurityGroupId"))
+            for r in (*rec.of_type(Types.SG_INGRESS_RULE), *rec.of_type(Types.SG_EGRESS_RULE))
+            if r.input("securityGroupId") == g.id}
+
+
+def test_a_decommissioned_instance_leaves_the_node_group_for_an_ssh_only_one(
+    recordings: tuple[Recording, Recording]
+) -> None:
+    before, after = recordings
+    # Control: as a member, aws-b's interface is in the node group, whose SELF rules admit every member.
+    assert groups_of(before) == {"aws-a-eni": "cluster-nodes-group", "aws-b-eni": "cluster-nodes-group"}
+    assert not [g for g in before.of_type(Types.EC2_SECURITY_GROUP) if g.name == "cluster-nodes-leaving-group"]
+    assert groups_of(after) == {"aws-a-eni": "cluster-nodes-group", "aws-b-eni": "cluster-nodes-leaving-group"}
+    # Only SSH from adminCidrs (FULL_CONFIG: 198.51.100.0/24): no Galera port, no egress, no self reference.
+    assert rules_of(after, "cluster-nodes-leaving-group") == {("tcp", 22, "198.51.100.0/24")}
+    assert not [r for r in after.of_type(Types.SG_EGRESS_RULE) if "leaving" in r.name]
+    # An in-place update of the interface (the AWS provider replaces it only for subnetId and privateIp).
+    assert "securityGroups" not in REPLACE_ON[Types.EC2_NETWORK_INTERFACE]
