@@ -27,6 +27,7 @@ import pulumi_command as command
 from components.cluster_ca import ClusterCa
 from components.config import ClusterConfig, Ec2NodeConfig, JumpHost, NodeConfig
 from components.encryption_context import cluster_context
+from components.member_firewall import render_member_firewall
 from components.mycnf import GALERA_PORT
 from components.node_files import load_node_files, render_unwrap_conf
 from components.node_path import (
@@ -130,6 +131,12 @@ class MariaDbCluster(pulumi.ComponentResource):
         members = pulumi.Output.all(*(addresses[n.name] for n in cluster.members)).apply(
             lambda values: [str(v) for v in values]
         )
+        # The Galera ports' allowlist: a leaving node stays in it until it has left (then shut-out).
+        leaving = pulumi.Output.all(*(addresses[n.name] for n in cluster.leaving)).apply(
+            lambda values: [str(v) for v in values]
+        )
+        firewall = pulumi.Output.all(members, leaving).apply(lambda v: render_member_firewall([*v[0], *v[1]]))
+        firewall_closed = members.apply(render_member_firewall)
         self.ca: ClusterCa | None = None
         if cluster.tls.any_channel:
             self.ca = ClusterCa(
@@ -190,6 +197,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 version=version or None,
                 key_digest=key_digest,
                 login_keys=login_keys_stdin(cluster),
+                member_firewall=firewall,
+                member_firewall_closed=firewall_closed,
             )
             paths[n.name] = NodeSshPath(
                 f"{n.name}-ssh", connection=connections[n.name], inputs=inputs[n.name],
@@ -334,7 +343,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 key_arn=self._volume_key_arn,
                 data_key_blob=self._blob,
                 instance_profile_name=instance_profile_name,
-                security_group_id=group.id,
+                # A leaving node leaves the node group: its SELF rules would keep admitting it.
+                security_group_id=group.leaving_id if n.decommission and group.leaving_id is not None else group.id,
                 unwrap_conf=unwrap_conf,
                 kms_path=kms_path,
                 opts=child,

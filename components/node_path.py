@@ -140,6 +140,8 @@ class StepInputs:
     version: str | None = None  # mariadbVersion, when set
     key_digest: pulumi.Input[str] | None = None  # of the key ARN and the blob (ciphertext)
     login_keys: str | None = None  # the login user's public keys (sshAuthorizedKey, sshNextAuthorizedKey)
+    member_firewall: pulumi.Input[str] | None = None  # nft ruleset: members and nodes still leaving
+    member_firewall_closed: pulumi.Input[str] | None = None  # nft ruleset: members only
 
     def stdin(self, which: Stdin) -> pulumi.Input[str] | None:
         values: Mapping[Stdin, pulumi.Input[str] | None] = {
@@ -150,6 +152,8 @@ class StepInputs:
             Stdin.CONFIG_FILES: self.config_files,
             Stdin.TLS_FILES: self.tls_files,
             Stdin.LOGIN_KEYS: self.login_keys,
+            Stdin.MEMBER_FIREWALL: self.member_firewall,
+            Stdin.MEMBER_FIREWALL_CLOSED: self.member_firewall_closed,
         }
         return values[which]
 

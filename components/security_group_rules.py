@@ -9,7 +9,10 @@ group, and each rule has a stable logical name derived from what it allows.
 Ingress:
 - 3306/tcp (MariaDB clients) from ``clientCidrs`` only;
 - 4567/tcp+udp (Galera group communication), 4568/tcp (IST) and 4444/tcp (SST)
-  only between members: the group itself and ``onPremCidrs``;
+  only between members: the group itself and each on-prem member's own address
+  (``onprem_member_peers``), so a removed on-prem node's address leaves the
+  group's rules; ``onPremCidrs`` only bounds those addresses (config check),
+  and stands in for them only when a member is given by DNS name;
 - 22/tcp from ``adminCidrs`` only.
 Nothing is open to 0.0.0.0/0 or ::/0 unless a CIDR list says so, and then a
 warning says so too.
@@ -21,7 +24,7 @@ node talks to):
   mirrors;
 - 80/tcp anywhere: Debian's AMIs fetch packages from http mirrors (apt checks
   every package against the signed Release file);
-- the Galera ports to the members (the group itself and ``onPremCidrs``): a
+- the Galera ports to the members (the group itself and the on-prem members): a
   donor connects to a joiner's 4444 (SST) and 4568 (IST), and 4567 runs both ways.
 DNS, NTP and IMDS go to link-local AWS services that security groups do not filter.
 """
@@ -96,10 +99,31 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def onprem_member_peers(cluster: ClusterConfig) -> tuple[str, ...]:
+    """The on-prem members as security-group peers: each one's address as a /32 (/128).
+
+    A member given by DNS name cannot be a rule (AWS takes CIDRs), so then the
+    whole of ``onPremCidrs`` stands in for all of them, as it did before. A node
+    being decommissioned is no member: its address is in no rule. Without
+    ``onPremCidrs`` no on-prem address is admitted: the ranges are the opt-in.
+    """
+    if not cluster.network.onprem_cidrs:
+        return ()
+    members = [n for n in cluster.onprem_nodes if not n.decommission]
+    addresses: list[str] = []
+    for node in members:
+        try:
+            address = ipaddress.ip_address(node.address)
+        except ValueError:
+            return tuple(_unique(cluster.network.onprem_cidrs))
+        addresses.append(str(ipaddress.ip_network(address)))
+    return tuple(_unique(addresses))
+
+
 def node_security_group_rules(cluster: ClusterConfig) -> tuple[SecurityGroupRule, ...]:
     """Every rule of the node security group, sorted, without duplicates."""
     net = cluster.network
-    members = [SELF, *_unique(net.onprem_cidrs)]
+    members = [SELF, *onprem_member_peers(cluster)]
     rules: set[SecurityGroupRule] = set()
     for cidr in _unique(net.client_cidrs):
         rules.add(SecurityGroupRule("ingress", "tcp", MARIADB_PORT, cidr, "MariaDB clients"))
@@ -112,6 +136,20 @@ def node_security_group_rules(cluster: ClusterConfig) -> tuple[SecurityGroupRule
     rules.add(SecurityGroupRule("egress", "tcp", HTTPS_PORT, ANYWHERE_V4, "HTTPS: AWS KMS and package mirrors"))
     rules.add(SecurityGroupRule("egress", "tcp", HTTP_PORT, ANYWHERE_V4, "HTTP: Debian package mirrors (signed)"))
     return tuple(sorted(rules))
+
+
+def leaving_security_group_rules(cluster: ClusterConfig) -> tuple[SecurityGroupRule, ...]:
+    """The group an EC2 node being decommissioned switches to: SSH from ``adminCidrs``, nothing else.
+
+    Galera has no certificate revocation list, so the leaving instance must leave
+    the node group, whose SELF rules admit every member of it. SSH stays, so the
+    program's steps on that node (its decommission) still run. No egress rule:
+    replies to SSH are tracked, and a leaving node has nothing else to reach.
+    """
+    return tuple(sorted({
+        SecurityGroupRule("ingress", "tcp", SSH_PORT, cidr, "SSH from administrators and the deployer")
+        for cidr in _unique(cluster.network.admin_cidrs)
+    }))
 
 
 def exposure_warnings(cluster: ClusterConfig) -> tuple[str, ...]:

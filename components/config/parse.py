@@ -7,6 +7,7 @@ YAML terms, and what was expected; nothing is registered before it passes.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,6 +329,18 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
               "(with allowPlainDatadir: true) when keyManagement is aws-plugin and onPremNodes is not empty: fscrypt "
               "takes its key from kms-envelope's unwrap, which aws-plugin mode does not have (fscrypt is the "
               "default; or set keyManagement to kms-envelope)")
+
+    onprem_ranges = tuple(str(x) for x in v["onPremCidrs"] if checks.is_cidr(x))
+    if ec2 and onprem_ranges:
+        # The EC2 group admits each on-prem member's own address, and only inside these ranges.
+        for path, node in onprem:
+            if checks.is_ip(node.address) and not checks.covered_by(
+                str(ipaddress.ip_network(node.address)), onprem_ranges
+            ):
+                c.bad(f"{path}.address", node.address, "an address inside one of onPremCidrs ("
+                      + ", ".join(onprem_ranges) + "): the EC2 nodes' security group admits on-prem members "
+                      "only there, so add its range there or correct it")
+
     vpc_id = v["vpcId"] or None
     ami_id = v["amiId"] or None
     if ec2 and vpc_id is None:

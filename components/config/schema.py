@@ -387,7 +387,8 @@ SCHEMA: tuple[ConfigKey, ...] = (
     ConfigKey(
         "onPremCidrs",
         "array",
-        "CIDRs of on-prem Galera members, allowed on 4567/4568/4444.",
+        "CIDRs of on-prem Galera members. With EC2 nodes, each member's address must lie inside one; the EC2 "
+        "group admits that address (these ranges, if a member is a DNS name) on 4567/4568/4444.",
         default=[],
         item_check=checks.cidr("192.0.2.0/24"),
     ),

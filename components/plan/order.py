@@ -41,6 +41,10 @@ step                  kinds     what
 ``escrow``            both      a copy of the blob and unwrap.conf (key ARN, region) on the data
                                 volume, beside the datadir (``escrow_command``): the volume
                                 alone plus KMS gives the key back. Again whenever they change.
+``member-firewall``   both      ``mariadb-kms-member-firewall``: the Galera ports admit the
+                                members (and a node still leaving) only; the nft ruleset from
+                                stdin (``components/member_firewall.py``), loaded without a
+                                restart. Before the roll, so a joiner finds every member open.
 ``preflight``         both      ``mariadb-kms-roll --preflight``: ``mariadb-kms-unwrap --check``
                                 with the node's own credentials, retried for a while (a new
                                 access key takes seconds to become valid). Fails the deploy
@@ -80,8 +84,12 @@ the recorded ``depends_on`` carries them; a replayer must keep them):
    verification expects the members only). Its path is ``first-boot`` (EC2),
    ``node-files`` and ``decommission`` (``mariadb-kms-decommission``: leave the
    cluster cleanly, wipe key material, blob and credentials, keep or wipe the
-   data), run after the last member's roll, one leaving node after the other;
-   every verification runs after the last of them.
+   data), run after the last member's roll, one leaving node after the other.
+   Then every member's ``shut-out`` (``mariadb-kms-member-firewall`` with the
+   members-only ruleset) drops the leavers' addresses from its Galera ports:
+   Galera has no certificate revocation list, so this is what shuts them out.
+   Until their leave, members still admit them, so the leave is clean. Every
+   verification runs after the last of these.
 8. An EC2 member's instance type (``instance-type``, no command: a stop, a
    modify and a start when it differs) waits for the previous node's roll and
    for its own install; its configure steps, and so its roll, wait for it. The
@@ -109,6 +117,7 @@ from components.plan.steps import (
     FIRST_BOOT_STEP,
     INSTALL,
     LOGIN_KEYS,
+    MEMBER_FIREWALL,
     ROLL,
     ROLL_TIMEOUT_S,
     TLS_TOOL,
@@ -199,6 +208,7 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
     steps.append(Step(
         "escrow", escrow_command(), Phase.CONFIGURE, triggers=(Trigger.IDENTITY, Trigger.KEY), after=("config",),
     ))
+    steps.append(member_firewall_step())
     before_preflight = "config"
     if cluster.mariadb.version:
         steps.append(upgrade_step(cluster.mariadb.version))
@@ -210,7 +220,7 @@ def node_plan(node: NodeConfig, cluster: ClusterConfig) -> NodePlan:
     ))
     steps.append(Step(
         "roll", f"sudo -n {ROLL} --timeout {ROLL_TIMEOUT_S}", Phase.ROLL, triggers=checks,
-        after=("preflight",), touches_secret=True,
+        after=("preflight", "member-firewall"), touches_secret=True,
     ))
     return NodePlan(node.name, node.kind, tuple(steps))
 
@@ -292,6 +302,30 @@ def decommission_step(cluster: ClusterConfig) -> Step:
     return Step(
         "decommission", f"sudo -n {DECOMMISSION} {data}", Phase.ROLL, triggers=(Trigger.IDENTITY,),
         after=("node-files",), touches_secret=True,
+    )
+
+
+def member_firewall_step() -> Step:
+    """``mariadb-kms-member-firewall``: the Galera ports admit the members and any node still leaving.
+
+    Its input is its stdin (the rendered ruleset), so a new member list re-runs
+    it as an update; nft swaps the table atomically and MariaDB keeps running.
+    A configure step: an existing member admits a new one before that one's
+    roll starts it.
+    """
+    return Step(
+        "member-firewall", f"sudo -n {MEMBER_FIREWALL}", Phase.CONFIGURE, stdin=Stdin.MEMBER_FIREWALL,
+        triggers=(Trigger.IDENTITY,), after=("config",),
+    )
+
+
+def shut_out_step() -> Step:
+    """The members-only ruleset on a member, once every leaving node has left (rule 7): their addresses
+    leave its Galera ports. Only while a node is leaving; the next run's ``member-firewall`` carries the
+    same list."""
+    return Step(
+        "shut-out", f"sudo -n {MEMBER_FIREWALL}", Phase.ROLL, stdin=Stdin.MEMBER_FIREWALL_CLOSED,
+        triggers=(Trigger.IDENTITY,),
     )
 
 
@@ -483,6 +517,8 @@ def cluster_plan(cluster: ClusterConfig) -> Plan:
     for n in cluster.leaving:
         (leave,) = plans[n.name].phase(Phase.ROLL)
         previous_roll = (add(n.name, leave, previous_roll).key,)
+    if cluster.leaving:  # rule 7, after the last leave: the members' Galera ports drop the leavers
+        previous_roll = tuple(add(n.name, shut_out_step(), previous_roll).key for n in order)
 
     # Rule 5: every verification after its own node's roll and the last roll (or leave).
     for n in cluster.members:

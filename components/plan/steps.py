@@ -52,6 +52,7 @@ TLS_TOOL = f"{SBIN}/mariadb-kms-tls"
 DECOMMISSION = f"{SBIN}/mariadb-kms-decommission"
 UPGRADE = f"{SBIN}/mariadb-kms-upgrade"
 LOGIN_KEYS = f"{SBIN}/mariadb-kms-login-keys"
+MEMBER_FIREWALL = f"{SBIN}/mariadb-kms-member-firewall"
 
 ROLL_TIMEOUT_S = 1800  # an SST of a large datadir over a WAN takes a while
 VERIFY_WAIT_S = 600  # InnoDB encryption threads still rotating after a settings change
@@ -78,6 +79,8 @@ class Stdin(Enum):
     CONFIG_FILES = "config-files"
     TLS_FILES = "tls-files"  # the CA certificate, the node's certificate and its private key
     LOGIN_KEYS = "login-keys"  # the login user's public keys, one line each (not secret)
+    MEMBER_FIREWALL = "member-firewall"  # nft ruleset admitting the members and any node still leaving
+    MEMBER_FIREWALL_CLOSED = "member-firewall-closed"  # nft ruleset admitting the members only
 
 
 class Trigger(Enum):

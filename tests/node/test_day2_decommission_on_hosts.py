@@ -56,7 +56,7 @@ def cluster(testbed: Testbed, kms: KmsServer) -> Iterator[Removal]:
 def test_the_update_runs_the_staying_nodes_config_the_removal_and_the_verification_only(cluster: Removal) -> None:
     assert sorted(changed_commands(cluster.first, cluster.smaller)) == sorted([
         *(f"{h}-ssh-config" for h in STAYING), f"{LEAVING}-ssh-decommission",
-        *(f"{h}-verification-run" for h in STAYING),
+        *(f"{h}-ssh-shut-out" for h in STAYING), *(f"{h}-verification-run" for h in STAYING),
     ])
 
 

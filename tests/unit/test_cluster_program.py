@@ -88,9 +88,10 @@ def recorded() -> Iterator[dict[bool, Recording]]:
 def test_every_remote_command_keeps_the_rules(recorded: dict[bool, Recording], preview: bool) -> None:
     rec = recorded[preview]
     commands = remote_commands(rec)
-    # 11 steps per node (EC2: first-boot, on-prem: credentials; both: login-keys, tls, tls-reload), bootstrap,
+    # 12 steps per node (EC2: first-boot, on-prem: credentials; both: login-keys, tls, tls-reload,
+    # member-firewall), bootstrap,
     # verifications.
-    assert len(commands) == 3 * 11 + 1 + 3
+    assert len(commands) == 3 * 12 + 1 + 3
     for res in commands:
         assert res.options is not None
         # Self-contained: one create string run through sudo, nothing from the environment.
@@ -321,8 +322,8 @@ def test_secrets_only_where_they_belong(recorded: dict[bool, Recording]) -> None
                 assert not any(secret in text for secret in PLANTED_SECRETS), (res.name, key)
         stdin = stdin_text(res)
         if stdin is not None and "-ssh-" in res.name and step_of(res) != "first-boot":
-            # The login-keys step reads public key lines, not a put payload.
-            payload = stdin if step_of(res) == "login-keys" else json.dumps(
+            # The login-keys step reads public key lines, the member firewall an nft ruleset: no put payload.
+            payload = stdin if step_of(res) in ("login-keys", "member-firewall") else json.dumps(
                 {k: v[0].decode("latin-1") for k, v in decode_put(stdin).items()}
             )
             assert ssh_key_line not in payload

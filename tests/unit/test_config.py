@@ -491,6 +491,7 @@ EVERY_ERROR: list[tuple[str, dict[str, Any]]] = [
     ("dev", with_(onPremNodes=[5, {"name": "dc-2", "adress": "x"}], sshJumpHost="bastion")),
     ("dev", with_(ec2Nodes=..., vpcId=..., amiId=..., sshAuthorizedKey=..., createKmsVpcEndpoint=True)),
     ("dev", with_(onPremEgressCidrs=["203.0.113.0/28"], onPremNodes=onprem(egressCidr="198.51.100.7/32"))),
+    ("dev", with_(onPremCidrs=["192.0.2.0/24"], onPremNodes=onprem(address="198.18.0.5"))),
     ("dev", with_(tags="team=db")),
     ("dev", with_(tags={**tags(60), "aws:x": None, "owner": True})),
     ("dev", with_(sshAuthorizedKey="ssh-rsa AAAA")),

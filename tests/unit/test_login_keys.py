@@ -160,11 +160,12 @@ def test_the_second_up_re_executes_every_command_but_the_bootstrap_and_restarts_
     assert all(s.runs == ["create"] for s in p.steps)
     per_node = {n: sorted(s for (node, s) in steps(p) if node == n) for n in NODES}
     assert per_node["aws-a"] == sorted(["first-boot", "node-files", "login-keys", "seed", "install", "tls",
-                                        "tls-reload", "config", "escrow", "preflight", "roll",
+                                        "tls-reload", "config", "escrow", "member-firewall", "preflight", "roll",
                                         "verification-run"])
     assert per_node["dc-1"] == sorted(["credentials", "node-files", "login-keys", "seed", "install", "tls",
-                                       "tls-reload", "config", "escrow", "preflight", "roll", "verification-run"])
-    assert len(p.steps) == 36
+                                       "tls-reload", "config", "escrow", "member-firewall", "preflight", "roll",
+                                       "verification-run"])
+    assert len(p.steps) == 39
     assert p.restarts == [] and not p.bootstrap_runs
     # The EC2 instances ignore their user-data (it holds the login key): nothing but commands changes.
     assert p.resources == []

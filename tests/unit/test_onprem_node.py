@@ -68,7 +68,7 @@ def test_components_and_their_children(config: dict[str, Any], preview: bool) ->
         steps = {c.name for c in rec.children_of(path)}
         assert steps == {f"{node.name}-ssh-{k}" for k in
                          ("node-files", "seed", "credentials", "install", "tls", "tls-reload", "config", "escrow",
-                          "preflight", "roll")}
+                          "member-firewall", "preflight", "roll")}
         assert [c.name for c in rec.children_of(verification)] == [f"{node.name}-verification-run"]
     # The one bootstrap belongs to the cluster, not to a node: a new bootstrap node never makes a second one.
     assert [c.name for c in rec.children_of(cluster) if c.type == Types.REMOTE_COMMAND] == ["cluster-bootstrap"]

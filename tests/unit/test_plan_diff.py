@@ -64,8 +64,11 @@ def test_adding_a_node_restarts_nobody() -> None:
     assert p.restarts == []
     assert {k: v for k, v in steps(p).items() if k[0] == "dc-2"} == {
         ("dc-2", s): "create" for s in ("credentials", "node-files", "login-keys", "seed", "install", "tls",
-                                          "tls-reload", "config", "escrow", "preflight", "roll", "verification-run")}
+                                          "tls-reload", "config", "escrow", "member-firewall", "preflight", "roll",
+                                          "verification-run")}
     assert {(n, "config") for n in NODES} <= set(steps(p))
+    # Every existing member admits the new node on its Galera ports (an update: no restart) before dc-2 starts.
+    assert {(n, "member-firewall"): "update" for n in NODES}.items() <= steps(p).items()
     assert not any(k[0] in NODES and k[1] == "roll" for k in steps(p))
     assert not p.bootstrap_runs
     assert p.rolling_order == [*NODES, "dc-2"]

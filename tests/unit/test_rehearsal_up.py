@@ -80,8 +80,8 @@ DC1_KEY = new_ed25519("root@dc-1").public_line
 
 def state_for(config: dict[str, Any]) -> RehearsalState:
     return RehearsalState(config=config, region="eu-west-1", resources={},
-                          nodes={"aws-a": NodeHost("aws-a", "ec2", "10.1.0.11"),
-                                 "dc-1": NodeHost("dc-1", "onprem", "10.1.0.12")},
+                          nodes={"aws-a": NodeHost("aws-a", "ec2", "10.231.9.11"),
+                                 "dc-1": NodeHost("dc-1", "onprem", "10.231.9.12")},
                           host_keys={"dc-1": DC1_KEY})
 
 
@@ -96,9 +96,9 @@ def test_known_nodes_keep_their_hosts_and_a_new_node_gets_the_next_one() -> None
     raw = stack_file()
     raw["onPremNodes"] = [*raw["onPremNodes"], {"name": "dc-2", "sshUser": "deploy"}]
     state = state_for({"sshPrivateKey": LOGIN.private_openssh, "sshAuthorizedKey": LOGIN.public_line})
-    done = complete_config(raw, "eu-west-1", state, lambda i: f"10.1.0.{10 + i}", next_index=3)
-    assert done.nodes["aws-a"].address == "10.1.0.11" and done.nodes["dc-1"].address == "10.1.0.12"
-    assert done.nodes["dc-2"] == NodeHost("dc-2", "onprem", "10.1.0.13")
+    done = complete_config(raw, "eu-west-1", state, lambda i: f"10.231.9.{10 + i}", next_index=3)
+    assert done.nodes["aws-a"].address == "10.231.9.11" and done.nodes["dc-1"].address == "10.231.9.12"
+    assert done.nodes["dc-2"] == NodeHost("dc-2", "onprem", "10.231.9.13")
     by_name = {n["name"]: n for n in done.config["onPremNodes"]}
     assert by_name["dc-1"]["hostKey"] == DC1_KEY
     assert by_name["dc-2"]["hostKey"] == done.new_host_keys["dc-2"][1]

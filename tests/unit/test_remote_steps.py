@@ -75,7 +75,7 @@ def test_onprem_plan_steps_and_order() -> None:
     plan = node_plan(node(cfg, "dc-1"), cfg)
     assert [s.key for s in plan.steps] == [
         "node-files", "login-keys", "seed", "credentials", "install", "tls", "tls-reload", "config", "escrow",
-        "preflight", "roll",
+        "member-firewall", "preflight", "roll",
     ]
     assert plan.step("install").after == ("node-files", "seed", "credentials")
     assert plan.step("login-keys").after == ("node-files",)
@@ -84,9 +84,13 @@ def test_onprem_plan_steps_and_order() -> None:
     assert plan.step("tls-reload").after == ("tls",)
     assert plan.step("config").after == ("install", "tls-reload")
     assert set(plan.step("preflight").after) == {"config", "credentials"}
-    assert plan.step("roll").after == ("preflight",)
+    # The allowlist before the roll: the node never answers on its Galera ports without it.
+    assert plan.step("member-firewall").after == ("config",)
+    assert plan.step("roll").after == ("preflight", "member-firewall")
     assert [s.key for s in plan.phase(Phase.INSTALL)] == ["node-files", "login-keys", "seed", "credentials", "install"]
-    assert [s.key for s in plan.phase(Phase.CONFIGURE)] == ["tls", "tls-reload", "config", "escrow", "preflight"]
+    assert [s.key for s in plan.phase(Phase.CONFIGURE)] == [
+        "tls", "tls-reload", "config", "escrow", "member-firewall", "preflight",
+    ]
     assert [s.key for s in plan.phase(Phase.ROLL)] == ["roll"]
 
 
@@ -95,7 +99,7 @@ def test_ec2_plan_waits_for_first_boot_and_has_no_credentials_step() -> None:
     plan = node_plan(node(cfg, "aws-a"), cfg)
     assert [s.key for s in plan.steps] == [
         "first-boot", "node-files", "login-keys", "seed", "install", "tls", "tls-reload", "config", "escrow",
-        "preflight", "roll",
+        "member-firewall", "preflight", "roll",
     ]
     assert plan.step("first-boot").create == FIRST_BOOT_STEP
     assert plan.step("node-files").after == plan.step("seed").after == ("first-boot",)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from mocks import Recording, Types, full_config, run_program
 
-from components.config import ClusterConfig, parse_config
+from components.config import ClusterConfig, ConfigError, parse_config
 from components.security_group import NodeSecurityGroup
 from components.security_group_rules import (
     ANYWHERE_V4,
@@ -21,6 +21,7 @@ from components.security_group_rules import (
 
 MODES = pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
 GALERA = {("tcp", 4567), ("udp", 4567), ("tcp", 4568), ("tcp", 4444)}
+DC1 = "192.0.2.21/32"  # the on-prem member's own address (FULL_CONFIG), inside onPremCidrs 192.0.2.0/24
 
 
 def cluster(**changes: Any) -> ClusterConfig:
@@ -41,7 +42,7 @@ def egress(rules: tuple[SecurityGroupRule, ...]) -> set[tuple[str, int, str]]:
 def test_ingress_is_exactly_what_the_config_allows() -> None:
     # FULL_CONFIG: clientCidrs 10.20.0.0/16, adminCidrs 198.51.100.0/24, onPremCidrs 192.0.2.0/24.
     expected = {("tcp", 3306, "10.20.0.0/16"), ("tcp", 22, "198.51.100.0/24")}
-    expected |= {(proto, port, peer) for proto, port in GALERA for peer in (SELF, "192.0.2.0/24")}
+    expected |= {(proto, port, peer) for proto, port in GALERA for peer in (SELF, DC1)}
     assert ingress(node_security_group_rules(cluster())) == expected
 
 
@@ -54,7 +55,7 @@ def test_nothing_is_open_to_the_internet_by_default() -> None:
 def test_galera_ports_only_between_members() -> None:
     rules = node_security_group_rules(cluster())
     for proto, port in GALERA:
-        assert ingress_peers(rules, port, proto) == {SELF, "192.0.2.0/24"}, (proto, port)  # type: ignore[arg-type]
+        assert ingress_peers(rules, port, proto) == {SELF, DC1}, (proto, port)  # type: ignore[arg-type]
     # Clients and administrators reach their own port only.
     assert ingress_peers(rules, 3306) == {"10.20.0.0/16"}
     assert ingress_peers(rules, 22) == {"198.51.100.0/24"}
@@ -67,7 +68,7 @@ def test_without_cidrs_there_is_no_client_or_ssh_access_and_galera_is_self_only(
 
 def test_egress_is_https_http_and_galera_to_members() -> None:
     expected = {("tcp", 443, ANYWHERE_V4), ("tcp", 80, ANYWHERE_V4)}
-    expected |= {(proto, port, peer) for proto, port in GALERA for peer in (SELF, "192.0.2.0/24")}
+    expected |= {(proto, port, peer) for proto, port in GALERA for peer in (SELF, DC1)}
     assert egress(node_security_group_rules(cluster())) == expected
 
 
@@ -88,13 +89,50 @@ def test_a_wide_but_not_open_cidr_is_not_warned_about() -> None:
     assert exposure_warnings(cluster(clientCidrs=["10.0.0.0/8"], adminCidrs=["0.0.0.0/1"])) == ()
 
 
-def test_ipv6_onprem_cidr_becomes_an_ipv6_rule() -> None:
-    rules = node_security_group_rules(cluster(onPremCidrs=["2001:db8:100::/48"]))
-    galera = [r for r in rules if r.port == 4567 and r.peer == "2001:db8:100::/48"]
+def dc1_at(address: str, **changes: Any) -> ClusterConfig:
+    raw = full_config(**changes)
+    raw["onPremNodes"] = [{**raw["onPremNodes"][0], "address": address}]
+    return parse_config(raw, stack="dev", region="eu-west-1")
+
+
+def test_an_ipv6_member_becomes_an_ipv6_rule_of_its_own_address() -> None:
+    rules = node_security_group_rules(dc1_at("2001:db8:100::21", onPremCidrs=["2001:db8:100::/48"]))
+    galera = [r for r in rules if r.port == 4567 and r.peer == "2001:db8:100::21/128"]
     assert {(r.direction, r.protocol) for r in galera} == {
         ("ingress", "tcp"), ("ingress", "udp"), ("egress", "tcp"), ("egress", "udp")
     }
-    assert all(r.cidr_ipv6 == "2001:db8:100::/48" and r.cidr_ipv4 is None for r in galera)
+    assert all(r.cidr_ipv6 == "2001:db8:100::21/128" and r.cidr_ipv4 is None for r in galera)
+
+
+def test_a_leaving_onprem_node_is_in_no_rule() -> None:
+    raw = full_config()
+    raw["onPremNodes"] = [*raw["onPremNodes"], {**raw["onPremNodes"][0], "name": "dc-2", "address": "192.0.2.22"}]
+    staying = parse_config(raw, stack="dev", region="eu-west-1")
+    # Control: as a member, dc-2's own address is admitted on every Galera port, both ways.
+    assert {(r.protocol, r.port) for r in node_security_group_rules(staying) if r.peer == "192.0.2.22/32"} == GALERA
+    raw["onPremNodes"][1]["decommission"] = True
+    leaving = node_security_group_rules(parse_config(raw, stack="dev", region="eu-west-1"))
+    assert not [r for r in leaving if r.peer == "192.0.2.22/32"]
+    assert not [r for r in leaving if r.peer == "192.0.2.0/24"]  # nor the range that holds it
+    assert ingress_peers(leaving, 4567) == {SELF, DC1}
+
+
+def test_a_member_given_by_dns_name_keeps_the_ranges() -> None:
+    # AWS rules take CIDRs, not names: then onPremCidrs stands in for the on-prem members, as before.
+    rules = node_security_group_rules(dc1_at("db1.dc.example.net"))
+    assert ingress_peers(rules, 4567) == {SELF, "192.0.2.0/24"}
+
+
+def test_an_onprem_address_outside_onprem_cidrs_is_refused() -> None:
+    with pytest.raises(ConfigError) as outside:
+        dc1_at("198.18.0.5")
+    assert any("onPremNodes[0].address = 198.18.0.5" in e and "inside one of onPremCidrs (192.0.2.0/24)" in e
+               for e in outside.value.errors), outside.value.errors
+    # Control: inside, and without EC2 nodes (no security group), it is accepted.
+    dc1_at("192.0.2.99")
+    raw = full_config(ec2Nodes=[])
+    raw["onPremNodes"] = [{**raw["onPremNodes"][0], "address": "198.18.0.5"}]
+    parse_config({k: v for k, v in raw.items() if k not in ("vpcId", "amiId")}, stack="dev", region="eu-west-1")
 
 
 def test_duplicates_collapse_and_names_are_unique_and_stable() -> None:

@@ -109,8 +109,8 @@ def test_private_keys_appear_nowhere_but_on_their_own_nodes_tls_stdin(recorded: 
         if stdin is None or "-ssh-" not in res.name:
             continue
         node, step = res.name.split("-ssh-")
-        # The login-keys step reads public key lines, not a put payload.
-        payload = stdin if step == "login-keys" else b"".join(
+        # The login-keys step reads public key lines, the member firewall an nft ruleset: no put payload.
+        payload = stdin if step in ("login-keys", "member-firewall") else b"".join(
             c for c, _m, _o in decode_put(stdin).values()
         ).decode("latin-1")
         for owner, lines in needles.items():
