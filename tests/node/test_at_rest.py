@@ -126,8 +126,10 @@ class AtRest:
             out[f"{name} data key (hex)"] = key.hex().encode()
         return out
 
-    def access_secret(self) -> bytes:
-        return self.cluster.program.onprem_access_key[1].encode()
+    def access_secrets(self) -> dict[str, bytes]:
+        # Each on-prem node has an access key of its own.
+        return {f"{node} secret access key": secret.encode()
+                for node, (_, secret) in self.cluster.program.onprem_access_keys.items()}
 
 
 def _require_testbed(config: pytest.Config) -> None:
@@ -408,7 +410,7 @@ def test_no_fscrypt_volume_image_holds_a_marker_or_a_key(at_rest: AtRest) -> Non
 
 
 def test_no_persistent_file_of_an_fscrypt_host_holds_a_marker_or_a_key(at_rest: AtRest) -> None:
-    needles = {**_needles(at_rest), "secret access key": at_rest.access_secret()}
+    needles = {**_needles(at_rest), **at_rest.access_secrets()}
     scan = scan_upper_dirs(at_rest.testbed, needles, hosts=list(FSCRYPT_NODES))
     assert scan.files > 0
     hits = {name: sorted(paths) for name, paths in scan.hits.items() if paths}

@@ -80,10 +80,12 @@ class Cluster:
         return self.deployed.program.data_key_blob
 
     def secrets_to_find(self) -> dict[str, bytes]:
-        access_key_id, secret_access_key = self.deployed.program.onprem_access_key
+        found: dict[str, bytes] = {}
+        for node, (access_key_id, secret_access_key) in self.deployed.program.onprem_access_keys.items():
+            found[f"{node} access key id"] = access_key_id.encode()
+            found[f"{node} secret access key"] = secret_access_key.encode()
         return {
-            "access key id": access_key_id.encode(),
-            "secret access key": secret_access_key.encode(),
+            **found,
             "data key (hex)": self.data_key.hex().encode(),
             "data key (raw)": self.data_key,
         }
@@ -272,8 +274,8 @@ def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Clus
 
 def test_no_aws_credentials_reach_mariadbd_systemctl_show_or_the_journal(cluster: Cluster) -> None:
     tb = cluster.testbed
-    access_key_id, secret_access_key = cluster.deployed.program.onprem_access_key
     for host in HOSTS:
+        access_key_id, secret_access_key = cluster.deployed.program.onprem_access_keys[host]
         creds_file = tb.read_file(host, CREDENTIALS_PATH)  # control: the needles are what the node holds
         assert access_key_id.encode() in creds_file and secret_access_key.encode() in creds_file
         assert tb.exec(host, ["stat", "-c", "%a %U:%G", CREDENTIALS_PATH]).stdout.split() == ["600", "root:root"]
