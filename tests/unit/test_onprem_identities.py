@@ -117,3 +117,15 @@ def test_access_key_generation_is_checked_with_key_value_and_expectation() -> No
     rec = run_program(two_onprem(accessKeyGeneration=0), preview=True, expect_failure=True)
     assert "mariadb-kms:onPremNodes[0].accessKeyGeneration = 0: expected an integer from 1 to 9999" in rec.errors
     assert not rec.of_type(Types.IAM_ACCESS_KEY)
+
+
+def test_the_two_node_key_policy_is_parliament_clean() -> None:
+    from test_iam_lint import KEY, lint
+
+    policy = json.loads(recorded(two_onprem()).one(Types.KMS_KEY).input("policy"))
+    assert lint(policy, KEY) == []
+    # Control: the linter sees the node statements (a write action slipped in is flagged).
+    broken = json.loads(json.dumps(policy))
+    [stmt] = [s for s in broken["Statement"] if s["Sid"] == kp.SID_ONPREM_NODES]
+    stmt["Action"] = [*stmt["Action"], "kms:PutKeyPolicy"]
+    assert lint(broken, KEY) != []
