@@ -15,7 +15,8 @@ program (node1's old access key) is deleted, as the engine deletes it after ever
 What it shows: each node has its own key; the rotation runs node1's credentials, pre-flight and roll only;
 afterwards the old key is refused with the credentials cause and the new one unwraps; no mariadbd restarted
 during the rotation and node1 restarts fine with the new key afterwards; node2's and node3's credentials files
-are untouched (content and mtime); no acknowledged write was lost.
+are untouched (content and mtime); no acknowledged write was lost. Last, node3 leaves (``decommission:
+true``): its decommission step runs, then its access key and user are deleted and moto refuses the key.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def unwrap_check(testbed: Testbed, host: str, conf: str = UNWRAP_CONF_PATH) -> t
 @dataclass
 class Rotation:
     testbed: Testbed
+    stack: ProgramStack
     base: Program
     head: Program
     keys_before: dict[str, tuple[str, str]]
@@ -145,7 +147,7 @@ def rotation(testbed: Testbed, iam_kms: KmsServer) -> Iterator[Rotation]:
         report = load.report(load.audit())
         pids_after = {h: mariadbd_pid(testbed, h) for h in HOSTS}
         others_after = {h: file_state(testbed, h, CREDENTIALS_PATH) for h in others}
-        yield Rotation(testbed, base, head, keys_before, head.onprem_access_keys, files, runs, aws_changes,
+        yield Rotation(testbed, stack, base, head, keys_before, head.onprem_access_keys, files, runs, aws_changes,
                        deleted, old_valid, others_before, others_after, pids_before, pids_after, report, seconds)
     finally:
         for host in HOSTS:
@@ -207,3 +209,35 @@ def test_the_rotated_node_restarts_with_its_new_key(rotation: Rotation) -> None:
     wait_synced(tb, ROTATED, len(HOSTS), timeout=600)
     # A requested stop removes the keyfile, so this start unwrapped again, with the only key node1 now has.
     assert mariadbd_pid(tb, ROTATED) != rotation.pids_after[ROTATED]
+
+
+def test_a_leaving_nodes_identity_is_deleted_after_its_decommission_step(
+    rotation: Rotation, iam_kms: KmsServer
+) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    tb, leaving = rotation.testbed, "node3"
+    nodes = [{**n, "decommission": True} if n["name"] == leaving else n for n in rotation.head.config["onPremNodes"]]
+    stack = rotation.stack
+    head = stack.record({**rotation.head.config, "onPremNodes": nodes}, tb)
+    runs = engine_runs(rotation.head, head)
+    assert f"{leaving}-ssh-decommission" in runs
+    assert not [r for r in runs if r.startswith(f"{leaving}-") and not r.endswith("-decommission")], runs
+    user = rotation.head.iam_user(leaving)
+    key = rotation.keys_after[leaving]
+    Deployment(tb, head, quiet=True).run_only(runs, timeout=1200)
+    # The decommission step ran with the node's key still valid; the engine deletes the identity afterwards.
+    assert _check_with_key(tb, "node1", key, "leaving")[0] == 0
+    assert stack.delete_vanished(rotation.head, head) == [f"onprem-identity-{leaving}-key",
+                                                          f"onprem-identity-{leaving}-user"]
+    client = boto3.client("kms", region_name=iam_kms.region, endpoint_url=iam_kms.endpoint_url,
+                          aws_access_key_id=key[0], aws_secret_access_key=key[1])
+    with pytest.raises(ClientError) as refused:
+        client.describe_key(KeyId=head.key_arn)
+    assert refused.value.response["Error"]["Code"] in ("403", "InvalidClientTokenId"), refused.value.response
+    with pytest.raises(ClientError):
+        iam_kms.client(service="iam").get_user(UserName=user)
+    # The staying nodes' keys still work.
+    for host in ("node1", "node2"):
+        assert unwrap_check(tb, host)[0] == 0, host
