@@ -59,13 +59,8 @@ from pulumi.runtime import rpc
 
 from components.data_key_provider import P_ENDPOINT, DataKeyProvider
 from rehearsal.aws_values import AwsMocks, random_secret_access_key
+from rehearsal.kms_server import NODE_POLICY
 from rehearsal.recorder import Computed, Types
-
-# What a node user may do in moto's IAM: the actions the key policy grants on-prem nodes (NODE_ACTIONS).
-NODE_IDENTITY_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"], "Resource": "*"}],
-}
 
 # The deploying identity the mocks report (moto's default account), and so the role the key policy names.
 DEPLOYER_ROLE_NAME = "rehearsal-deployer"
@@ -135,7 +130,7 @@ class KmsEmulator:
     def create_user(self, name: str, path: str) -> None:
         iam = self.client("iam")
         iam.create_user(UserName=name, Path=path)
-        iam.put_user_policy(UserName=name, PolicyName="node", PolicyDocument=json.dumps(NODE_IDENTITY_POLICY))
+        iam.put_user_policy(UserName=name, PolicyName="node", PolicyDocument=json.dumps(NODE_POLICY))
 
     def create_access_key(self, user: str) -> tuple[str, str]:
         key = self.client("iam").create_access_key(UserName=user)["AccessKey"]
