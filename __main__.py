@@ -56,8 +56,9 @@ node_identity = (
     if cfg.ec2_nodes
     else None
 )
+# One IAM user and access key per on-prem node; a leaving node (decommission: true) has none.
 onprem_identity = (
-    OnPremIdentity("onprem-identity", tags=cfg.tags, wrapping_key_policy=wrapping_key_policy)
+    OnPremIdentity("onprem-identity", nodes=cfg.onprem_nodes, tags=cfg.tags, wrapping_key_policy=wrapping_key_policy)
     if cfg.onprem_nodes else None
 )
 
@@ -82,7 +83,7 @@ key = EncryptionKey(
         identity, cfg.key.deployers, cfg.key.admins, cfg.key.allow_account_root_iam_delegation
     ),
     node_role_arn=node_identity.role_arn if node_identity else None,
-    onprem_user_arn=onprem_identity.user_arn if onprem_identity else None,
+    onprem_user_arns=list(onprem_identity.user_arns.values()) if onprem_identity else [],
     onprem_egress_cidrs=egress_cidrs,
     tags=cfg.tags,
     created_vpc_endpoint_id=created_vpce_id,
@@ -112,8 +113,11 @@ cluster = MariaDbCluster(
     data_key_blob=data_key.ciphertext_blob,
     ssh_private_key=secrets.ssh_private_key,
     instance_profile_name=node_identity.instance_profile_name if node_identity else None,
-    onprem_access_key_id=onprem_identity.access_key_id if onprem_identity else None,
-    onprem_secret_access_key=onprem_identity.secret_access_key if onprem_identity else None,
+    onprem_credentials=(
+        {n: (onprem_identity.access_key_ids[n], onprem_identity.secret_access_keys[n])
+         for n in onprem_identity.access_key_ids}
+        if onprem_identity else {}
+    ),
     jump_host=cfg.jump_host,
 )
 
@@ -126,8 +130,9 @@ pulumi.export("kmsKeyId", key.key_id)
 pulumi.export("kmsAliasName", key.alias_name)
 pulumi.export("nodeRoleArn", node_identity.role_arn if node_identity else None)
 pulumi.export("instanceProfileName", node_identity.instance_profile_name if node_identity else None)
-pulumi.export("onPremUserName", onprem_identity.user_name if onprem_identity else None)
-pulumi.export("onPremAccessKeyId", onprem_identity.access_key_id if onprem_identity else None)
+# {node name: value}, one per on-prem node that has an identity (a leaving node has none).
+pulumi.export("onPremUserName", onprem_identity.user_names if onprem_identity else None)
+pulumi.export("onPremAccessKeyId", onprem_identity.access_key_ids if onprem_identity else None)
 pulumi.export("clusterDataKeyCiphertext", data_key.ciphertext_blob)
 pulumi.export("nodes", cluster.nodes)
 pulumi.export("galeraClusterAddress", cluster.galera_cluster_address)

@@ -17,7 +17,7 @@ order, waiting for exactly the entries the plan names.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,8 +100,7 @@ class MariaDbCluster(pulumi.ComponentResource):
         data_key_blob: pulumi.Input[str],
         ssh_private_key: pulumi.Input[str] | None,
         instance_profile_name: pulumi.Input[str] | None = None,
-        onprem_access_key_id: pulumi.Input[str] | None = None,
-        onprem_secret_access_key: pulumi.Input[str] | None = None,
+        onprem_credentials: Mapping[str, tuple[pulumi.Input[str], pulumi.Input[str]]] | None = None,
         jump_host: JumpHost | None = None,
         volume_key_arn: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -111,8 +110,11 @@ class MariaDbCluster(pulumi.ComponentResource):
         (``kmsKeyArn``): a volume's key cannot change in place, so the volumes stay under the stack's own key.
         """
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        if cluster.onprem_nodes and (onprem_access_key_id is None or onprem_secret_access_key is None):
-            raise ValueError("on-prem nodes need the on-prem access key id and secret")
+        # Each on-prem member's own access key (id, secret); a leaving node has none and needs none.
+        onprem_credentials = dict(onprem_credentials or {})
+        lacking = [n.name for n in cluster.onprem_nodes if not n.decommission and n.name not in onprem_credentials]
+        if lacking:
+            raise ValueError(f"on-prem nodes {lacking} need their own access key id and secret")
         plan = cluster_plan(cluster)
         self._cfg = cluster
         self._key_arn = pulumi.Output.from_input(key_arn)
@@ -145,13 +147,14 @@ class MariaDbCluster(pulumi.ComponentResource):
             )
         self.ca_cert_pem = self.ca.ca_cert_pem if self.ca is not None else None
         node_files, node_files_digest = node_files_payload(cluster.mariadb.key_management)
-        credentials: pulumi.Output[str] | None = None
-        if cluster.onprem_nodes:
-            credentials = pulumi.Output.secret(
-                pulumi.Output.all(onprem_access_key_id, onprem_secret_access_key).apply(
+        credentials: dict[str, pulumi.Output[str]] = {
+            node: pulumi.Output.secret(
+                pulumi.Output.all(key_id, secret).apply(
                     lambda v: put_payload(credentials_files(cluster, access_key_id=v[0], secret_access_key=v[1]))
                 )
             )
+            for node, (key_id, secret) in onprem_credentials.items()
+        }
         run_stamp = datetime.now(UTC).isoformat() if cluster.verify_on_every_up else None
         version = cluster.mariadb.version
         # What the escrow copy holds: the blob (ciphertext) and unwrap.conf (key ARN, region, mode).
@@ -189,8 +192,8 @@ class MariaDbCluster(pulumi.ComponentResource):
                 ),
                 members=members,
                 seed_files=self._seed_payload(on_premises=onprem),
-                credentials=credentials if onprem else None,
-                credentials_version=onprem_access_key_id if onprem else None,
+                credentials=credentials.get(n.name) if onprem else None,
+                credentials_version=onprem_credentials[n.name][0] if n.name in onprem_credentials else None,
                 tls_files=tls_payload,
                 tls_digest=tls_digest,
                 run_stamp=run_stamp,

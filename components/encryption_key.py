@@ -74,7 +74,7 @@ class EncryptionKey(pulumi.ComponentResource):
         region: str,
         deployers: pulumi.Input[Sequence[str]],
         node_role_arn: pulumi.Input[str] | None,
-        onprem_user_arn: pulumi.Input[str] | None,
+        onprem_user_arns: Sequence[pulumi.Input[str]],
         onprem_egress_cidrs: Sequence[str],
         tags: Mapping[str, str],
         created_vpc_endpoint_id: pulumi.Input[str] | None = None,
@@ -84,7 +84,7 @@ class EncryptionKey(pulumi.ComponentResource):
         super().__init__("mariadb-kms:index:EncryptionKey", name, None, opts)
 
         def render(values: list[Any]) -> str:
-            account, part, deployer_list, role_arn, user_arn, created_vpce = values
+            account, part, deployer_list, role_arn, user_arns, created_vpce = values
             endpoints = [e for e in (config.kms_vpc_endpoint_id, created_vpce) if e]
             return render_policy(cluster_key_policy(
                 key_policy(
@@ -94,7 +94,7 @@ class EncryptionKey(pulumi.ComponentResource):
                     admins=config.admins,
                     deployers=[str(d) for d in deployer_list],
                     node_role_arn=None if role_arn is None else str(role_arn),
-                    onprem_user_arn=None if user_arn is None else str(user_arn),
+                    onprem_user_arns=[str(a) for a in user_arns],
                     onprem_egress_cidrs=onprem_egress_cidrs,
                     kms_vpc_endpoint_id=[str(e) for e in endpoints],
                     allow_account_root_iam_delegation=config.allow_account_root_iam_delegation,
@@ -104,7 +104,8 @@ class EncryptionKey(pulumi.ComponentResource):
             ))
 
         policy = pulumi.Output.all(
-            account_id, partition, deployers, node_role_arn, onprem_user_arn, created_vpc_endpoint_id
+            account_id, partition, deployers, node_role_arn, pulumi.Output.all(*onprem_user_arns),
+            created_vpc_endpoint_id,
         ).apply(render)
 
         key = aws.kms.Key(

@@ -245,7 +245,7 @@ def key_policy(
     admins: Iterable[str],
     deployers: Iterable[str],
     node_role_arn: str | None,
-    onprem_user_arn: str | None,
+    onprem_user_arns: Iterable[str],
     onprem_egress_cidrs: Iterable[str] = (),
     kms_vpc_endpoint_id: str | Iterable[str] | None = None,
     allow_account_root_iam_delegation: bool = False,
@@ -253,8 +253,9 @@ def key_policy(
 ) -> dict[str, Any]:
     """The key policy document for the cluster's KMS key.
 
-    ``node_role_arn``/``onprem_user_arn`` are None when the cluster has no
-    EC2/on-prem nodes; their statement is then left out. Conditions appear only
+    ``node_role_arn`` is None when the cluster has no EC2 nodes, and
+    ``onprem_user_arns`` (one IAM user per on-prem node) is empty without
+    on-prem nodes; their statement is then left out. Conditions appear only
     when configured: ``aws:SourceIp`` (on-prem egress CIDRs, the public address
     KMS sees; absent through VPC endpoints) and ``aws:SourceVpce`` (EC2 role).
     ``kms_vpc_endpoint_id`` is one endpoint id or several (a configured one and
@@ -293,10 +294,11 @@ def key_policy(
         source_vpce: str | list[str] = endpoints[0] if len(endpoints) == 1 else endpoints
         vpce = {"StringEquals": {"aws:SourceVpce": source_vpce}} if endpoints else None
         statements.append(_statement(SID_EC2_NODES, [node_role_arn], NODE_ACTIONS, vpce))
-    if onprem_user_arn is not None:
+    onprem_users = _principals(onprem_user_arns)
+    if onprem_users:
         cidrs = sorted(set(onprem_egress_cidrs))
         source_ip = {"IpAddress": {"aws:SourceIp": cidrs}} if cidrs else None
-        statements.append(_statement(SID_ONPREM_NODES, [onprem_user_arn], NODE_ACTIONS, source_ip))
+        statements.append(_statement(SID_ONPREM_NODES, onprem_users, NODE_ACTIONS, source_ip))
     restorers = _principals(restore_principals)
     if restorers:
         statements.append(_statement(SID_RESTORE, restorers, RESTORE_ACTIONS))

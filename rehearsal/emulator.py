@@ -25,16 +25,30 @@ recorded                                        emulator
                                                 with ``kmsKeyArn``, onto another key)
 ==============================================  ===========================================================
 
-Nothing else is translated: IAM, EC2 and networking get realistic mock values
+With ``iam=True`` (the runner sets it when the KMS server checks IAM
+authentication) the on-prem identities are made in moto's IAM too, so a node
+signs with a key the emulator issued and a deleted key is refused:
+
+==============================================  ===========================================================
+``aws.iam.User`` ``path``, the name             CreateUser; PutUserPolicy ``kms:Decrypt``/``kms:DescribeKey``
+                                                (moto enforces identity policies, not the key policy that
+                                                grants the node in AWS; the key policy is checked as data)
+``aws.iam.AccessKey`` ``user``                  CreateAccessKey: its id and secret are the resource's
+a user or key that left the program             DeleteAccessKey / DeleteUser, after the run (the engine's
+                                                order: ``ProgramStack.delete_vanished``)
+==============================================  ===========================================================
+
+Otherwise IAM, EC2 and networking get realistic mock values
 (``rehearsal/aws_values``); the testbed's hosts stand in for the instances,
-and the on-prem IAM user's access key is generated here (moto's KMS accepts
-any credentials). The emulator is a stand-in for AWS in the rehearsal only,
-never a default for users.
+and the on-prem access keys are generated here (moto's KMS accepts any
+credentials while IAM authentication is off). The emulator is a stand-in for
+AWS in the rehearsal only, never a default for users.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import string
@@ -46,7 +60,8 @@ from pulumi.runtime import rpc
 
 from components.data_key_provider import P_ENDPOINT, DataKeyProvider
 from rehearsal.aws_values import AwsMocks, random_secret_access_key
-from rehearsal.recorder import Computed
+from rehearsal.kms_server import NODE_POLICY
+from rehearsal.recorder import Computed, Types
 
 # The deploying identity the mocks report (moto's default account), and so the role the key policy names.
 DEPLOYER_ROLE_NAME = "rehearsal-deployer"
@@ -65,9 +80,10 @@ def generated_access_key_id() -> str:
 
 
 @contextlib.contextmanager
-def emulator_credentials() -> Iterator[None]:
+def emulator_credentials(credentials: tuple[str, str] | None = None) -> Iterator[None]:
     """Only made-up credentials reach boto3 while the emulator is used: nothing from the environment or
-    ~/.aws (a real profile must never be sent anywhere, not even to a local stand-in)."""
+    ~/.aws (a real profile must never be sent anywhere, not even to a local stand-in). ``credentials``: the
+    emulator administrator's own key, when the emulator checks IAM authentication."""
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
              "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_ROLE_ARN",
              "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -75,9 +91,10 @@ def emulator_credentials() -> Iterator[None]:
     saved = {n: os.environ.get(n) for n in names}
     for n in names:
         os.environ.pop(n, None)
+    key_id, secret = credentials or (generated_access_key_id(), random_secret_access_key())
     os.environ.update({
-        "AWS_ACCESS_KEY_ID": generated_access_key_id(),
-        "AWS_SECRET_ACCESS_KEY": random_secret_access_key(),
+        "AWS_ACCESS_KEY_ID": key_id,
+        "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -95,15 +112,38 @@ def emulator_credentials() -> Iterator[None]:
 class KmsEmulator:
     """Makes the recorded KMS resources in moto's server at ``endpoint_url`` (see the module docstring)."""
 
-    def __init__(self, endpoint_url: str, region: str) -> None:
+    def __init__(self, endpoint_url: str, region: str, *, credentials: tuple[str, str] | None = None,
+                 iam: bool = False) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
+        self.credentials = credentials  # the emulator administrator's key when IAM authentication is on
+        self.iam = iam  # make the on-prem identities in moto's IAM (see the module docstring)
         self.keys: dict[str, dict[str, Any]] = {}  # key id -> KeyMetadata
         self.aliases: dict[str, str] = {}  # alias name -> key id
 
-    def client(self) -> Any:
-        # Credentials from emulator_credentials(): made up, never the caller's.
-        return boto3.session.Session(region_name=self.region).client("kms", endpoint_url=self.endpoint_url)
+    def client(self, service: str = "kms") -> Any:
+        # Credentials from emulator_credentials() or the administrator's: made up, never the caller's.
+        key_id, secret = self.credentials or (None, None)
+        return boto3.session.Session(region_name=self.region).client(
+            service, endpoint_url=self.endpoint_url, aws_access_key_id=key_id, aws_secret_access_key=secret,
+        )
+
+    def create_user(self, name: str, path: str) -> None:
+        iam = self.client("iam")
+        iam.create_user(UserName=name, Path=path)
+        iam.put_user_policy(UserName=name, PolicyName="node", PolicyDocument=json.dumps(NODE_POLICY))
+
+    def create_access_key(self, user: str) -> tuple[str, str]:
+        key = self.client("iam").create_access_key(UserName=user)["AccessKey"]
+        return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
+    def delete_access_key(self, user: str, access_key_id: str) -> None:
+        self.client("iam").delete_access_key(UserName=user, AccessKeyId=access_key_id)
+
+    def delete_user(self, name: str) -> None:
+        iam = self.client("iam")
+        iam.delete_user_policy(UserName=name, PolicyName="node")
+        iam.delete_user(UserName=name)
 
     def create_key(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         kms = self.client()
@@ -215,7 +255,17 @@ class EmulatedMocks(AwsMocks):
         resource_id, outputs = self.emulator.make_data_key(inputs)
         return Computed(resource_id, outputs)
 
+    def computed(self, typ: str, name: str, inputs: dict[str, Any]) -> Computed:
+        found = super().computed(typ, name, inputs)
+        if typ == Types.IAM_USER and self.emulator.iam:
+            self.emulator.create_user(str(found.outputs["name"]), str(_plain(inputs.get("path")) or "/"))
+        return found
+
     def access_key(self, name: str, inputs: dict[str, Any]) -> Computed:
+        if self.emulator.iam:
+            key_id, secret = self.emulator.create_access_key(str(_plain(inputs.get("user"))))
+            return Computed(key_id, {"secret": secret, "sesSmtpPasswordV4": "B" + random_secret_access_key()[:43],
+                                     "status": "Active", "user": str(_plain(inputs.get("user")))})
         return Computed(generated_access_key_id(), {
             "secret": random_secret_access_key(),
             "sesSmtpPasswordV4": "B" + random_secret_access_key()[:43],

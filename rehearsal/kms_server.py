@@ -77,6 +77,11 @@ class KmsServer:
         return f"http://{self.address}:{self.port}"
 
     @property
+    def admin_credentials(self) -> tuple[str, str] | None:
+        """The emulator administrator's access key (id, secret) once IAM authentication is on, else None."""
+        return self._admin
+
+    @property
     def pid(self) -> int | None:
         return self.server.pid
 

@@ -62,6 +62,7 @@ from typing import Any
 from pulumi.runtime import rpc
 
 from components.data_key_provider import P_BLOB, P_CONTEXT
+from components.onprem_identity import NODE_TAG
 from rehearsal import TestbedError, say
 from rehearsal import overlay as ov
 from rehearsal.aws_values import ACCOUNT_ID
@@ -185,6 +186,9 @@ class LastingMocks(EmulatedMocks):
         return self._keep("access_key", name, lambda: super(LastingMocks, self).access_key(name, inputs))
 
     def computed(self, typ: str, name: str, inputs: dict[str, Any]) -> Computed:
+        if typ == Types.IAM_USER:
+            # Made once (in moto's IAM too, when the emulator checks IAM authentication), as the engine keeps it.
+            return self._keep("iam_user", name, lambda: super(LastingMocks, self).computed(typ, name, inputs))
         if typ not in _TLS_TYPES:
             return super().computed(typ, name, inputs)
         # The cluster CA, node keys and certificates: the engine keeps each until one of its inputs changes
@@ -255,10 +259,28 @@ class Program:
         return {str(k): str(v) for k, v in dict(context).items()}
 
     @property
+    def onprem_access_keys(self) -> dict[str, tuple[str, str]]:
+        """{on-prem node: (access key id, secret access key)} of each node's own IAM user."""
+        nodes = {str(u.state["name"]): str(rpc.unwrap_rpc_secret(u.inputs["tags"])[NODE_TAG])
+                 for u in self.recording.of_type(Types.IAM_USER)}
+        plain = rpc.unwrap_rpc_secret
+        return {nodes[str(plain(k.inputs["user"]))]: (k.id, str(plain(k.state["secret"])))
+                for k in self.recording.of_type(Types.IAM_ACCESS_KEY)}
+
+    @property
     def onprem_access_key(self) -> tuple[str, str]:
-        """(access key id, secret access key) of the on-prem nodes' IAM user."""
-        res = self.recording.one(Types.IAM_ACCESS_KEY)
-        return res.id, str(rpc.unwrap_rpc_secret(res.state["secret"]))
+        """(access key id, secret access key) of the one on-prem node of a single-node stack."""
+        keys = self.onprem_access_keys
+        if len(keys) != 1:
+            raise KeyError(f"{len(keys)} on-prem access keys ({sorted(keys)}): name the node, onprem_access_keys")
+        return next(iter(keys.values()))
+
+    def iam_user(self, node: str) -> str:
+        """The IAM user name of an on-prem node's identity."""
+        for u in self.recording.of_type(Types.IAM_USER):
+            if str(rpc.unwrap_rpc_secret(u.inputs["tags"])[NODE_TAG]) == node:
+                return str(u.state["name"])
+        raise KeyError(f"no IAM user for on-prem node {node}")
 
 
 class ProgramStack:
@@ -266,14 +288,17 @@ class ProgramStack:
 
     def __init__(self, kms: KmsServer, *, stack: str | None = None) -> None:
         self.kms = kms
-        self.emulator = KmsEmulator(kms.endpoint_url, kms.region)
+        # With IAM authentication on, the emulator signs as its administrator and makes the on-prem identities
+        # in moto's IAM, so each node's key is one the emulator issued and can revoke.
+        self.emulator = KmsEmulator(kms.endpoint_url, kms.region, credentials=kms.admin_credentials,
+                                    iam=kms.iam_auth)
         self.stack = stack or self._free_name()
         self.kept: dict[tuple[str, str], Computed] = {}
 
     def _free_name(self) -> str:
         """``nodetest``, or ``nodetest2``... when another stack on this KMS server has the name already:
         the key alias is named after the stack, and a second one of the same name would fail to register."""
-        with emulator_credentials():
+        with emulator_credentials(self.emulator.credentials):
             taken = {a["AliasName"] for a in self.emulator.client().list_aliases()["Aliases"]}
         n = 1
         while any(alias.endswith(f"-{STACK}{n if n > 1 else ''}") for alias in taken):
@@ -286,7 +311,7 @@ class ProgramStack:
             raise ValueError("ec2Nodes: the runner deploys on-prem nodes only; EC2 hosts boot from user-data, "
                              "which `make demo` seeds before their first boot")
         flat, secret_keys = config_for_pulumi(config, self.kms.region, SECRET_KEYS)
-        with emulator_credentials():
+        with emulator_credentials(self.emulator.credentials):
             mocks = LastingMocks(emulator=self.emulator, stack=self.stack, region=self.kms.region, kept=self.kept)
             rec = record(mocks, flat, secret_keys, stack=self.stack)
         if rec.exception is not None or rec.errors:
@@ -307,6 +332,25 @@ class ProgramStack:
             raise DeployFailed("the overlay changed what it does not declare: " +
                                ", ".join(f"{c.target} {c.path}" for c in undeclared))
         return Program(config, self.kms.region, self.stack, rec, commands, sent, changes)
+
+    def delete_vanished(self, old: Program, new: Program) -> list[str]:
+        """What the engine does last in a `pulumi up`: the IAM access keys and users of ``old`` that ``new`` no
+        longer has are deleted (keys before their users, the reverse of their dependencies), in moto's IAM
+        when the emulator keeps identities there; returns their logical names."""
+        gone_keys = [r for r in old.recording.of_type(Types.IAM_ACCESS_KEY)
+                     if r.urn not in {k.urn for k in new.recording.of_type(Types.IAM_ACCESS_KEY)}]
+        gone_users = [r for r in old.recording.of_type(Types.IAM_USER)
+                      if r.urn not in {u.urn for u in new.recording.of_type(Types.IAM_USER)}]
+        with emulator_credentials(self.emulator.credentials):
+            for key in gone_keys:
+                if self.emulator.iam:
+                    self.emulator.delete_access_key(str(rpc.unwrap_rpc_secret(key.inputs["user"])), key.id)
+                self.kept.pop(("access_key", key.name), None)
+            for user in gone_users:
+                if self.emulator.iam:
+                    self.emulator.delete_user(str(user.state["name"]))
+                self.kept.pop(("iam_user", user.name), None)
+        return [r.name for r in (*gone_keys, *gone_users)]
 
 
 def changed_commands(old: Program, new: Program) -> list[str]:

@@ -186,6 +186,20 @@ def is_restart(res: RegisteredResource) -> bool:
     return "mariadb-kms-roll" in create and "--preflight" not in create and "--mark-applied" not in create
 
 
+def only_access_keys_changed(
+    old: RegisteredResource | None, new: RegisteredResource | None, access_key_ids: set[str]
+) -> bool:
+    """Whether the triggers that changed are all access key ids: a rotated on-prem key re-runs the roll, which
+    finds its applied config current (the credentials file is no part of it) and restarts nothing."""
+    if old is None or new is None:
+        return False
+    before, after = plain(old.inputs.get("triggers")) or [], plain(new.inputs.get("triggers")) or []
+    if len(before) != len(after):
+        return False
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    return bool(changed) and all(str(a) in access_key_ids and str(b) in access_key_ids for a, b in changed)
+
+
 def is_bootstrap(res: RegisteredResource) -> bool:
     return "mariadb-kms-bootstrap" in _create(res)
 
@@ -313,6 +327,7 @@ def diff_plans(base: Recording, head: Recording, config: list[str] | None = None
     old = {r.urn: r for r in base.resources}
     new = {r.urn: r for r in head.resources}
 
+    access_key_ids = {r.id for rec in (base, head) for r in rec.of_type(Types.IAM_ACCESS_KEY)}
     steps: list[StepRun] = []
     ordered = [r.urn for r in replay_order(head, through_inputs=True)]
     gone = sorted(u for u, c in by_urn.items() if c.type == Types.REMOTE_COMMAND and u not in new)
@@ -326,7 +341,8 @@ def diff_plans(base: Recording, head: Recording, config: list[str] | None = None
         steps.append(StepRun(
             node=node, step=step_label(res, node), action=change.action, runs=runs,
             why=explain(change, old.get(urn), new.get(urn)),
-            restart=is_restart(res) and bool(runs) and change.action != "create" and "triggers" in change.changed,
+            restart=is_restart(res) and bool(runs) and change.action != "create" and "triggers" in change.changed
+            and not only_access_keys_changed(old.get(urn), new.get(urn), access_key_ids),
             bootstrap=is_bootstrap(res) and bool(runs),
         ))
 

@@ -35,6 +35,7 @@ class OnPremNodeConfig:
     ssh_port: int = DEFAULT_SSH_PORT
     egress_cidr: str | None = None
     decommission: bool = False
+    access_key_generation: int = 1
     kind: str = "onprem"
 
 

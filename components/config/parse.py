@@ -290,6 +290,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
                 ssh_port=int(d["sshPort"]),
                 egress_cidr=d["egressCidr"],
                 decommission=d["decommission"] is True,
+                access_key_generation=int(d["accessKeyGeneration"]),
             ),
         )
         for path, d in _objects(c, "onPremNodes", v["onPremNodes"])

@@ -111,6 +111,14 @@ ONPREM_NODE_FIELDS = (
     ),
     Field("sshPort", "the node's SSH port", default=DEFAULT_SSH_PORT, bounds=SSH_PORT),
     Field("egressCidr", "the public CIDR this node reaches KMS from", checks.cidr("203.0.113.7/32")),
+    Field(
+        "accessKeyGeneration",
+        "the generation of the node's own IAM access key: raise it by one to rotate that key in one `pulumi up` "
+        "(the new key is made, put on the node and checked, then the old one is deleted; MariaDB keeps running; "
+        "docs/runbooks/credentials.md)",
+        default=1,
+        bounds=Bounds(1, 9999),
+    ),
     DECOMMISSION_FIELD,
 )
 JUMP_HOST_FIELDS = (

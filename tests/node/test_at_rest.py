@@ -126,8 +126,10 @@ class AtRest:
             out[f"{name} data key (hex)"] = key.hex().encode()
         return out
 
-    def access_secret(self) -> bytes:
-        return self.cluster.program.onprem_access_key[1].encode()
+    def access_secrets(self) -> dict[str, bytes]:
+        # Each on-prem node has an access key of its own.
+        return {f"{node} secret access key": secret.encode()
+                for node, (_, secret) in self.cluster.program.onprem_access_keys.items()}
 
 
 def _require_testbed(config: pytest.Config) -> None:
@@ -408,12 +410,13 @@ def test_no_fscrypt_volume_image_holds_a_marker_or_a_key(at_rest: AtRest) -> Non
 
 
 def test_no_persistent_file_of_an_fscrypt_host_holds_a_marker_or_a_key(at_rest: AtRest) -> None:
-    needles = {**_needles(at_rest), "secret access key": at_rest.access_secret()}
+    needles = {**_needles(at_rest), **at_rest.access_secrets()}
     scan = scan_upper_dirs(at_rest.testbed, needles, hosts=list(FSCRYPT_NODES))
     assert scan.files > 0
     hits = {name: sorted(paths) for name, paths in scan.hits.items() if paths}
-    # The access key rests in exactly one root-only file per host: the one the unwrap reads.
-    assert hits.pop("secret access key", []) == sorted(f"{h}:{CREDENTIALS_PATH}" for h in FSCRYPT_NODES)
+    # Each node's access key rests in exactly one root-only file, on that node: the one the unwrap reads.
+    for h in FSCRYPT_NODES:
+        assert hits.pop(f"{h} secret access key", []) == [f"{h}:{CREDENTIALS_PATH}"]
     assert hits == {}
 
 

@@ -80,10 +80,12 @@ class Cluster:
         return self.deployed.program.data_key_blob
 
     def secrets_to_find(self) -> dict[str, bytes]:
-        access_key_id, secret_access_key = self.deployed.program.onprem_access_key
+        found: dict[str, bytes] = {}
+        for node, (access_key_id, secret_access_key) in self.deployed.program.onprem_access_keys.items():
+            found[f"{node} access key id"] = access_key_id.encode()
+            found[f"{node} secret access key"] = secret_access_key.encode()
         return {
-            "access key id": access_key_id.encode(),
-            "secret access key": secret_access_key.encode(),
+            **found,
             "data key (hex)": self.data_key.hex().encode(),
             "data key (raw)": self.data_key,
         }
@@ -225,10 +227,11 @@ def test_no_persistent_file_of_any_host_holds_the_canary_the_key_or_a_secret(clu
         assert any(p.startswith(f"{host}:/var/log/journal/") for p in scan.scanned)
     assert scan.hits["canary"] == []
     assert scan.hits["data key (hex)"] == [] and scan.hits["data key (raw)"] == []
-    # The credentials are at rest in exactly one file per host: the root-only file the unwrap reads.
-    only_there = sorted(f"{h}:{CREDENTIALS_PATH}" for h in HOSTS)
-    assert sorted(scan.hits["access key id"]) == only_there
-    assert sorted(scan.hits["secret access key"]) == only_there
+    # Each node's credentials are at rest in exactly one file, on that node only: the root-only file the
+    # unwrap reads (every node has a key of its own).
+    for h in HOSTS:
+        assert scan.hits[f"{h} access key id"] == [f"{h}:{CREDENTIALS_PATH}"]
+        assert scan.hits[f"{h} secret access key"] == [f"{h}:{CREDENTIALS_PATH}"]
 
 
 def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Cluster) -> None:
@@ -272,8 +275,8 @@ def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Clus
 
 def test_no_aws_credentials_reach_mariadbd_systemctl_show_or_the_journal(cluster: Cluster) -> None:
     tb = cluster.testbed
-    access_key_id, secret_access_key = cluster.deployed.program.onprem_access_key
     for host in HOSTS:
+        access_key_id, secret_access_key = cluster.deployed.program.onprem_access_keys[host]
         creds_file = tb.read_file(host, CREDENTIALS_PATH)  # control: the needles are what the node holds
         assert access_key_id.encode() in creds_file and secret_access_key.encode() in creds_file
         assert tb.exec(host, ["stat", "-c", "%a %U:%G", CREDENTIALS_PATH]).stdout.split() == ["600", "root:root"]

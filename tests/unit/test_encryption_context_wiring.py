@@ -111,7 +111,7 @@ def test_control_parliament_flags_the_context_condition_on_describe_key() -> Non
     doc = kp.key_policy(
         account_id="123456789012", partition="aws", region="eu-west-1", admins=["arn:aws:iam::123456789012:role/a"],
         deployers=["arn:aws:iam::123456789012:role/d"], node_role_arn="arn:aws:iam::123456789012:role/n",
-        onprem_user_arn=None,
+        onprem_user_arns=(),
     )
     for stmt in doc["Statement"]:
         if stmt["Sid"] == kp.SID_EC2_NODES:

@@ -113,7 +113,7 @@ def test_rendered_policies_are_clean_in_other_partitions(partition: str, region:
         account_id="123456789012", partition=partition, region=region,
         admins=[f"arn:{partition}:iam::123456789012:role/kms-admin"],
         deployers=[f"arn:{partition}:iam::123456789012:role/deployer"],
-        node_role_arn=f"arn:{partition}:iam::123456789012:role/node", onprem_user_arn=None,
+        node_role_arn=f"arn:{partition}:iam::123456789012:role/node", onprem_user_arns=(),
         kms_vpc_endpoint_id="vpce-0a1b2c3d4e5f60718",
     )
     assert lint(doc, KEY) == []

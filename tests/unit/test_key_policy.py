@@ -45,7 +45,7 @@ def policy(**changes: Any) -> dict[str, Any]:
         "admins": [ADMIN_A, ADMIN_B],
         "deployers": [DEPLOYER],
         "node_role_arn": NODE_ROLE,
-        "onprem_user_arn": ONPREM_USER,
+        "onprem_user_arns": [ONPREM_USER],
         "onprem_egress_cidrs": [],
         "kms_vpc_endpoint_id": None,
         "allow_account_root_iam_delegation": False,
@@ -154,7 +154,7 @@ def test_onprem_user_limited_to_egress_cidrs() -> None:
 
 def test_node_statements_only_for_identities_that_exist() -> None:
     assert kp.SID_EC2_NODES not in by_sid(policy(node_role_arn=None, kms_vpc_endpoint_id=VPCE))
-    assert kp.SID_ONPREM_NODES not in by_sid(policy(onprem_user_arn=None, onprem_egress_cidrs=["203.0.113.0/28"]))
+    assert kp.SID_ONPREM_NODES not in by_sid(policy(onprem_user_arns=(), onprem_egress_cidrs=["203.0.113.0/28"]))
 
 
 def test_account_root_statement_only_with_the_switch() -> None:

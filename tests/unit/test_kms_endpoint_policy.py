@@ -38,7 +38,7 @@ def test_control_the_checker_sees_only_the_configured_endpoint_in_the_old_policy
     role = f"arn:aws:iam::{ACCOUNT_ID}:role/node"
     old = kp.key_policy(
         account_id=ACCOUNT_ID, partition="aws", region=REGION, admins=[KMS_ADMIN_ARN], deployers=[DEPLOYER_ROLE_ARN],
-        node_role_arn=role, onprem_user_arn=None, kms_vpc_endpoint_id=CONFIGURED,
+        node_role_arn=role, onprem_user_arns=(), kms_vpc_endpoint_id=CONFIGURED,
     )
     assert source_vpces(old, role) == {CONFIGURED}
     assert "vpce-created" not in source_vpces(old, role)

@@ -95,8 +95,12 @@ def test_connections_pin_the_configured_host_keys(config: dict[str, Any], previe
 
 def test_credentials_reach_the_node_on_stdin_only(config: dict[str, Any]) -> None:
     rec = up(config)
-    key = rec.one(Types.IAM_ACCESS_KEY)
+    # Each node's own key: its user carries the node's name as a tag.
+    users = {u.state["name"]: u.input("tags")["mariadb-kms:node"] for u in rec.of_type(Types.IAM_USER)}
+    keys = {users[k.input("user")]: k for k in rec.of_type(Types.IAM_ACCESS_KEY)}
+    assert sorted(keys) == ["dc-1", "dc-2"] and keys["dc-1"].id != keys["dc-2"].id
     for node in ("dc-1", "dc-2"):
+        key, other = keys[node], keys["dc-2" if node == "dc-1" else "dc-1"]
         step = cmd(rec, f"{node}-ssh-credentials")
         assert step.input_is_secret("stdin")
         files = decode_put(str(stdin_text(step)))
@@ -104,6 +108,7 @@ def test_credentials_reach_the_node_on_stdin_only(config: dict[str, Any]) -> Non
         content, mode, owner = files[CREDENTIALS_PATH]
         assert (mode, owner) == (0o600, "root:root")
         assert PLANTED_ACCESS_KEY_SECRET in content.decode() and key.id in content.decode()
+        assert other.id not in content.decode()
         assert PLANTED_ACCESS_KEY_SECRET not in step.input("create")
         assert "environment" not in step.inputs
         assert set(step.secret_outputs) >= {"stdout", "stderr"}

@@ -151,7 +151,7 @@ def test_onprem_user_and_access_key(full_config: dict[str, Any]) -> None:
     assert key.input("user") == user.state["name"]
     assert {"secret", "sesSmtpPasswordV4"} <= set(key.secret_outputs)
     assert rpc.is_rpc_secret(key.state["secret"])
-    assert rec.outputs["onPremAccessKeyId"].value == key.id and key.id.startswith("AKIA")
+    assert rec.outputs["onPremAccessKeyId"].value == {"dc-1": key.id} and key.id.startswith("AKIA")
 
 
 def test_data_key_waits_for_the_key_and_outlives_the_stack(full_config: dict[str, Any]) -> None:
@@ -266,7 +266,7 @@ def test_output_values_in_up(full_config: dict[str, Any]) -> None:
     assert values["kmsKeyId"] == rec.one(Types.KMS_KEY).state["keyId"]
     assert values["nodeRoleArn"] == rec.one(Types.IAM_ROLE).state["arn"]
     assert values["instanceProfileName"] == rec.one(Types.IAM_INSTANCE_PROFILE).state["name"]
-    assert values["onPremUserName"] == rec.one(Types.IAM_USER).state["name"]
+    assert values["onPremUserName"] == {"dc-1": rec.one(Types.IAM_USER).state["name"]}
     assert values["clusterDataKeyCiphertext"] == rec.one(Types.DATA_KEY).state["ciphertext_blob"]
 
 

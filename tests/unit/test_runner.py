@@ -134,7 +134,7 @@ def test_recording_again_keeps_the_key_and_the_data_key_and_names_what_changed(k
     first = stack.record(onprem_config(_testbed(tb)), _testbed(tb))
     second = stack.record({**first.config, **TLS_OFF}, _testbed(tb))
     assert (second.key_arn, second.data_key_blob) == (first.key_arn, first.data_key_blob)
-    assert second.onprem_access_key == first.onprem_access_key
+    assert second.onprem_access_keys == first.onprem_access_keys and len(first.onprem_access_keys) == 3
     assert len(stack.emulator.keys) == 1
     changed = changed_commands(first, second)
     assert "node1-verification-run" in changed and "node2-ssh-config" in changed
@@ -205,3 +205,51 @@ def test_recording_again_keeps_the_tls_material_whose_inputs_did_not_change(kms:
     # Control: another stack (a fresh state) gets a CA of its own.
     other = ProgramStack(kms).record(dict(first.config), _testbed(tb))
     assert other.recording.one(ca).state["certPem"] != first.recording.one(ca).state["certPem"]
+
+
+# -- with IAM authentication on: each node's key is one moto issued, and a rotation revokes the old one ---------
+
+
+@pytest.fixture(scope="module")
+def iam_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsServer]:
+    with KmsServer("127.0.0.1", _free_port(), state_dir=tmp_path_factory.mktemp("iam-kms"), region="eu-west-1",
+                   iam_auth=True) as server:
+        yield server
+
+
+def _describe_as(kms: KmsServer, key: tuple[str, str], key_arn: str) -> str:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("kms", region_name=kms.region, endpoint_url=kms.endpoint_url,
+                          aws_access_key_id=key[0], aws_secret_access_key=key[1])
+    try:
+        return str(client.describe_key(KeyId=key_arn)["KeyMetadata"]["Arn"])
+    except ClientError as err:
+        from node_scripts import NODE, load_node_script
+
+        unwrap = load_node_script("mariadb_kms_unwrap", NODE / "mariadb_kms_unwrap.py")
+        return str(unwrap.classify(err))
+
+
+def test_under_iam_auth_each_node_signs_with_its_own_key_and_a_rotated_one_is_refused(iam_kms: KmsServer) -> None:
+    tb = HostsStandIn()
+    stack = ProgramStack(iam_kms)
+    first = stack.record(onprem_config(_testbed(tb), gcacheSize="64M"), _testbed(tb))
+    keys = first.onprem_access_keys
+    assert sorted(keys) == list(HOSTS) and len({k for k, _ in keys.values()}) == len(HOSTS)
+    for node in HOSTS:
+        assert _describe_as(iam_kms, keys[node], first.key_arn) == first.key_arn, node
+    nodes = [dict(n) for n in first.config["onPremNodes"]]
+    nodes[0]["accessKeyGeneration"] = 2
+    second = stack.record({**first.config, "onPremNodes": nodes}, _testbed(tb))
+    rotated = second.onprem_access_keys
+    assert rotated["node1"] != keys["node1"] and rotated["node2"] == keys["node2"]
+    # Both keys are valid until the run's end, when the engine deletes what left the program.
+    assert _describe_as(iam_kms, keys["node1"], first.key_arn) == first.key_arn
+    assert stack.delete_vanished(first, second) == ["onprem-identity-node1-key"]
+    assert _describe_as(iam_kms, keys["node1"], first.key_arn) == "credentials-unrecognized"
+    assert _describe_as(iam_kms, rotated["node1"], first.key_arn) == first.key_arn
+    assert _describe_as(iam_kms, keys["node2"], first.key_arn) == first.key_arn
+    # Control: a recording again with the same config makes nothing new and deletes nothing.
+    assert stack.delete_vanished(second, stack.record(second.config, _testbed(tb))) == []
