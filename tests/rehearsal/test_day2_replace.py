@@ -57,7 +57,8 @@ def out_at_once(sc: Day2Scenario) -> int:
     ``max_members_not_synced`` counts a donor too; the donor serving a rejoining node's IST is still a
     member that takes writes, so this figure is the one the at-most-one-node-out rule is about.
     """
-    return max((sum(1 for n in sc.members if (v := s.get(n)) is None or v[0] not in ("Synced", "Donor/Desynced"))
+    serving = ("Synced", "Donor/Desynced")
+    return max((sum(1 for n in sc.members if (p := s.probes.get(n)) is None or p.state not in serving)
                 for s in sc.samples), default=0)
 
 
@@ -240,6 +241,9 @@ def test_remove_an_ec2_node_in_two_ups(cluster: DemoCluster) -> None:
     f = sc.figures
     assert f is not None
     print_figures(sc)
+    for label, proc in (("first up", first), ("second up", second)):
+        print(f"\n{label} plan: " + "; ".join(" ".join(r) for r in plan_rows(proc.stderr)))
+        print(f"{label}: " + " | ".join(re.findall(r"^.*(?:create, ~|up: done in ).*$", proc.stderr, flags=re.M)))
 
     # First up: the interface moves to the SSH-only group (an in-place update), the volume is unprotected.
     rows = plan_rows(first.stderr)
@@ -295,9 +299,14 @@ def test_remove_an_ec2_node_in_two_ups(cluster: DemoCluster) -> None:
 def test_out_at_once_counts_down_and_joining_members_not_donors() -> None:
     from types import SimpleNamespace
 
-    donor_and_joiner = [{"a": ("Synced", 0.0), "b": ("Donor/Desynced", 0.0), "c": ("Joining", 0.0)}]
-    sc = SimpleNamespace(members=["a", "b", "c"], samples=donor_and_joiner)
+    from rehearsal.availability import Probe, Sample
+
+    def probe(state: str) -> Probe:
+        return Probe(state, primary=True, ready=state in ("Synced", "Donor/Desynced"))
+
+    donor_and_joiner = Sample(0.0, {"a": probe("Synced"), "b": probe("Donor/Desynced"), "c": probe("Joining")})
+    sc = SimpleNamespace(members=["a", "b", "c"], samples=[donor_and_joiner])
     assert out_at_once(sc) == 1  # type: ignore[arg-type]
     # Control: a second member down counts.
-    sc.samples = [*donor_and_joiner, {"a": None, "b": ("Donor/Desynced", 0.0), "c": ("Joining", 0.0)}]
+    sc.samples = [donor_and_joiner, Sample(1.0, {"a": None, "b": probe("Donor/Desynced"), "c": probe("Joining")})]
     assert out_at_once(sc) == 2  # type: ignore[arg-type]
