@@ -10,6 +10,10 @@ One `make demo` for the module (aws-a, aws-b, dc-1), then, as docs/runbooks/day-
    rejoins by IST. The bootstrap does not run again.
 3. ``--replace aws-b-instance`` (``pulumi up --replace``) with the same file: aws-b is replaced too, and
    the engine launches it with the AMI the state holds, not the cluster's newer one (ignore_changes).
+4. ``7-decommission-aws-c.yaml`` then ``8-forget-aws-c.yaml``: aws-c removed in two ups. The first moves its
+   interface to the SSH-only leaving group, unprotects its data volume and runs its decommission; the
+   members drop its address from their Galera allowlist. The second deletes only: the instance (its host
+   powered off), the interface and the rest; the data volume leaves the stack but is retained.
 
 The AMI stand-in is the AMI id in the host's cloud-init meta-data (``rehearsal/instances.py``). Each
 scenario prints the figures of tests/rehearsal/day2.py; the module prints them as a table at the end.
@@ -34,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 RUNBOOK = REPO / "docs" / "runbooks" / "day-2"
 ADD_AWS_C = RUNBOOK / "5-add-aws-c.yaml"
 REPLACE_AWS_A = RUNBOOK / "6-replace-aws-a.yaml"
+DECOMMISSION_AWS_C = RUNBOOK / "7-decommission-aws-c.yaml"
+FORGET_AWS_C = RUNBOOK / "8-forget-aws-c.yaml"
 OLD_AMI, NEW_AMI = "ami-0deb1a2b3c4d5e6f7", "ami-0deb1a2b3c4d5e6f8"
 ROOT_DISK_MARK = "/root/mariadb-kms-old-root-disk"  # written on a host before its instance is replaced
 NODES = ["aws-a", "aws-b", "dc-1", "aws-c"]
@@ -51,7 +57,8 @@ def out_at_once(sc: Day2Scenario) -> int:
     ``max_members_not_synced`` counts a donor too; the donor serving a rejoining node's IST is still a
     member that takes writes, so this figure is the one the at-most-one-node-out rule is about.
     """
-    return max((sum(1 for n in sc.members if (v := s.get(n)) is None or v[0] not in ("Synced", "Donor/Desynced"))
+    serving = ("Synced", "Donor/Desynced")
+    return max((sum(1 for n in sc.members if (p := s.probes.get(n)) is None or p.state not in serving)
                 for s in sc.samples), default=0)
 
 
@@ -174,12 +181,137 @@ def test_pulumi_up_replace_keeps_the_ami_the_state_holds(cluster: DemoCluster) -
     assert out_at_once(sc) <= 1, f.notes
 
 
+def plan_rows(proc_stderr: str) -> list[tuple[str, str, str]]:
+    """The printed plan's rows as (symbol, type, name); a wrapped "why" continues on rows without a symbol."""
+    return re.findall(r"^\s*│\s*(\+-|[+~-])\s*│\s*(\S+)\s*│\s*(\S+)\s*│", proc_stderr, flags=re.M)
+
+
+def members_v4(cluster: DemoCluster, node: str) -> str:
+    """The node's Galera-port allowlist set, as the runbook has it checked (`nft list set ...`)."""
+    got = cluster.testbed().exec(node, ["nft", "list", "set", "inet", "mariadb_kms_members", "members_v4"])
+    assert got.rc == 0, f"{node}: {got.stderr}"
+    return got.stdout
+
+
+def listed(set_text: str, address: str) -> bool:
+    return re.search(rf"(?<![\d.]){re.escape(address)}(?![\d.])", set_text) is not None
+
+
+def cluster_size(cluster: DemoCluster, node: str) -> int:
+    conn = cluster.connect(cluster.addresses[node])
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'")
+        return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+def protected() -> list[str]:
+    """`make demo-protected`: the URNs the stack's state protects."""
+    proc = rehearsal("state", "protected", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_remove_an_ec2_node_in_two_ups(cluster: DemoCluster) -> None:
+    from rehearsal.demo import out_dir
+    from rehearsal.state import load
+    from rehearsal.volumes import VOLUMES_DIR
+
+    remaining = ["aws-a", "aws-b", "dc-1"]
+    address = cluster.addresses["aws-c"]
+    # Controls: aws-c's volume is protected, and every member admits aws-c on the Galera ports.
+    volume_urns = [u for u in protected() if u.endswith("::aws-c-data")]
+    assert len(volume_urns) == 1, "aws-c's data volume is not protected before its decommission"
+    volume_urn = volume_urns[0]
+    for n in remaining:
+        assert listed(members_v4(cluster, n), address), f"{n} does not admit aws-c before its decommission"
+    assert not listed("elements = { 10.0.0.1 }", address)  # the matcher does not find what is absent
+    volume_id = load(out_dir(settings())).resources[volume_urn].id
+    assert volume_id.startswith("vol-"), volume_id
+
+    with Day2Scenario(cluster, "remove aws-c (two ups)", members=remaining, nodes=NODES) as sc:
+        first = sc.up(DECOMMISSION_AWS_C)
+        assert first.returncode == 0, first.stderr[-6000:]
+        after_first = {"protected": protected(), "sets": {n: members_v4(cluster, n) for n in remaining},
+                       "sizes": {n: cluster_size(cluster, n) for n in remaining}}
+        second = sc.up(FORGET_AWS_C)
+        assert second.returncode == 0, second.stderr[-6000:]
+    f = sc.figures
+    assert f is not None
+    print_figures(sc)
+    for label, proc in (("first up", first), ("second up", second)):
+        print(f"\n{label} plan: " + "; ".join(" ".join(r) for r in plan_rows(proc.stderr)))
+        print(f"{label}: " + " | ".join(re.findall(r"^.*(?:create, ~|up: done in ).*$", proc.stderr, flags=re.M)))
+
+    # First up: the interface moves to the SSH-only group (an in-place update), the volume is unprotected.
+    rows = plan_rows(first.stderr)
+    assert ("~", "aws:ec2/networkInterface:NetworkInterface", "aws-c-eni") in rows, first.stderr[-6000:]
+    assert re.search(r"aws-c-eni[\s│]+changed: [^│]*securityGroups", first.stderr), first.stderr[-6000:]
+    assert ("+", "aws:ec2/securityGroup:SecurityGroup", "cluster-nodes-leaving-group") in rows
+    # Only aws-c's steps and its instance-type resource leave in the first up; its instance, interface, volume
+    # and attachment stay until the second (the decommission needs the host).
+    gone_first = {r[2] for r in rows if r[0] in ("-", "+-")}
+    assert not gone_first & {"aws-c-instance", "aws-c-eni", "aws-c-data", "aws-c-data-attachment"}, rows
+    assert "aws-c-ssh-roll" in gone_first and "aws-c-instance-type" in gone_first, rows  # control
+    assert volume_urn not in after_first["protected"], "aws-c's data volume is still protected after the first up"
+    assert "aws-c-ssh-decommission on aws-c ok" in first.stderr
+    steps = ran(first.stderr)
+    for n in remaining:
+        assert f"{n}-ssh-shut-out on {n}" in steps, steps
+        assert any(s.startswith(f"{n}-verification") and s.endswith(f" on {n}") for s in steps), steps
+        assert not listed(after_first["sets"][n], address), f"{n} still admits aws-c: {after_first['sets'][n]}"
+        assert after_first["sizes"][n] == 3, after_first["sizes"]
+
+    # Second up: deletes, and the members' allowlist updated to the list shut-out loaded already.
+    totals = re.search(r"\+(\d+) create, ~(\d+) update, \+-(\d+) replace, -(\d+) delete", second.stderr)
+    assert totals is not None, second.stderr[-4000:]
+    created, updated, replaced, deleted = map(int, totals.groups())
+    assert created == 0 and replaced == 0 and deleted > 0, totals.group(0)
+    rows = plan_rows(second.stderr)
+    updates = sorted(r[2] for r in rows if r[0] == "~")
+    assert updates == [f"{n}-ssh-member-firewall" for n in sorted(remaining)], updates
+    assert len(updates) == updated
+    deletes = {r[2] for r in rows if r[0] == "-"}
+    for gone in ("aws-c-instance", "aws-c-eni", "aws-c-data", "aws-c-data-attachment", "cluster-nodes-leaving-group"):
+        assert gone in deletes, f"{gone} is not deleted: {sorted(deletes)}"
+    assert "is protected and would be" not in second.stderr
+    # The plan's "why" may wrap onto the next table line: read it with the table's rules taken out.
+    flat = re.sub(r"[\s│]+", " ", second.stderr)
+    assert "aws-c-data no longer in the program; retain_on_delete: forgotten, not deleted" in flat, flat[-6000:]
+    for n in remaining:
+        assert f"{n}-ssh-member-firewall on {n}" in ran(second.stderr)
+        assert not listed(members_v4(cluster, n), address), n
+    assert re.search(r"up: done in .*, powered off aws-c$", second.stderr, flags=re.M), second.stderr[-3000:]
+    tb = cluster.testbed()
+    host = tb.hosts.get("aws-c")
+    assert host is None or not host.leader_pid, "aws-c's host still runs"
+    assert cluster.sample("aws-c") is None
+    # The volume left the stack, and its stand-in still holds aws-c's datadir (decommissionData: keep).
+    state = load(out_dir(settings()))
+    assert volume_urn not in state.resources and not any(r.id == volume_id for r in state.resources.values())
+    image = settings().run_dir() / VOLUMES_DIR / "aws-c" / "volume.img"
+    assert image.is_file() and image.stat().st_size > 0, f"{image}: the retained volume's image is gone"
+    print(f"\nretained {volume_id}: {image}")
+
+    assert f.nodes_restarted == [], f"removing aws-c restarted {f.nodes_restarted}"
+    assert f.max_members_out <= 1 and out_at_once(sc) <= 1, f.notes
+    assert f.acknowledged_lost == 0 and f.invariant_violations == 0
+    assert all(cluster_size(cluster, n) == 3 for n in remaining)
+
+
 def test_out_at_once_counts_down_and_joining_members_not_donors() -> None:
     from types import SimpleNamespace
 
-    donor_and_joiner = [{"a": ("Synced", 0.0), "b": ("Donor/Desynced", 0.0), "c": ("Joining", 0.0)}]
-    sc = SimpleNamespace(members=["a", "b", "c"], samples=donor_and_joiner)
+    from rehearsal.availability import Probe, Sample
+
+    def probe(state: str) -> Probe:
+        return Probe(state, primary=True, ready=state in ("Synced", "Donor/Desynced"))
+
+    donor_and_joiner = Sample(0.0, {"a": probe("Synced"), "b": probe("Donor/Desynced"), "c": probe("Joining")})
+    sc = SimpleNamespace(members=["a", "b", "c"], samples=[donor_and_joiner])
     assert out_at_once(sc) == 1  # type: ignore[arg-type]
     # Control: a second member down counts.
-    sc.samples = [*donor_and_joiner, {"a": None, "b": ("Donor/Desynced", 0.0), "c": ("Joining", 0.0)}]
+    sc.samples = [donor_and_joiner, Sample(1.0, {"a": None, "b": probe("Donor/Desynced"), "c": probe("Joining")})]
     assert out_at_once(sc) == 2  # type: ignore[arg-type]
