@@ -80,8 +80,9 @@ def grant_net_admin(settings: Settings, names: Sequence[str]) -> None:
 
     Root on an EC2 instance has it, and first boot needs it: the IMDS guard loads
     an nftables rule. Each host has a network namespace of its own, so the rule
-    stays inside the host. A settings file, not a change of the testbed's nspawn
-    command line, so the node tests' testbed is unaffected.
+    stays inside the host. Since every node loads the Galera-port allowlist, the
+    testbed's own nspawn command line grants it to every host as well
+    (``--capability=CAP_NET_ADMIN``), so this settings file only repeats it.
     """
     NSPAWN_SETTINGS_DIR.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -412,6 +412,10 @@ class Testbed:
             f"--directory={self.rootfs}",
             f"--overlay={self.rootfs}:{host.upper}:/",
             f"--network-namespace-path={host.netns_path}",
+            # nspawn drops CAP_NET_ADMIN, which root on a real host has and a node needs: it loads nftables
+            # rules (the Galera-port allowlist, and the IMDS guard on EC2). Each host has a network namespace
+            # of its own, so its rules stay inside it.
+            "--capability=CAP_NET_ADMIN",
             "--resolv-conf=off",  # the rootfs' own: no DNS; names come from /etc/hosts
             "--timezone=off",
             "--link-journal=no",
