@@ -173,9 +173,9 @@ def test_the_first_up_runs_only_login_keys_and_both_keys_log_in(rotation: Rotati
 
 
 def test_the_second_up_re_executes_every_command_but_the_bootstrap_with_the_new_key(rotation: Rotation) -> None:
-    # 11 steps per on-prem node with TLS on, and each node's verification; the bootstrap is create-only.
+    # 12 steps per on-prem node with TLS on, and each node's verification; the bootstrap is create-only.
     assert "cluster-bootstrap" not in rotation.second_up
-    assert len(rotation.second_up) == 11 * len(HOSTS) + len(HOSTS), sorted(rotation.second_up)
+    assert len(rotation.second_up) == 12 * len(HOSTS) + len(HOSTS), sorted(rotation.second_up)
     assert len(rotation.second_outcomes) == len(rotation.second_up) and all(o.ok for o in rotation.second_outcomes)
     rolls = [o for o in rotation.second_outcomes if o.name.endswith("-ssh-roll")]
     assert len(rolls) == len(HOSTS)

@@ -241,7 +241,7 @@ def test_second_up_switches_to_the_new_key_and_the_old_one_is_refused(
     pids = mariadbd_pids(cluster)
     # The engine's rules: the connection (its private key) changed on every remote command, so each one that
     # does not ignore the change updates and runs its `update`, else its `create`; only the bootstrap is
-    # create-only (ignore_changes). docs/runbooks/credentials.md counts 11 per node plus each verification.
+    # create-only (ignore_changes). docs/runbooks/credentials.md counts 12 per node plus each verification.
     commands = [r for r in state.resources.values() if r.type == Types.REMOTE_COMMAND]
     expected = sorted(r.name for r in commands
                       if not (r.options and {"*", "connection"} & set(r.options.ignore_changes)))
@@ -249,7 +249,7 @@ def test_second_up_switches_to_the_new_key_and_the_old_one_is_refused(
                                "pids_before": FACTS.get("pids"), "pids_after": pids})
     assert middle == everywhere(True, True), middle
     assert sorted(ran) == expected, sorted(set(ran) ^ set(expected))
-    assert len(ran) == 11 * len(NODES) + len(NODES) and "cluster-bootstrap" not in ran
+    assert len(ran) == 12 * len(NODES) + len(NODES) and "cluster-bootstrap" not in ran
     assert "~0 update" not in second.stderr and "+-0 replace" in second.stderr
     assert after == everywhere(False, True), after
     assert demo_state().config["sshPrivateKey"] == keys.new.private_openssh
