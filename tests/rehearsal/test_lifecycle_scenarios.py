@@ -280,7 +280,7 @@ def test_going_back_after_the_second_up_is_the_rotation_reversed(
     pids = mariadbd_pids(cluster)
     figures("login key back after up 2", {"steps": [len(steps_of(first)), len(steps_of(second))], **f.to_dict(),
                                           "logs_in": after, "pids_after": pids})
-    assert len(steps_of(first)) == len(NODES) and len(steps_of(second)) == 11 * len(NODES) + len(NODES)
+    assert len(steps_of(first)) == len(NODES) and len(steps_of(second)) == 12 * len(NODES) + len(NODES)
     assert middle == everywhere(True, True), middle
     assert after == everywhere(True, False), after
     assert pids == FACTS["pids"], "a mariadbd restarted during the way back"
