@@ -63,12 +63,14 @@ GCACHE_SIZE = "128M"  # smaller than the write-set: it goes to a page file on th
 PROBE_DIR = "/run/mariadb-kms-test"  # tmpfs in the host
 
 # Runs in a host while the large transaction commits: every Galera spill page (0x…_data.*, 0x…_keys.*) that
-# appears in the datadir is pushed to the volume (sync) again and again while it exists, so the image shows
-# what it held; GRA_*.log files are noted too.
+# appears in the datadir gets a second link, so Galera's delete after the commit does not drop its dirty
+# pages unwritten; once the transaction is over its last bytes are synced and the link removed, and its
+# blocks are free on the volume holding what the page held. Before the link, a page filled and deleted
+# between two syncs left nothing on the control's volume and its control failed now and then.
 SPILL_SYNC_PY = """\
 import json, os, sys, time
 base, ready, stop = sys.argv[1:4]
-seen, syncs = set(), 0
+seen, held, syncs = set(), set(), 0
 open(ready, "w").close()
 while not os.path.exists(stop):
     try:
@@ -76,11 +78,21 @@ while not os.path.exists(stop):
     except OSError:
         pages = []
     seen.update(pages)
+    for name in set(pages) - held:
+        try:
+            os.link(os.path.join(base, name), os.path.join(base, "held-" + name))
+            held.add(name)
+        except OSError:
+            pass  # already deleted
     if pages:
         os.sync()
         syncs += 1
     time.sleep(0.02)
-print(json.dumps({"seen": sorted(seen), "syncs": syncs}))
+os.sync()
+for name in held:
+    os.unlink(os.path.join(base, "held-" + name))
+os.sync()
+print(json.dumps({"seen": sorted(seen), "held": sorted(held), "syncs": syncs}))
 """
 
 
@@ -382,6 +394,10 @@ def test_the_workload_joined_by_sst_failed_an_apply_and_spilled_the_large_transa
     # The writer built the large write-set in spill pages in its datadir, on the fscrypt cluster and the control.
     assert any("_data." in page for page in at_rest.watch["atr1"]["seen"]), at_rest.watch
     assert any("_data." in page for page in at_rest.watch[CONTROL]["seen"]), at_rest.watch
+    # Each page was held open by a second link until its last bytes were synced, then freed: whether its blocks
+    # reach the volume never depends on writeback timing, on the control or on the fscrypt nodes.
+    for host in ("atr1", CONTROL):
+        assert any("_data." in page for page in at_rest.watch[host]["held"]), at_rest.watch
     for host in FSCRYPT_NODES:
         wait_synced(tb, host, 3)
     counts = {h: sql(tb, h, "SELECT COUNT(*) FROM atrest.rows; SELECT COUNT(*) FROM atrest.history FOR SYSTEM_TIME "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from plaintext_probe import (
     PROBE_DIR,
     WORKLOAD_ROWS,
     SpillObservation,
+    backing_dir,
     datadir_digests,
     flush_to_disk,
     held_spill_scan,
@@ -39,6 +41,7 @@ from plaintext_probe import (
 )
 
 from components.node_files import BLOB_PATH, CREDENTIALS_PATH, KEYFILE_PATH, UNWRAP_UNIT
+from node import mariadb_kms_verify as verify_tool
 from rehearsal.kms_server import KmsServer
 from rehearsal.mariadb_on_host import (
     join,
@@ -226,12 +229,35 @@ def test_no_persistent_file_of_any_host_holds_the_canary_the_key_or_a_secret(clu
         assert any(p.startswith(f"{host}:/var/lib/mysql/mariadb-bin.0") for p in scan.scanned)
         assert any(p.startswith(f"{host}:/var/log/journal/") for p in scan.scanned)
     assert scan.hits["canary"] == []
+    # These datadirs are not encrypted by the kernel: MariaDB may leave the marker's text, from freed memory,
+    # in the unused part of an encrypted Aria index page. Only there, and only in .MAI files; never a key.
+    assert all(p.endswith(".MAI") for p in scan.aria_index_slack["canary"]), scan.aria_index_slack
     assert scan.hits["data key (hex)"] == [] and scan.hits["data key (raw)"] == []
+    assert scan.aria_index_slack["data key (hex)"] == [] and scan.aria_index_slack["data key (raw)"] == []
     # Each node's credentials are at rest in exactly one file, on that node only: the root-only file the
     # unwrap reads (every node has a key of its own).
     for h in HOSTS:
         assert scan.hits[f"{h} access key id"] == [f"{h}:{CREDENTIALS_PATH}"]
         assert scan.hits[f"{h} secret access key"] == [f"{h}:{CREDENTIALS_PATH}"]
+
+
+def test_real_aria_index_pages_state_a_used_length_the_slack_rule_can_rest_on(cluster: Cluster) -> None:
+    """The layout behind the rule that tells index-page slack from a leak, on real encrypted index pages:
+    every page of workload.notes states, where the rule reads it, a used length inside the page that its keys
+    (200 INT ids) account for; read where an unencrypted page keeps it, the same pages say nothing sensible."""
+    tb = cluster.testbed
+    for host in HOSTS:
+        flush_to_disk(tb, host)
+        data = (backing_dir(tb, host, "/var/lib/mysql") / "workload" / "notes.MAI").read_bytes()
+        header = verify_tool.parse_aria_header(data)
+        assert (header.encrypted, header.transactional, header.block_size) == (True, False, 8192), host
+        pages = range(header.keystart, len(data), header.block_size)
+        used = [struct.unpack_from(">H", data, p + header.keypage_header - 2)[0] for p in pages]
+        assert used and all(header.keypage_header < u < header.block_size - 4 for u in used), (host, used)
+        assert sum(used) >= 200 * 4, (host, used)
+        plain_offset = 4 - 2  # key id, flag, then the used length: no LSN or key version before it
+        wrong = [struct.unpack_from(">H", data, p + plain_offset)[0] for p in pages]
+        assert wrong != used, (host, wrong)
 
 
 def test_control_without_encryption_every_scanner_finds_the_canary(cluster: Cluster) -> None:

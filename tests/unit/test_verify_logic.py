@@ -14,6 +14,7 @@ import argparse
 import base64
 import os
 import re
+import struct
 import tempfile
 import threading
 import time
@@ -387,6 +388,84 @@ def test_check_aria_reports_each_table_from_its_header(tmp_path: Path) -> None:
     assert "global_priv" not in text and "enc_nt" not in text
     assert "1 system tables" in section["limitation"]
     assert section["tables"] == 6 and section["encrypted"] == 3
+
+
+def _index_file(header_fixture: tuple[str, ...] | str, used: int, place_at: int, needle: bytes) -> bytes:
+    """A .MAI file: a real header, then one index page whose used length is ``used``, with ``needle`` at
+    ``place_at`` (an offset into the whole file)."""
+    head = _header(header_fixture)
+    info = verify.parse_aria_header(head)
+    data = bytearray(head + bytes(info.keystart - len(head)) + bytes(info.block_size))
+    struct.pack_into(">H", data, info.keystart + info.keypage_header - 2, used)
+    data[place_at:place_at + len(needle)] = needle
+    return bytes(data)
+
+
+def test_real_aria_headers_give_block_size_keystart_and_the_key_page_header() -> None:
+    enc_nt = verify.parse_aria_header(_header(ENCRYPTED_NOT_TRANSACTIONAL))
+    assert (enc_nt.block_size, enc_nt.keystart, enc_nt.keypage_header) == (8192, 8192, 15)
+    enc_t = verify.parse_aria_header(_header(ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV))
+    assert (enc_t.block_size, enc_t.keystart, enc_t.keypage_header) == (8192, 8192, 21)
+    assert verify.parse_aria_header(_header(PLAIN_TRANSACTIONAL)).keypage_header == 17
+
+
+@pytest.mark.parametrize(("fixture", "offset_in_page", "where"), [
+    (ENCRYPTED_NOT_TRANSACTIONAL, 300, "index page slack"),    # past the used 200 bytes: uninitialized memory
+    (ENCRYPTED_NOT_TRANSACTIONAL, 100, "index page"),          # control: inside the keys, a real leak
+    (ENCRYPTED_NOT_TRANSACTIONAL, 190, "index page"),          # control: begins among the keys
+    (ENCRYPTED_NOT_TRANSACTIONAL, 8192 - 20, "index page"),    # control: runs into the checksum
+    (ENCRYPTED_TRANSACTIONAL_GLOBAL_PRIV, 300, "index page slack"),
+    (PLAIN_TRANSACTIONAL, 300, "index page"),                  # control: a table Aria does not encrypt
+])
+def test_a_marker_is_placed_in_index_page_slack_only_past_the_used_length(
+    fixture: tuple[str, ...] | str, offset_in_page: int, where: str
+) -> None:
+    needle = b"mariadb-kms-canary-" + b"ab" * 16
+    data = _index_file(fixture, 200, 8192 + offset_in_page, needle)
+    assert verify.aria_marker_places(data, needle) == [(8192 + offset_in_page, where)]
+
+
+def test_a_marker_in_the_aria_header_is_not_slack(tmp_path: Path) -> None:
+    needle = b"mariadb-kms-canary-" + b"cd" * 16
+    data = _index_file(ENCRYPTED_NOT_TRANSACTIONAL, 200, 600, needle)
+    assert verify.aria_marker_places(data, needle) == [(600, "header")]
+    path = tmp_path / "t.MAI"
+    path.write_bytes(data)
+    assert verify.in_aria_index_slack_only(path, needle) is False
+    path.write_bytes(_index_file(ENCRYPTED_NOT_TRANSACTIONAL, 200, 8192 + 300, needle))
+    assert verify.in_aria_index_slack_only(path, needle) is True
+    assert verify.in_aria_index_slack_only(path.rename(tmp_path / "t.MAD"), needle) is False
+
+
+@pytest.mark.parametrize(("datadir_encrypted", "allow", "offset_in_page", "gap", "limitation"), [
+    (None, False, 300, False, True),
+    (True, False, 300, False, False),
+    (False, True, 300, False, True),
+    (False, False, 300, True, False),
+    (True, False, 100, True, False),  # control: among the keys it is a leak whatever the kernel does
+])
+def test_the_canary_in_aria_index_slack_is_told_apart_from_a_leak(
+    tmp_path: Path, datadir_encrypted: bool | None, allow: bool, offset_in_page: int, gap: bool, limitation: bool
+) -> None:
+    datadir = tmp_path / "datadir"
+    (datadir / "mariadb_kms_verify").mkdir(parents=True)
+    mai = datadir / "mariadb_kms_verify" / "canary_aria.MAI"
+
+    def on_execute(sql: str) -> None:
+        found = re.search(r"'(mariadb-kms-canary-[0-9a-f]+)'", sql)
+        if found and "canary_aria VALUES" in sql:
+            mai.write_bytes(_index_file(ENCRYPTED_NOT_TRANSACTIONAL, 200, 8192 + offset_in_page,
+                                        found.group(1).encode()))
+
+    fake = FakeSql({"innodb_max_dirty_pages_pct": "90.000000\n", "INNODB_BUFFER_POOL_PAGES_DIRTY": "0\n"},
+                   on_execute)
+    section, gaps = verify.run_canary(verify.Sql(fake), {"datadir": str(datadir)}, "/dev/vda / ext4 rw 0 0\n",
+                                      spill=False, datadir_encrypted=datadir_encrypted, allow_plain_datadir=allow)
+    slack = offset_in_page == 300
+    assert section["aria_index_slack_with_marker"] == ([str(mai)] if slack else [])
+    assert section["found_in"] == ([] if slack else [str(mai)])
+    assert bool(gaps) is gap, gaps
+    assert bool(section.get("limitations")) is limitation
 
 
 def test_filename_encoding() -> None:
