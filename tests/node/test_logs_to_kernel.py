@@ -13,7 +13,8 @@ loop-backed ext4 image made here with ``-O encrypt`` (``attach_volumes``), with 
 - the verify tool told nothing about the logs (no ``--log-encryption kernel``) reports both flags and the
   marker in the logs as gaps on this same node;
 - a mariadb-kms-backup taken while rows are written holds those rows in plaintext in its copy of the redo
-  log (the trade-off the config key's description states), and no binary log.
+  log (and mariabackup copies the current binary log too, as the server wrote it): the trade-off the config
+  key's description states; its manifest lists both copies as plaintext.
 
 TLS is off: it has no bearing on what rests on one node's volume, and the run is shorter without it.
 """
@@ -158,7 +159,7 @@ def test_control_verify_without_the_log_argument_reports_both_flags_and_the_logs
                for p in report["canary"]["found_in"] if "/mariadb-bin." in p), report["gaps"]
 
 
-def test_a_backup_holds_rows_written_while_it_ran_in_plaintext_in_its_redo_copy_and_no_binlog(node: Node) -> None:
+def test_a_backup_holds_rows_written_while_it_ran_in_plaintext_in_its_log_copies_and_says_so(node: Node) -> None:
     tb = node.testbed
     marker = f"logs-to-kernel-backup-{secrets.token_hex(12)}"
     sql(tb, HOST, "CREATE TABLE lk.during (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(200)) ENGINE=InnoDB;")
@@ -177,7 +178,14 @@ def test_a_backup_holds_rows_written_while_it_ran_in_plaintext_in_its_redo_copy_
     assert backup.rc == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
     assert out["r"].rc == 0 and int(out["r"].stdout) > 0, out["r"]
     listing = check(tb, HOST, ["find", f"{BACKUP_DIR}/b1", "-type", "f", "-printf", "%P\\n"]).stdout.split()
-    assert "data/ib_logfile0" in listing, listing
-    assert not [f for f in listing if "mariadb-bin." in f], listing  # binary logs are not copied
-    hits = check(tb, HOST, f"grep -rlaF -e '{marker}' {BACKUP_DIR}/b1 || true").stdout.split()
-    assert f"{BACKUP_DIR}/b1/data/ib_logfile0" in hits, (hits, listing)
+    # mariabackup copies the redo log from the last checkpoint and the current binary log as the server wrote them.
+    binlogs = [f for f in listing if f.startswith("data/mariadb-bin.") and f[len("data/mariadb-bin."):].isdigit()]
+    assert "data/ib_logfile0" in listing and binlogs, listing
+    hits = check(tb, HOST, f"cd {BACKUP_DIR}/b1 && grep -rlaF -e '{marker}' . || true").stdout.split()
+    hits = sorted(h.removeprefix("./") for h in hits)
+    assert "data/ib_logfile0" in hits, (hits, listing)
+    # Nothing else holds the rows in plaintext (the tables' pages stay encrypted by MariaDB).
+    assert set(hits) <= {"data/ib_logfile0", *binlogs}, hits
+    manifest = json.loads(tb.read_file(HOST, f"{BACKUP_DIR}/b1/manifest.json"))
+    assert manifest["log_encryption"] == {"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"}
+    assert {"data/ib_logfile0", *binlogs} <= set(manifest["plaintext_files"]), manifest["plaintext_files"]
