@@ -332,10 +332,10 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "cost every commit (docs/benchmarks.md). The trade-off: the redo and binary logs hold row images of recent "
         "changes, and with `kernel` they are plaintext to anyone who reads the files on a running host with the "
         "volume unlocked, in any copy taken below MariaDB that is not the encrypted volume itself (a binlog shipped "
-        "elsewhere, a file-level copy), and in the redo records a mariadb-kms-backup holds (written while it ran). "
-        "Refused with onPremDatadirEncryption `none` when onPremNodes is not empty. Changing it later rewrites "
-        "90-mariadb-kms-encryption.cnf: the nodes roll one at a time, each restarted, Synced and verified before the "
-        "next.",
+        "elsewhere, a file-level copy), and in a mariadb-kms-backup's copies of the redo log and the current binary "
+        "log (its manifest lists them as plaintext). Refused with onPremDatadirEncryption `none` when onPremNodes is "
+        "not empty. Changing it later rewrites 90-mariadb-kms-encryption.cnf: the nodes roll one at a time, each "
+        "restarted, Synced and verified before the next.",
         default="mariadb",
         choices=LOG_ENCRYPTION_MODES,
     ),

@@ -14,7 +14,10 @@ loop-backed ext4 image made here with ``-O encrypt`` (``attach_volumes``), with 
   marker in the logs as gaps on this same node;
 - a mariadb-kms-backup taken while rows are written holds those rows in plaintext in its copy of the redo
   log (and mariabackup copies the current binary log too, as the server wrote it): the trade-off the config
-  key's description states; its manifest lists both copies as plaintext.
+  key's description states; its manifest lists both copies as plaintext;
+- last, a day-2 change back to ``mariadb``: the update the engine would run rolls the node (a restart) and
+  its verification passes with both flags ON, so the canary found its new marker in no log: MariaDB
+  rewrote the redo log encrypted at that start.
 
 TLS is off: it has no bearing on what rests on one node's volume, and the run is shorter without it.
 """
@@ -32,8 +35,16 @@ import pytest
 from plaintext_probe import flush_to_disk
 
 from rehearsal.kms_server import KmsServer
-from rehearsal.mariadb_on_host import check, sql
-from rehearsal.runner import TLS_OFF, Deployment, ProgramStack, attach_volumes, deploy, onprem_config
+from rehearsal.mariadb_on_host import check, main_pid, sql
+from rehearsal.runner import (
+    TLS_OFF,
+    Deployment,
+    ProgramStack,
+    attach_volumes,
+    deploy,
+    engine_runs,
+    onprem_config,
+)
 from rehearsal.testbed import Settings, Testbed
 from rehearsal.volumes import LoopVolume, scan_image
 
@@ -46,6 +57,7 @@ STOP = "/run/lk-writer.stop"
 @dataclass
 class Node:
     testbed: Testbed
+    stack: ProgramStack
     deployment: Deployment
     volume: LoopVolume
     data_key: bytes
@@ -81,7 +93,8 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         with KmsServer(bed.bridge_address, state_dir=bed.run_dir) as kms:
             config = onprem_config(bed, [HOST], gcacheSize="64M", logEncryption="kernel", **TLS_OFF)
             assert "onPremDatadirEncryption" not in config  # the program's default, fscrypt
-            deployment = deploy(bed, ProgramStack(kms), config, quiet=True)
+            stack = ProgramStack(kms)
+            deployment = deploy(bed, stack, config, quiet=True)
             program = deployment.program
             data_key = kms.client().decrypt(CiphertextBlob=program.data_key_blob,
                                             EncryptionContext=program.encryption_context)["Plaintext"]
@@ -99,7 +112,7 @@ UPDATE lk.t SET note = CONCAT(note, '-updated') WHERE id % 2 = 0;
             flush_to_disk(bed, HOST)
             check(bed, HOST, ["sync"])
             volumes[HOST].sync()
-            yield Node(bed, deployment, volumes[HOST], data_key, marker, hits, binlogs)
+            yield Node(bed, stack, deployment, volumes[HOST], data_key, marker, hits, binlogs)
 
 
 def test_the_plan_rendered_both_log_flags_off_and_the_server_runs_so(node: Node) -> None:
@@ -189,3 +202,21 @@ def test_a_backup_holds_rows_written_while_it_ran_in_plaintext_in_its_log_copies
     manifest = json.loads(tb.read_file(HOST, f"{BACKUP_DIR}/b1/manifest.json"))
     assert manifest["log_encryption"] == {"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"}
     assert {"data/ib_logfile0", *binlogs} <= set(manifest["plaintext_files"]), manifest["plaintext_files"]
+
+
+def test_day2_back_to_mariadb_rolls_the_node_and_its_logs_are_encrypted_again(node: Node) -> None:
+    tb, first = node.testbed, node.deployment.program
+    # The same stack recorded again, its keys kept; only the key changes (TLS is off: no certificate renewal).
+    back = node.stack.record({**first.config, "logEncryption": "mariadb"}, tb)
+    runs = engine_runs(first, back)
+    assert f"{HOST}-ssh-roll" in runs and f"{HOST}-verification-run" in runs, runs
+    pid = main_pid(tb, HOST)
+    update = Deployment(tb, back, quiet=True)
+    update.run_only(runs)
+    assert main_pid(tb, HOST) != pid  # restarted by the roll
+    rows = sql(tb, HOST, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('innodb_encrypt_log', "
+               "'encrypt_binlog');").split()
+    assert dict(zip(rows[::2], rows[1::2], strict=True)) == {"innodb_encrypt_log": "ON", "encrypt_binlog": "ON"}
+    report = json.loads(update.report(f"{HOST}-verification-run"))
+    assert report["gaps"] == [] and "log_encryption" not in report["flags"], report["gaps"]
+    assert report["canary"]["found_in"] == [] and "logs_left_to_kernel_with_marker" not in report["canary"]
