@@ -7,6 +7,8 @@ config as the program's own plan deployed it, and sysbench loads one server at a
 - the flags added one by one: ``tables``; ``+redo``; ``+binlog``; ``+temp`` (temporary tablespace, temporary
   files, on-disk temporary tables); ``default`` (+ Aria: every flag, exactly the program's default file,
   AES_CTR);
+- ``kernel-logs``: the stack config's ``logEncryption: kernel``, the default file with innodb_encrypt_log and
+  encrypt_binlog OFF (the logs left to the volume's encryption, which this host's loop volume does below);
 - ``cbc``: every flag with ``file_key_management_encryption_algorithm = AES_CBC`` (its own fresh datadir).
 
 Each round runs every variant of a workload once, in an order reversed every other round (A B C … C B A
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from bench.single_node import BENCH_PACKAGES, SideBySide, Variant, machine
 from bench.stats import compare, per_thousand
+from components.mycnf import LOG_FLAGS
 from rehearsal.kms_server import KmsServer
 from rehearsal.runner import TLS_OFF, ProgramStack, deploy, onprem_config
 from rehearsal.testbed import Settings, Testbed
@@ -59,10 +62,12 @@ VARIANTS = (
     Variant("binlog", encrypted=True, changes=_without("innodb_encrypt_log", "encrypt_binlog")),
     Variant("temp", encrypted=True, changes=_without("innodb_encrypt_log", "encrypt_binlog", *TEMP_FLAGS)),
     Variant("default", encrypted=True),
+    # What logEncryption kernel renders: the default file with the two log flags OFF (tests/unit/test_bench_stats.py).
+    Variant("kernel-logs", encrypted=True, changes={flag: "OFF" for flag in LOG_FLAGS}),
     Variant("cbc", encrypted=True, changes={"file_key_management_encryption_algorithm": "AES_CBC"}),
 )
 LABELS = {"tables": "tables", "redo": "+ redo", "binlog": "+ binlog", "temp": "+ temp", "default": "+ Aria = default",
-          "cbc": "default, AES_CBC"}
+          "kernel-logs": "logs to kernel", "cbc": "default, AES_CBC"}
 
 
 @dataclass(frozen=True)

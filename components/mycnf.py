@@ -159,9 +159,19 @@ def key_management_lines(cluster: ClusterConfig, *, key_arn: str | None) -> list
 ENCRYPTION_FLAGS_ON: tuple[str, ...] = tuple(node_constant("mariadb_kms_verify.py", "ENCRYPTION_FLAGS_ON"))
 
 
+# logEncryption `kernel`: the logs every commit writes, left to the encryption below MariaDB (read from the
+# verify tool too, which accepts exactly these OFF when told so and the datadir is kernel-encrypted).
+LOG_FLAGS: tuple[str, ...] = tuple(node_constant("mariadb_kms_verify.py", "LOG_FLAGS"))
+
+
+def logs_left_to_kernel(cluster: ClusterConfig) -> bool:
+    return cluster.mariadb.log_encryption == "kernel"
+
+
 def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]:
     m = cluster.mariadb
-    on = [(flag, "ON") for flag in ENCRYPTION_FLAGS_ON]
+    off = LOG_FLAGS if logs_left_to_kernel(cluster) else ()
+    on = [(flag, "OFF" if flag in off else "ON") for flag in ENCRYPTION_FLAGS_ON]
     # This order, always: a reordered file is a changed config, which restarts every node.
     return [
         ("innodb_encrypt_tables", m.encrypt_tables),
@@ -174,7 +184,13 @@ def encryption_flag_lines(cluster: ClusterConfig) -> list[tuple[str, str] | str]
 def render_encryption_cnf(cluster: ClusterConfig, *, key_arn: str | None) -> str:
     """``90-mariadb-kms-encryption.cnf``: key management and every encryption flag, no membership."""
     lines = key_management_lines(cluster, key_arn=key_arn)
-    lines += ["", "# Everything MariaDB can encrypt, encrypted.", *encryption_flag_lines(cluster)]
+    if logs_left_to_kernel(cluster):
+        lines += ["", "# Everything MariaDB can encrypt, encrypted, except the redo and binary logs (logEncryption:",
+                  "# kernel): those are encrypted only below MariaDB (fscrypt, dm-crypt or EBS), so they read in",
+                  "# plaintext on this running host and in any copy taken below MariaDB (docs/at-rest.md)."]
+    else:
+        lines += ["", "# Everything MariaDB can encrypt, encrypted."]
+    lines += encryption_flag_lines(cluster)
     return _header("key management and encryption") + "\n" + _section("mariadb", lines)
 
 
@@ -355,10 +371,13 @@ def render_datadir_conf_of(*, on_premises: bool, cluster: ClusterConfig) -> str:
 
 def verify_datadir_args(node: NodeConfig, cluster: ClusterConfig) -> list[str]:
     """What mariadb-kms-verify is told about the datadir; ``none`` is a gap unless ``allowPlainDatadir`` says
-    the stack accepts it."""
+    the stack accepts it. With logEncryption ``kernel`` it is told the two log flags are OFF by config (accepted
+    only on a datadir it finds kernel-encrypted)."""
     mode = datadir_encryption(node, cluster)
     allowed = ["--allow-plain-datadir"] if mode == "none" and cluster.mariadb.allow_plain_datadir else []
-    return ["--datadir-encryption", mode, *allowed]
+    # Only when asked: the recorded command of every default stack stays as it was.
+    logs = ["--log-encryption", "kernel"] if logs_left_to_kernel(cluster) else []
+    return ["--datadir-encryption", mode, *allowed, *logs]
 
 
 def restart_relevant(text: str) -> str:

@@ -21,7 +21,12 @@ docs/runbooks/key-lifecycle.md): ``*.frm`` table definitions (view SQL
 included), ``*.TRG`` trigger bodies, ``db.opt``, the Aria log
 (``aria_log.*``, changes to ``mysql.*`` such as password hashes),
 ``ddl_recovery.log``, ``backup-my.cnf`` and the ``xtrabackup_*`` position
-files. Keep backups where the data may be kept.
+files. Keep backups where the data may be kept. With the stack config's
+``logEncryption: kernel`` (innodb_encrypt_log and encrypt_binlog OFF, the
+logs left to the volume's encryption) two more: mariabackup's copy of the
+redo log (``ib_logfile0``: every change from the last checkpoint before the
+backup until its end) and of the current binary log, both as the server wrote
+them, in plaintext. The manifest lists each such file in ``plaintext_files``.
 
 ``mariadb-kms-restore`` (the same file's ``restore_main``) restores one.
 Exit codes: see ``EXIT_CODES``. Never prints key material; never unwraps the
@@ -154,8 +159,12 @@ def read_position_files(data_dir: Path) -> dict[str, str | None]:
 
 
 def build_manifest(
-    root: Path, *, key: Mapping[str, Any], host: str, created: str, target: str
+    root: Path, *, key: Mapping[str, Any], host: str, created: str, target: str,
+    log_flags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``log_flags``: the server's answer to LOG_FLAGS_QUERY (read_log_flags); the log copies are listed as
+    plaintext when it says the server does not encrypt them."""
+    logs = {k: v for k, v in (log_flags or {}).items() if k in ("innodb_encrypt_log", "encrypt_binlog")}
     return {
         "format": FORMAT,
         "created": created,
@@ -165,7 +174,8 @@ def build_manifest(
         "region": key["region"],
         "encryption_context": dict(key.get("encryption_context") or {}),
         **read_position_files(root / DATA_DIR_NAME),
-        "plaintext_files": sorted(rel for rel in file_digests(root) if plaintext_reason(rel) is not None),
+        **({"log_encryption": logs} if logs else {}),
+        "plaintext_files": sorted(rel for rel in file_digests(root) if plaintext_reason(rel, log_flags) is not None),
         "files": file_digests(root),
     }
 
@@ -190,12 +200,39 @@ def verify_files(root: Path, manifest: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def plaintext_reason(rel: str) -> str | None:
+# The server's settings that decide whether mariabackup's copies of the logs are ciphertext.
+LOG_FLAGS_QUERY = "SELECT @@GLOBAL.innodb_encrypt_log, @@GLOBAL.encrypt_binlog, @@GLOBAL.log_bin_basename"
+
+
+def log_patterns(flags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The log copies a backup holds in plaintext because the server left its logs unencrypted
+    (logEncryption: kernel); none when both flags are ON."""
+    out: list[tuple[str, str]] = []
+    if flags.get("innodb_encrypt_log", "ON") != "ON":
+        out.append((r"^ib_logfile\d+$|^xtrabackup_logfile$", "the redo log's records from the last checkpoint before "
+                    "the backup to its end (innodb_encrypt_log is OFF: logEncryption kernel)"))
+    basename = os.path.basename(flags.get("log_bin_basename") or "")
+    if flags.get("encrypt_binlog", "ON") != "ON" and basename:
+        out.append((rf"^{re.escape(basename)}\.\d+$", "the current binary log (encrypt_binlog is OFF: "
+                    "logEncryption kernel)"))
+    return tuple(out)
+
+
+def read_log_flags(text: str) -> dict[str, str]:
+    """The answer to LOG_FLAGS_QUERY (one tab-separated row) as ON/OFF flags and the binlog basename."""
+    fields = [*text.strip().split("\t"), "", "", ""][:3]
+    on = {"1": "ON", "0": "OFF"}
+    return {"innodb_encrypt_log": on.get(fields[0], fields[0] or "unknown"),
+            "encrypt_binlog": on.get(fields[1], fields[1] or "unknown"),
+            "log_bin_basename": "" if fields[2] == "NULL" else fields[2]}
+
+
+def plaintext_reason(rel: str, log_flags: Mapping[str, str] | None = None) -> str | None:
     """Why a backup file is stored as MariaDB wrote it, unencrypted; None for the encrypted ones."""
     name = rel.split("/", 1)[1] if rel.startswith(DATA_DIR_NAME + "/") else None
     if name is None:
         return None  # our own files: the blob is ciphertext, key.json names the key
-    for pattern, reason in PLAINTEXT_PATTERNS:
+    for pattern, reason in (*PLAINTEXT_PATTERNS, *log_patterns(log_flags or {})):
         if re.search(pattern, name):
             return reason
     return None
@@ -333,7 +370,8 @@ def backup_main(argv: list[str] | None = None) -> int:
         epilog="example:\n  sudo mariadb-kms-backup --target /srv/backups\n"
         "  sudo mariadb-kms-backup --target s3://db-backups/prod --s3-kms-key-id arn:aws:kms:eu-west-1:"
         "123456789012:key/...\n\n" + exit_status_help()
-        + "\n\nplaintext in a backup: " + "; ".join(sorted({r for _, r in PLAINTEXT_PATTERNS})),
+        + "\n\nplaintext in a backup: " + "; ".join(sorted({r for _, r in PLAINTEXT_PATTERNS}))
+        + "; with logEncryption kernel also the copies of the redo log and of the current binary log",
     )
     parser.add_argument("--target", required=True, help="a local directory, or s3://bucket[/prefix]")
     parser.add_argument("--s3-kms-key-id", help="KMS key for S3 server-side encryption (required for s3://)")
@@ -368,9 +406,11 @@ def backup_main(argv: list[str] | None = None) -> int:
         stage.mkdir(mode=0o700, exist_ok=True)
         say(PROG, f"backing up to {stage}")
         take_backup(stage, conf, parallel=args.parallel)
+        log_flags = read_log_flags(run(["mariadb", "--batch", "--skip-column-names", "-e", LOG_FLAGS_QUERY],
+                                       "reading innodb_encrypt_log and encrypt_binlog", PRECONDITION))
         manifest = build_manifest(
             stage, key=json.loads((stage / KEY_JSON).read_text()), host=host,
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), target=args.target,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), target=args.target, log_flags=log_flags,
         )
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if s3 is None:

@@ -11,7 +11,10 @@ Checks:
 - Galera: ready, Primary, Synced, cluster size (``--expect-size``).
 - Key: exactly one encryption plugin, ACTIVE and FORCE_PLUS_PERMANENT; the
   file_key_management keyfile on tmpfs.
-- Flags: every encryption flag on; query logs off (unless ``--allow-query-logs``).
+- Flags: every encryption flag on; query logs off (unless ``--allow-query-logs``). With
+  ``--log-encryption kernel`` (the stack config's logEncryption), innodb_encrypt_log and encrypt_binlog OFF
+  and the canary's marker in the redo or binary logs are a stated limitation where the datadir check finds
+  the datadir encrypted below MariaDB, and gaps where it does not.
 - InnoDB: every tablespace (INNODB_SYS_TABLESPACES plus space 0, plus any
   row of INNODB_TABLESPACES_ENCRYPTION) encrypted, including tablespaces with
   no row in INNODB_TABLESPACES_ENCRYPTION. Rotation still running is reported
@@ -196,18 +199,43 @@ ENCRYPTION_FLAGS_ON = (
 )
 
 
-def check_flags(variables: dict[str, str], *, allow_query_logs: bool) -> tuple[dict[str, Any], Gaps]:
+# The logs every commit writes. With logEncryption kernel (``--log-encryption kernel``) the program turns these
+# OFF and leaves them to the encryption below MariaDB; components/mycnf.py reads this assignment too.
+LOG_FLAGS = ("innodb_encrypt_log", "encrypt_binlog")
+LOG_ENCRYPTION_MODES = ("mariadb", "kernel")
+LOGS_TO_KERNEL_TRADE_OFF = ("encrypted only below MariaDB (logEncryption: kernel): the redo and binary logs (row "
+                            "images of recent changes) read in plaintext to anyone who reads the files on this running "
+                            "host, and in any copy taken below MariaDB (a binlog shipped elsewhere, a backup's redo)")
+
+
+def check_flags(variables: dict[str, str], *, allow_query_logs: bool, logs_left_to_kernel: bool = False,
+                datadir_encrypted: bool | None = None) -> tuple[dict[str, Any], Gaps]:
+    """``logs_left_to_kernel``: the config turned LOG_FLAGS off; accepted only where ``datadir_encrypted`` (the
+    datadir check found it encrypted by the kernel or EBS), stated as a limitation."""
     gaps: Gaps = []
     section: dict[str, Any] = {}
     tables = variables.get("innodb_encrypt_tables", "").upper()
     section["innodb_encrypt_tables"] = tables
     if tables not in ("ON", "FORCE"):
         gaps.append(f"flags: innodb_encrypt_tables is {tables or 'unset'}, not ON or FORCE")
+    left: list[str] = []
     for name in ENCRYPTION_FLAGS_ON:
         value = variables.get(name, "").upper()
         section[name] = value
-        if value != "ON":
-            gaps.append(f"flags: {name} is {value or 'unset'}, not ON")
+        if value == "ON":
+            continue
+        if name in LOG_FLAGS and logs_left_to_kernel:
+            if datadir_encrypted:
+                left.append(name)
+                continue
+            gaps.append(f"flags: {name} is {value or 'unset'} (logEncryption: kernel), but the datadir is not known "
+                        "to be encrypted by the kernel: the log rests in plaintext")
+            continue
+        gaps.append(f"flags: {name} is {value or 'unset'}, not ON")
+    if logs_left_to_kernel:
+        section["log_encryption"] = "kernel"
+    if left:
+        section["limitation"] = f"{' and '.join(left)} OFF, {LOGS_TO_KERNEL_TRADE_OFF}"
     threads = int(variables.get("innodb_encryption_threads", "0") or 0)
     section["innodb_encryption_threads"] = threads
     if threads < 1:
@@ -899,6 +927,27 @@ def scan_for_marker(roots: Iterable[str | Path], needle: bytes, mounts_text: str
     return result
 
 
+def log_file_kind(path: str, variables: dict[str, str]) -> str | None:
+    """``redo`` or ``binlog`` when ``path`` is one of the server's redo log files or binary logs (where its
+    variables put them: innodb_log_group_home_dir, log_bin_basename), else None."""
+    datadir = variables.get("datadir", "/var/lib/mysql")
+
+    def absolute(p: str) -> str:
+        return os.path.realpath(p if p.startswith("/") else os.path.join(datadir, p))
+
+    real = os.path.realpath(path)
+    directory, name = os.path.split(real)
+    if directory == absolute(variables.get("innodb_log_group_home_dir") or datadir) and \
+            re.fullmatch(r"ib_logfile\d+", name):
+        return "redo"
+    basename = variables.get("log_bin_basename", "")
+    if basename:
+        bin_dir, bin_name = os.path.split(absolute(basename))
+        if directory == bin_dir and re.fullmatch(re.escape(bin_name) + r"\.\d+", name):
+            return "binlog"
+    return None
+
+
 def persistent_roots(variables: dict[str, str]) -> list[str]:
     """Every place the server writes files, from its own variables."""
     datadir = variables.get("datadir", "/var/lib/mysql")
@@ -1028,9 +1077,12 @@ def _global_status(sql: Sql, name: str) -> int | None:
 
 def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_wait: float = 60.0,
                say: Callable[[str], None] | None = None, spill: bool = True,
-               datadir_encrypted: bool | None = None, allow_plain_datadir: bool = False) -> tuple[dict[str, Any], Gaps]:
+               datadir_encrypted: bool | None = None, allow_plain_datadir: bool = False,
+               logs_left_to_kernel: bool = False) -> tuple[dict[str, Any], Gaps]:
     """``datadir_encrypted``: the kernel encrypts the datadir (verified), so a spill page read through the
-    filesystem shows plaintext that is not at rest in clear; None when nobody said how the datadir is kept."""
+    filesystem shows plaintext that is not at rest in clear; None when nobody said how the datadir is kept.
+    ``logs_left_to_kernel``: the config left the redo and binary logs to that layer, so the marker in them is
+    the same case (only there: a hit in any other file stays a gap)."""
     marker = f"mariadb-kms-canary-{secrets.token_hex(16)}"
     row_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     schema = CANARY_SCHEMA
@@ -1096,8 +1148,14 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
         )
     needle = marker.encode("ascii")
     slack = [path for path in result.found if in_aria_index_slack_only(Path(path), needle)]
-    gaps = [f"canary: the marker is in plaintext in {path}" for path in result.found if path not in slack]
+    # Read through the filesystem with the key present: at rest the kernel's layer holds them as ciphertext.
+    in_logs = [path for path in result.found if path not in slack and logs_left_to_kernel and datadir_encrypted
+               and log_file_kind(path, variables) is not None]
+    gaps = [f"canary: the marker is in plaintext in {path}" for path in result.found
+            if path not in slack and path not in in_logs]
     limitations: list[str] = []
+    if in_logs:
+        limitations.append(f"canary: the marker is in {', '.join(in_logs)}, {LOGS_TO_KERNEL_TRADE_OFF}")
     for path in slack:
         where = (f"canary: the marker was in {path} only in the unused part of an encrypted index page, which "
                  "Aria writes from uninitialized memory")
@@ -1125,7 +1183,7 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
     if result.files == 0:
         gaps.append("canary: no persistent file was scanned")
     section = {
-        "found_in": [path for path in result.found if path not in slack],
+        "found_in": [path for path in result.found if path not in slack and path not in in_logs],
         "files_scanned": result.files,
         "bytes_scanned": result.bytes,
         "roots": result.roots,
@@ -1136,6 +1194,7 @@ def run_canary(sql: Sql, variables: dict[str, str], mounts_text: str, *, flush_w
         "spill_pages_seen": sorted(watch.seen),
         "spill_pages_with_marker": spill_hits,
         "aria_index_slack_with_marker": slack,
+        **({"logs_left_to_kernel_with_marker": in_logs} if logs_left_to_kernel else {}),
         "uncompressed_because": "innodb_compression_default would hide the marker's bytes from the scan",
     }
     if limitations:
@@ -1418,30 +1477,35 @@ def verify(
         "WHERE PLUGIN_TYPE = 'ENCRYPTION'"
     )
     add("key", check_key_plugin(plugins, variables, mounts_text))
-    add("flags", check_flags(variables, allow_query_logs=args.allow_query_logs))
+    datadir = Path(variables.get("datadir", "/var/lib/mysql"))
+    datadir_mode = getattr(args, "datadir_encryption", None)
+    allow_plain = bool(getattr(args, "allow_plain_datadir", False))
+    # Checked first, reported in its place below: the flags and the canary judge the logs by it.
+    datadir_result = check_datadir_encryption(datadir_mode, datadir, allow_plain=allow_plain)
+    encrypted = None if datadir_mode is None else (
+        datadir_mode != "none" and datadir_result[0].get("state", "").startswith("encrypted"))
+    logs_to_kernel = getattr(args, "log_encryption", "mariadb") == "kernel"
+    add("flags", check_flags(variables, allow_query_logs=args.allow_query_logs, logs_left_to_kernel=logs_to_kernel,
+                             datadir_encrypted=encrypted))
     state = wait_for_rotation(sql, args.wait, _say) if args.wait > 0 else gather_innodb(sql)
     add("innodb", check_innodb(state))
     tables = table_infos(sql.rows(TABLES_QUERY))
     add("tables", check_engines(tables, variables.get("log_output", "")))
-    datadir = Path(variables.get("datadir", "/var/lib/mysql"))
     add("aria", check_aria(tables, datadir))
     add("gcache", check_gcache(variables.get("wsrep_provider_options", ""), datadir, mounts_text))
     add("swap", check_swap(swaps_text))
     ssl_status = sql.pairs("SHOW GLOBAL STATUS LIKE 'Ssl_server_not%'")
     add("tls", check_tls(variables, ssl_status, tls_facts(), args.tls_off))
-    datadir_mode = getattr(args, "datadir_encryption", None)
-    allow_plain = bool(getattr(args, "allow_plain_datadir", False))
-    add("datadir_encryption", check_datadir_encryption(datadir_mode, datadir, allow_plain=allow_plain))
+    add("datadir_encryption", datadir_result)
     add("sql_paths", check_sql_paths(
         variables,
         try_sql_paths(sql, secret_files(variables, getattr(args, "secret_file", []) or []), exists=exists),
         check_secure_file_priv(variables.get("secure_file_priv", ""), str(datadir), mysql_uid=_mysql_uid()),
     ))
     if args.canary:
-        encrypted = None if datadir_mode is None else (
-            datadir_mode != "none" and report["datadir_encryption"].get("state", "").startswith("encrypted"))
         add("canary", run_canary(sql, variables, mounts_text, say=_say, spill=getattr(args, "canary_spill", True),
-                                 datadir_encrypted=encrypted, allow_plain_datadir=allow_plain))
+                                 datadir_encrypted=encrypted, allow_plain_datadir=allow_plain,
+                                 logs_left_to_kernel=logs_to_kernel))
     report["never_encrypted"] = list(NEVER_ENCRYPTED)
     report["gaps"] = gaps
     report["ok"] = not gaps
@@ -1479,6 +1543,10 @@ def main(argv: list[str] | None = None) -> int:
                         "ebs on EC2); checked where the node can see it")
     parser.add_argument("--allow-plain-datadir", action="store_true",
                         help="datadir encryption none is allowed by config: stated, not a gap")
+    parser.add_argument("--log-encryption", choices=LOG_ENCRYPTION_MODES, default="mariadb",
+                        help="the stack config's logEncryption: with kernel, innodb_encrypt_log and encrypt_binlog OFF "
+                        "and the marker in the redo or binary logs are stated, not gaps, where the datadir check "
+                        "finds the datadir encrypted by the kernel or EBS")
     parser.add_argument("--no-canary-spill", dest="canary_spill", action="store_false",
                         help="skip the canary's large transaction (Galera spill pages)")
     parser.add_argument("--secret-file", action="append", default=[], metavar="PATH",

@@ -85,6 +85,7 @@ class MariaDbSettings:
     cluster_name: str
     onprem_datadir_encryption: str = default_of("onPremDatadirEncryption")
     allow_plain_datadir: bool = default_of("allowPlainDatadir")
+    log_encryption: str = default_of("logEncryption")  # mariadb | kernel: who encrypts the redo and binary logs
     version: str = ""  # mariadbVersion: empty = the distribution's current at install, never upgraded
 
 

@@ -331,6 +331,12 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
               "takes its key from kms-envelope's unwrap, which aws-plugin mode does not have (fscrypt is the "
               "default; or set keyManagement to kms-envelope)")
 
+    if v["logEncryption"] == "kernel" and onprem and v["onPremDatadirEncryption"] == "none":
+        # Nothing below MariaDB would encrypt the logs: their row images would rest on disk in plaintext.
+        c.bad("logEncryption", "kernel", "mariadb when onPremDatadirEncryption is none and onPremNodes is not "
+              "empty: `kernel` leaves the redo and binary logs to the encryption below MariaDB, and these nodes "
+              "have none (or set onPremDatadirEncryption to fscrypt or luks)")
+
     onprem_ranges = tuple(str(x) for x in v["onPremCidrs"] if checks.is_cidr(x))
     if ec2 and onprem_ranges:
         # The EC2 group admits each on-prem member's own address, and only inside these ranges.
@@ -409,6 +415,7 @@ def parse_config(raw: Mapping[str, Any], *, stack: str, region: str | None) -> C
             cluster_name=str(v["clusterName"]),
             onprem_datadir_encryption=str(v["onPremDatadirEncryption"]),
             allow_plain_datadir=bool(v["allowPlainDatadir"]),
+            log_encryption=str(v["logEncryption"]),
             version=str(v["mariadbVersion"] or ""),
         ),
         network=NetworkConfig(

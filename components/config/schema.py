@@ -20,6 +20,7 @@ PROJECT = "mariadb-kms"
 KEY_MANAGEMENT_MODES = ("kms-envelope", "aws-plugin")
 ENCRYPT_TABLES_VALUES = ("OFF", "ON", "FORCE")
 DATADIR_ENCRYPTION_MODES = ("fscrypt", "luks", "none")  # onPremDatadirEncryption: docs/at-rest.md
+LOG_ENCRYPTION_MODES = ("mariadb", "kernel")  # logEncryption: docs/at-rest.md
 DECOMMISSION_DATA_VALUES = ("keep", "wipe")
 
 # AWS allows 50 user tags per resource, keys up to 128 and values up to 256
@@ -321,6 +322,22 @@ SCHEMA: tuple[ConfigKey, ...] = (
         "With onPremDatadirEncryption `none`: verification states the unencrypted datadir (Galera spill pages, "
         "GRA_*.log, .frm, the Aria log, ddl_recovery.log in plaintext) instead of failing on it.",
         default=False,
+    ),
+    ConfigKey(
+        "logEncryption",
+        "string",
+        "Who encrypts the redo log and the binary log, one of {choices}. `mariadb`: MariaDB does (innodb_encrypt_log "
+        "and encrypt_binlog ON), on top of whatever encrypts the volume. `kernel`: both flags OFF and the logs are "
+        "left to the layer below MariaDB (fscrypt or luks on premises, EBS on EC2), which saves the CPU the two logs "
+        "cost every commit (docs/benchmarks.md). The trade-off: the redo and binary logs hold row images of recent "
+        "changes, and with `kernel` they are plaintext to anyone who reads the files on a running host with the "
+        "volume unlocked, in any copy taken below MariaDB that is not the encrypted volume itself (a binlog shipped "
+        "elsewhere, a file-level copy), and in a mariadb-kms-backup's copies of the redo log and the current binary "
+        "log (its manifest lists them as plaintext). Refused with onPremDatadirEncryption `none` when onPremNodes is "
+        "not empty. Changing it later rewrites 90-mariadb-kms-encryption.cnf: the nodes roll one at a time, each "
+        "restarted, Synced and verified before the next.",
+        default="mariadb",
+        choices=LOG_ENCRYPTION_MODES,
     ),
     ConfigKey(
         "mariadbVersion",

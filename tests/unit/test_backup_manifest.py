@@ -219,3 +219,29 @@ def test_a_restore_with_bootstrap_presents_the_backups_encryption_context(tmp_pa
     cp = configparser.ConfigParser(interpolation=None)
     cp.read(conf)
     assert "encryption_context" not in cp["unwrap"]
+
+
+def test_with_the_logs_left_to_the_kernel_the_manifest_names_the_log_copies_as_plaintext(
+    bk: ModuleType, tmp_path: Path
+) -> None:
+    root = fake_backup(tmp_path)
+    (root / "data" / "ib_logfile0").write_bytes(b"redo records")
+    (root / "data" / "mariadb-bin.000006").write_bytes(b"row events")
+    kernel = bk.read_log_flags("0\t0\t/var/lib/mysql/mariadb-bin\n")
+    assert kernel == {"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF",
+                      "log_bin_basename": "/var/lib/mysql/mariadb-bin"}
+    manifest = bk.build_manifest(root, key=KEY, host="db-1", created="2026-01-01T00:00:00+00:00", target="/b",
+                                 log_flags=kernel)
+    assert {"data/ib_logfile0", "data/mariadb-bin.000006"} <= set(manifest["plaintext_files"])
+    assert manifest["log_encryption"] == {"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"}
+    assert "data/shop/orders.ibd" not in manifest["plaintext_files"]
+    # Control: the default, both logs encrypted by MariaDB: their copies are ciphertext and not listed.
+    default = bk.build_manifest(root, key=KEY, host="db-1", created="2026-01-01T00:00:00+00:00", target="/b",
+                                log_flags=bk.read_log_flags("1\t1\t/var/lib/mysql/mariadb-bin\n"))
+    assert not {"data/ib_logfile0", "data/mariadb-bin.000006"} & set(default["plaintext_files"])
+    assert default["log_encryption"] == {"innodb_encrypt_log": "ON", "encrypt_binlog": "ON"}
+    # One log left to the kernel: only its copy is listed.
+    redo_only = bk.build_manifest(root, key=KEY, host="db-1", created="2026-01-01T00:00:00+00:00", target="/b",
+                                  log_flags=bk.read_log_flags("0\t1\t/var/lib/mysql/mariadb-bin\n"))
+    assert "data/ib_logfile0" in redo_only["plaintext_files"]
+    assert "data/mariadb-bin.000006" not in redo_only["plaintext_files"]

@@ -84,11 +84,10 @@ def test_at_rest_variants_add_one_flag_group_at_a_time_and_default_is_the_progra
     from components.node_files import MYCNF_ENCRYPTION_PATH, MYCNF_NODE_PATH
 
     host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmAzJ0x7dGVzdGJlZCBkdW1teSBob3N0IGtleSEhISE="
-    cluster = parse_config({"keyAdmins": ["arn:aws:iam::123456789012:role/kms-admin"],
-                            "onPremNodes": [{"name": "bench", "address": "10.0.0.5", "sshUser": "root",
-                                             "hostKey": host_key}],
-                            "tlsReplication": False, "tlsSst": False, "tlsClients": False,
-                            "requireSecureTransport": False}, stack="bench", region="us-east-1")
+    raw = {"keyAdmins": ["arn:aws:iam::123456789012:role/kms-admin"],
+           "onPremNodes": [{"name": "bench", "address": "10.0.0.5", "sshUser": "root", "hostKey": host_key}],
+           "tlsReplication": False, "tlsSst": False, "tlsClients": False, "requireSecureTransport": False}
+    cluster = parse_config(raw, stack="bench", region="us-east-1")
     files = render_mycnf(cluster.nodes[0], cluster, node_address="10.0.0.5", member_addresses=["10.0.0.5"],
                          key_arn=None)
     bed = SimpleNamespace(hosts={"bench": SimpleNamespace(address="10.0.0.5")})
@@ -111,6 +110,21 @@ def test_at_rest_variants_add_one_flag_group_at_a_time_and_default_is_the_progra
     assert flags_on("binlog") == {"innodb_encrypt_log", "encrypt_binlog"}
     assert flags_on("temp") == {"innodb_encrypt_log", "encrypt_binlog", *at_rest.TEMP_FLAGS}
     assert flags_on("default") == set(ENCRYPTION_FLAGS_ON)
+    assert flags_on("kernel-logs") == set(ENCRYPTION_FLAGS_ON) - {"innodb_encrypt_log", "encrypt_binlog"}
+    # The variant is what the program renders for logEncryption kernel: the same flags, read by the server.
+    kernel = parse_config({**raw, "logEncryption": "kernel"}, stack="bench", region="us-east-1")
+    kernel_cnf = render_mycnf(kernel.nodes[0], kernel, node_address="10.0.0.5", member_addresses=["10.0.0.5"],
+                              key_arn=None)[MYCNF_ENCRYPTION_PATH]
+    variant = servers.config_text(next(v for v in at_rest.VARIANTS if v.name == "kernel-logs"))
+    for flag in ENCRYPTION_FLAGS_ON:
+        assert _last(variant, flag) == _last(kernel_cnf, flag), flag
     default = servers.config_text(next(v for v in at_rest.VARIANTS if v.name == "default"))
     assert "AES_CBC" not in default
     assert "file_key_management_encryption_algorithm = AES_CBC" in servers.config_text(at_rest.VARIANTS[-1])
+
+
+def _last(text: str, option: str) -> str | None:
+    """The value a server takes for ``option``: its last ``option = value`` line."""
+    values = [line.split("=", 1)[1].strip() for line in text.splitlines()
+              if line.split("=", 1)[0].strip() == option and "=" in line]
+    return values[-1] if values else None

@@ -172,6 +172,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "onPremDatadirEncryption",
         "luks (your dm-crypt volume at /srv/mariadb-kms) or none",
     ),
+    (
+        "logs left to the kernel on on-prem nodes without datadir encryption",
+        with_(logEncryption="kernel", onPremDatadirEncryption="none", allowPlainDatadir=True),
+        "logEncryption",
+        "mariadb when onPremDatadirEncryption is none",
+    ),
     ("missing keyAdmins", with_(keyAdmins=...), "keyAdmins", "a value"),
     ("empty keyAdmins", with_(keyAdmins=[]), "keyAdmins", "at least one"),
     ("rotation below 90 days", with_(keyRotationPeriodDays=30), "keyRotationPeriodDays", "90 to 2560"),
@@ -570,3 +576,26 @@ def test_aws_plugin_with_fscrypt_is_refused_only_where_on_prem_nodes_would_need_
         assert parse(with_(**plugin, onPremDatadirEncryption=mode)).mariadb.onprem_datadir_encryption == mode
     # Control: kms-envelope keeps the default, fscrypt, with the same on-prem nodes.
     assert parse(with_()).mariadb.onprem_datadir_encryption == "fscrypt"
+
+
+def test_log_encryption_kernel_is_refused_only_where_an_on_prem_datadir_is_not_kernel_encrypted() -> None:
+    assert parse(with_()).mariadb.log_encryption == "mariadb"  # the default: MariaDB encrypts both logs
+    for mode in ("fscrypt", "luks"):
+        parsed = parse(with_(logEncryption="kernel", onPremDatadirEncryption=mode))
+        assert parsed.mariadb.log_encryption == "kernel", mode
+    # EC2 nodes only: their volumes are EBS's, encrypted with the cluster's key; the on-prem mode applies to no node.
+    assert parse(with_(logEncryption="kernel", onPremDatadirEncryption="none",
+                       onPremNodes=...)).mariadb.log_encryption == "kernel"
+    # Control: on-prem nodes with no encryption below MariaDB, even with the plain datadir allowed.
+    errors = errors_of(with_(logEncryption="kernel", onPremDatadirEncryption="none", allowPlainDatadir=True))
+    assert errors == [
+        "mariadb-kms:logEncryption = kernel: expected mariadb when onPremDatadirEncryption is none and onPremNodes "
+        "is not empty: `kernel` leaves the redo and binary logs to the encryption below MariaDB, and these nodes "
+        "have none (or set onPremDatadirEncryption to fscrypt or luks)"]
+
+
+def test_log_encryption_errors_come_with_the_others_and_unknown_values_name_the_choices() -> None:
+    errors = errors_of(with_(logEncryption="kernel", onPremDatadirEncryption="none", encryptTables="MAYBE"))
+    assert [e.split(" = ")[0] for e in errors] == ["mariadb-kms:encryptTables", "mariadb-kms:logEncryption"]
+    assert errors_of(with_(logEncryption="plaintext")) == [
+        "mariadb-kms:logEncryption = plaintext: expected one of mariadb, kernel"]

@@ -11,6 +11,7 @@ from components.config import ClusterConfig, parse_config
 from components.mycnf import (
     ENCRYPTION_FLAGS_ON,
     ERROR_LOG,
+    LOG_FLAGS,
     MAX_WRITE_SET_BYTES,
     SECURE_FILE_PRIV_DIR,
     VOLUME_DATADIR,
@@ -254,3 +255,38 @@ def test_the_gcache_tmpfs_has_room_for_the_ring_buffer_and_two_of_the_largest_wr
     assert f"wsrep_max_ws_size = {MAX_WRITE_SET_BYTES}\n" in node_cnf  # what the tmpfs size counts on
     # The roll reads both from the node's config to size the tmpfs (node/mariadb-kms-roll).
     assert "gcache.size=256M;" in node_cnf
+
+
+def test_log_encryption_kernel_turns_off_the_two_log_flags_only(full_config: dict[str, Any]) -> None:
+    default = _cluster(full_config)
+    kernel = _cluster(full_config, logEncryption="kernel")
+    on = _parse(render_encryption_cnf(default, key_arn=KEY_ARN))
+    off = _parse(render_encryption_cnf(kernel, key_arn=KEY_ARN))
+    assert (off["innodb_encrypt_log"], off["encrypt_binlog"]) == ("OFF", "OFF")
+    assert (on["innodb_encrypt_log"], on["encrypt_binlog"]) == ("ON", "ON")  # control: the default keeps both
+    # Everything else as the default renders it, in the same order.
+    assert [k for k in off] == [k for k in on]
+    assert {k: v for k, v in off.items() if k not in ("innodb_encrypt_log", "encrypt_binlog")} == \
+        {k: v for k, v in on.items() if k not in ("innodb_encrypt_log", "encrypt_binlog")}
+    # The file says why, in words an operator on the node reads.
+    assert "logEncryption" in render_encryption_cnf(kernel, key_arn=KEY_ARN)
+    assert "logEncryption" not in render_encryption_cnf(default, key_arn=KEY_ARN)
+    # The node file is the same bytes: only the encryption file changes.
+    members = _members(default)
+    assert render_node_cnf(kernel.nodes[2], kernel, node_address=members[2], member_addresses=members) == \
+        render_node_cnf(default.nodes[2], default, node_address=members[2], member_addresses=members)
+
+
+def test_log_encryption_kernel_tells_verify_on_every_node_kind(full_config: dict[str, Any]) -> None:
+    kernel = _cluster(full_config, logEncryption="kernel")
+    assert verify_datadir_args(kernel.nodes[0], kernel) == ["--datadir-encryption", "ebs", "--log-encryption",
+                                                            "kernel"]
+    assert verify_datadir_args(kernel.nodes[2], kernel) == ["--datadir-encryption", "fscrypt", "--log-encryption",
+                                                            "kernel"]
+    default = _cluster(full_config)
+    assert "--log-encryption" not in verify_datadir_args(default.nodes[2], default)  # control
+
+
+def test_the_log_flags_mycnf_turns_off_are_among_the_flags_verify_checks() -> None:
+    assert set(LOG_FLAGS) == {"innodb_encrypt_log", "encrypt_binlog"}
+    assert set(LOG_FLAGS) <= set(ENCRYPTION_FLAGS_ON)

@@ -956,3 +956,130 @@ def test_a_certification_abort_of_the_first_canary_insert_is_retried(tmp_path: P
     assert aborted["n"] == 1
     assert gaps == [] and section["found_in"] == []
     assert sum("canary_innodb VALUES" in s for s in fake.executed) == 1  # retried once, never inserted twice
+
+
+# --------------------------------------------------------------------------
+# logEncryption kernel: the redo and binary logs left to the encryption below MariaDB
+# --------------------------------------------------------------------------
+
+LOGS_OFF = {**GOOD_FLAGS, "innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"}
+
+
+def test_the_log_flags_off_are_stated_when_left_to_a_kernel_encrypted_datadir() -> None:
+    section, gaps = verify.check_flags(LOGS_OFF, allow_query_logs=False, logs_left_to_kernel=True,
+                                       datadir_encrypted=True)
+    assert gaps == []
+    assert section["log_encryption"] == "kernel"
+    assert section["limitation"].startswith("innodb_encrypt_log and encrypt_binlog OFF, encrypted only below MariaDB")
+    assert "plaintext" in section["limitation"]
+    # Control: without the argument, both are gaps as before.
+    _, control = verify.check_flags(LOGS_OFF, allow_query_logs=False, datadir_encrypted=True)
+    assert control == ["flags: innodb_encrypt_log is OFF, not ON", "flags: encrypt_binlog is OFF, not ON"]
+
+
+@pytest.mark.parametrize("datadir_encrypted", [False, None])
+def test_the_log_flags_off_are_gaps_where_the_datadir_is_not_kernel_encrypted(datadir_encrypted: bool | None) -> None:
+    section, gaps = verify.check_flags(LOGS_OFF, allow_query_logs=False, logs_left_to_kernel=True,
+                                       datadir_encrypted=datadir_encrypted)
+    assert len(gaps) == 2 and all("not known to be encrypted by the kernel" in g for g in gaps)
+    assert [g.split()[1] for g in gaps] == ["innodb_encrypt_log", "encrypt_binlog"]
+    assert "limitation" not in section
+
+
+def test_leaving_the_logs_to_the_kernel_excuses_no_other_flag() -> None:
+    _, gaps = verify.check_flags({**LOGS_OFF, "aria_encrypt_tables": "OFF", "encrypt_tmp_files": "OFF"},
+                                 allow_query_logs=False, logs_left_to_kernel=True, datadir_encrypted=True)
+    assert gaps == ["flags: encrypt_tmp_files is OFF, not ON", "flags: aria_encrypt_tables is OFF, not ON"]
+
+
+def test_log_file_kind_names_only_the_servers_redo_and_binary_logs(tmp_path: Path) -> None:
+    datadir = tmp_path / "data"
+    variables = {"datadir": f"{datadir}/", "innodb_log_group_home_dir": "./",
+                 "log_bin_basename": f"{datadir}/mariadb-bin"}
+    assert verify.log_file_kind(str(datadir / "ib_logfile0"), variables) == "redo"
+    assert verify.log_file_kind(str(datadir / "mariadb-bin.000007"), variables) == "binlog"
+    for other in ("mariadb-bin.index", "ibdata1", "ib_logfile0.bak", "mariadb-bin.000007.ibd", "aria_log.00000001",
+                  "app/ib_logfile0", "app/mariadb-bin.000001", "0x00007f1c2c01b5e8_data.000000", "GRA_1_2.log"):
+        assert verify.log_file_kind(str(datadir / other), variables) is None, other
+    # Elsewhere when the server's variables say so.
+    moved = {**variables, "innodb_log_group_home_dir": "/srv/redo", "log_bin_basename": "/srv/binlog/node-bin"}
+    assert verify.log_file_kind("/srv/redo/ib_logfile0", moved) == "redo"
+    assert verify.log_file_kind(str(datadir / "ib_logfile0"), moved) is None
+    assert verify.log_file_kind("/srv/binlog/node-bin.000001", moved) == "binlog"
+    assert verify.log_file_kind(str(datadir / "mariadb-bin.000001"), moved) is None
+    assert verify.log_file_kind(str(datadir / "mariadb-bin.000001"), {"datadir": str(datadir)}) is None  # no binlog
+
+
+def _logs_canary_sql(datadir: Path, files: tuple[str, ...]) -> FakeSql:
+    """A stand-in server writing the canary's marker in plaintext into each of ``files`` under the datadir."""
+
+    def on_execute(sql: str) -> None:
+        if "INSERT INTO" in sql and "START TRANSACTION" not in sql:
+            found = re.search(r"'(mariadb-kms-canary-[0-9a-f]+)'", sql)
+            assert found
+            for name in files:
+                (datadir / name).write_bytes(b"\0" * 64 + found.group(1).encode() + b"\0" * 64)
+
+    return FakeSql({"innodb_max_dirty_pages_pct": "90.000000\n", "INNODB_BUFFER_POOL_PAGES_DIRTY": "0\n"},
+                   on_execute)
+
+
+@pytest.mark.parametrize(("logs_left_to_kernel", "datadir_encrypted", "stated"), [
+    (True, True, True), (False, True, False), (True, False, False), (True, None, False),
+])
+def test_the_canary_in_the_logs_is_stated_only_when_left_to_a_kernel_encrypted_datadir(
+    tmp_path: Path, logs_left_to_kernel: bool, datadir_encrypted: bool | None, stated: bool,
+) -> None:
+    datadir = tmp_path / "datadir"
+    datadir.mkdir()
+    logs = ("ib_logfile0", "mariadb-bin.000003")
+    fake = _logs_canary_sql(datadir, (*logs, "canary.ibd"))
+    variables = {"datadir": str(datadir), "innodb_log_group_home_dir": "./",
+                 "log_bin_basename": str(datadir / "mariadb-bin")}
+    section, gaps = verify.run_canary(verify.Sql(fake), variables, "/dev/vda / ext4 rw 0 0\n", spill=False,
+                                      datadir_encrypted=datadir_encrypted, logs_left_to_kernel=logs_left_to_kernel)
+    log_paths = [str(datadir / n) for n in logs]
+    # A hit outside the logs is a gap whatever the logs' setting (the control every case carries).
+    assert f"canary: the marker is in plaintext in {datadir / 'canary.ibd'}" in gaps
+    if stated:
+        assert gaps == [f"canary: the marker is in plaintext in {datadir / 'canary.ibd'}"]
+        assert sorted(section["logs_left_to_kernel_with_marker"]) == sorted(log_paths)
+        assert section["found_in"] == [str(datadir / "canary.ibd")]
+        assert any("logEncryption: kernel" in line for line in section["limitations"])
+    else:
+        for path in log_paths:
+            assert f"canary: the marker is in plaintext in {path}" in gaps
+        assert section.get("logs_left_to_kernel_with_marker", []) == []
+
+
+def test_verify_accepts_the_log_flags_off_on_ebs_and_refuses_them_on_a_plain_datadir() -> None:
+    server = _server({"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"})
+    report = verify.verify(verify.Sql(server), _args(datadir_encryption="ebs", log_encryption="kernel"),
+                           mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert report["gaps"] == [] and "limitation" in report["flags"]
+    # Controls: the argument missing; a datadir not encrypted below MariaDB (even allowed by config).
+    missing = verify.verify(verify.Sql(_server({"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"})),
+                            _args(datadir_encryption="ebs"), mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert missing["gaps"] == ["flags: innodb_encrypt_log is OFF, not ON", "flags: encrypt_binlog is OFF, not ON"]
+    plain = verify.verify(verify.Sql(_server({"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"})),
+                          _args(datadir_encryption="none", allow_plain_datadir=True, log_encryption="kernel"),
+                          mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert len(plain["gaps"]) == 2 and all("not known to be encrypted by the kernel" in g for g in plain["gaps"])
+    unknown = verify.verify(verify.Sql(_server({"innodb_encrypt_log": "OFF", "encrypt_binlog": "OFF"})),
+                            _args(log_encryption="kernel"), mounts_text=TMPFS_AND_DISK, swaps_text="")
+    assert len(unknown["gaps"]) == 2
+
+
+def test_the_log_encryption_argument_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_verify(_sql: Any, args: argparse.Namespace, **_kw: Any) -> dict[str, Any]:
+        seen["log_encryption"] = args.log_encryption
+        return {"ok": True, "gaps": []}
+
+    monkeypatch.setattr(verify, "verify", fake_verify)
+    assert verify.main(["--log-encryption", "kernel"]) == 0
+    assert seen["log_encryption"] == "kernel"
+    assert verify.main([]) == 0 and seen["log_encryption"] == "mariadb"
+    with pytest.raises(SystemExit):
+        verify.main(["--log-encryption", "off"])
