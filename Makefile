@@ -121,14 +121,16 @@ demo-protected: venv
 testbed-down: venv
 	$(PY) -m rehearsal.testbed down
 
-# What encryption costs, side by side (docs/benchmarks.md): PARTS=at-rest,in-transit,program (default: all),
+# What encryption costs, side by side (docs/BENCHMARKS.md): PARTS=at-rest,in-transit,program (default: all),
 # then PNG plots from the JSON they write to docs/benchmarks/ (each script's --help gives its own options).
+# The in-transit part ends with a perf profile of each cluster (linux-perf, installed here).
 # PARTS=encrypt-existing (background encryption of existing tables, bench/encrypt_existing.py) is not in the
 # default: at the server's default rotation IOPS it runs for about an hour.
 PARTS ?= at-rest,in-transit,program
 bench: deps
 	$(if $(findstring at-rest,$(PARTS)),$(PY) -m bench.at_rest &&) \
-	$(if $(findstring in-transit,$(PARTS)),$(PY) -m bench.in_transit &&) \
+	$(if $(findstring in-transit,$(PARTS)),bash rehearsal/install-host-deps.sh linux-perf && \
+	  $(PY) -m bench.in_transit --profile-seconds 20 &&) \
 	$(if $(findstring encrypt-existing,$(PARTS)),$(PY) -m bench.encrypt_existing &&) \
 	$(if $(findstring program,$(PARTS)),$(PY) -m bench.program_eval &&) \
 	$(PY) -m bench.plots

@@ -89,6 +89,21 @@ PARTS = {
 }
 
 
+def only_variants(part: Part, wanted: str) -> Part:
+    """The part with only the named variants, plain first; an empty selection keeps them all."""
+    names = [n for n in wanted.split(",") if n]
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise ValueError(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(ALL)}")
+    if not names:
+        return part
+    kept = tuple(v for v in part.variants if v == "plain" or v in names)
+    if len(kept) < 2:
+        raise ValueError(f"--variants {wanted}: the {part.key} part has none of them besides plain "
+                         f"(it runs {', '.join(part.variants)})")
+    return Part(part.key, part.workload, part.db, kept)
+
+
 def summarize(runs: list[dict[str, object]], part: Part) -> list[dict[str, object]]:
     rows = []
     mine = [r for r in runs if r["part"] == part.key]
@@ -136,14 +151,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "at_rest.json")
+    parser.add_argument("--variants", default="",
+                        help=f"comma-separated subset of {', '.join(ALL)} (plain is always run): more rounds of the "
+                             "comparisons that matter in the same time")
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     args = parser.parse_args()
     if args.report:
         print(table(json.loads(args.report.read_text())["summary"]))
         return 0
-    parts = [PARTS[p] for p in args.parts.split(",") if p]
+    try:
+        parts = [only_variants(PARTS[p], args.variants) for p in args.parts.split(",") if p]
+    except (KeyError, ValueError) as exc:
+        parser.error(str(exc))
     needed = [v for v in VARIANTS if any(v.name in p.variants for p in parts)]
-    record: dict[str, object] = {"machine_start": machine(), "goal_ratio": 0.97, "command": " ".join(sys.argv),
+    record: dict[str, object] = {"machine_start": machine(), "goal_ratio": 0.97,
+                                 "command": " ".join(["python -m bench.at_rest", *sys.argv[1:]]),
                                  "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds,
                                  "buffer_pool": "64M", "datasets": {"sbmem": MEM_DB[1:], "sbio": IO_DB[1:]}}
     runs: list[dict[str, object]] = []

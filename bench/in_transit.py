@@ -30,8 +30,13 @@ reversed every other round, so a round starts with the version the last one ende
 what each channel negotiated (``Ssl_version``/``Ssl_cipher`` of a TCP client; ``openssl s_client``
 against a Galera port) goes into the JSON.
 
+``--profile-seconds N`` ends the run with a profile of each cluster under sysbench at the largest thread
+count (``bench/perf_profile.py``): N seconds of ``perf record`` of the software clock, kept to the three
+``mariadbd``, as CPU per transaction by shared object and symbol; then N seconds of ``perf stat`` counting
+their system calls per transaction.
+
     python -m bench.in_transit [--rounds 7] [--seconds 12] [--threads 1,4,16] [--probes small,large] \
-        [--tls-versions 1.2,1.3] [--json FILE]
+        [--tls-versions 1.2,1.3] [--profile-seconds 20] [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,13 +44,28 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.perf_profile import (
+    count_command,
+    host_pids,
+    of_threads,
+    parse_counts,
+    parse_report,
+    per_object,
+    record_command,
+    report,
+    threads_of,
+)
 from bench.single_node import _TX, BENCH_PACKAGES, CLK_TCK, _cpu_ticks, machine
 from bench.stats import compare, per_thousand
 from components.node_files import MYCNF_NODE_PATH
@@ -157,6 +177,60 @@ def run(bed: Testbed, kind: str, threads: int, seconds: int) -> dict[str, object
     cpu = sum(after[n] - before[n] for n in names) / CLK_TCK
     return {"transactions": int(tx.group(1)), "tps": float(tx.group(2)), "cpu_seconds": cpu,
             "cpu_per_1k": per_thousand(cpu, int(tx.group(1)))}
+
+
+def profile(bed: Testbed, kind: str, threads: int, seconds: int) -> dict[str, object]:
+    """``perf record`` of the cluster's three ``mariadbd`` while sysbench runs at ``threads``, then the system
+    calls they make per transaction (``perf stat``), in two windows of ``seconds`` under the same sysbench run.
+    Each window starts once the clients are connected, and its transactions are the write-sets the first node
+    committed in it; the first window's CPU per transaction comes from /proc."""
+    names = CLUSTERS[kind]
+    pids = [pid for n in names for pid in host_pids(bed.hosts[n].leader_pid or 0, "mariadbd")]
+    if len(pids) != len(names):
+        raise TestbedError(f"cluster {kind}: expected one mariadbd per node, found pids {pids}")
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            sh(bed, names[0], f"sysbench oltp_write_only --db-driver=mysql --mysql-socket={SOCKET} "
+                              f"--mysql-user=root --mysql-db=sbtest --tables=4 --table-size=10000 "
+                              f"--threads={threads} --time={2 * seconds + 14} --report-interval=0 run",
+               timeout=seconds * 6 + 120)
+        except BaseException as exc:  # raised again in the caller, after the join
+            failure.append(exc)
+
+    client = threading.Thread(target=load)
+    client.start()
+    time.sleep(4)
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as scratch:
+        data = Path(scratch) / "perf.data"
+        ticks = {n: _cpu_ticks(sh(bed, n, CPU_SCRIPT)) for n in names}
+        committed = last_committed(bed, names[0])
+        tids = threads_of(pids)
+        subprocess.run(record_command(seconds, data), check=True, capture_output=True)
+        tids |= threads_of(pids)  # before sysbench disconnects: a connection's thread may end with it
+        cpu = sum(_cpu_ticks(sh(bed, n, CPU_SCRIPT)) - ticks[n] for n in names) / CLK_TCK
+        transactions = last_committed(bed, names[0]) - committed
+        # A second window, apart from the first: the counting events would tax the CPU the first one measures.
+        committed_before_count = last_committed(bed, names[0])
+        counted = subprocess.run(count_command(pids, seconds), check=True, capture_output=True, text=True)
+        counted_transactions = last_committed(bed, names[0]) - committed_before_count
+        client.join()
+        if failure:
+            raise failure[0]
+        syscalls = parse_counts(counted.stderr)
+        all_samples, by_object = parse_report(report(data, "dso"))
+        _, by_symbol = parse_report(report(data, "dso,sym"))
+    objects = of_threads(by_object, tids, 0.2)
+    symbols = of_threads(by_symbol, tids, 0.3)
+    mine = {str(tid) for tid in tids}
+    samples = round(all_samples * sum(share for share, what in by_object if what.split(":", 1)[0] in mine) / 100)
+    cpu_per_1k = per_thousand(cpu, transactions)
+    per_tx = {name: round(count / max(1, counted_transactions), 2) for name, count in syscalls.items()}
+    return {"syscalls_per_tx": per_tx, "syscalls_transactions": counted_transactions,
+            "threads": threads, "seconds": seconds, "transactions": transactions, "cpu_seconds": cpu,
+            "cpu_per_1k": cpu_per_1k, "samples": samples, "objects": objects, "symbols": symbols,
+            "objects_cpu_per_1k": per_object(objects, cpu_per_1k)}
 
 
 @dataclass(frozen=True)
@@ -378,6 +452,20 @@ def measure(bed: Testbed, args: argparse.Namespace, chosen: list[Probe], record:
         rounds(f"probe-{probe.key}", args.rounds, lambda kind, p=probe: run_probe(bed, kind, p),
                lambda r: f"{r['seconds']:7.2f} s {r['tps']:8.1f} tx/s {r['mb_per_s']:7.2f} MB/s "
                          f"{r['cpu_per_1k']:.3f} CPU-s/1k tx (3 nodes)")
+    if args.profile_seconds > 0:
+        threads = max((int(t) for t in args.threads.split(",") if t), default=16)
+        profiles: dict[str, object] = {}
+        record["profiles"] = profiles
+        for kind in alternate(0):
+            print(f"profiling cluster {kind} at {threads} threads for {args.profile_seconds} s", flush=True)
+            res = profile(bed, kind, threads, args.profile_seconds)
+            profiles[kind] = res
+            print(f"  {res['transactions']} tx, {res['cpu_per_1k']:.3f} CPU-s/1k tx, {res['samples']} samples; "
+                  "by object (CPU-s/1k tx): " + ", ".join(
+                      f"{what} {cost:.3f}" for what, cost in list(dict(res["objects_cpu_per_1k"]).items())[:8]),
+                  flush=True)
+            print("  system calls per transaction (3 nodes): " + ", ".join(
+                f"{name} {n:g}" for name, n in dict(res["syscalls_per_tx"]).items() if n), flush=True)
     if args.sst_mb > 0:
         for kind in CLUSTERS:
             print(f"loading {args.sst_mb} MB into cluster {kind} for the SST part", flush=True)
@@ -439,12 +527,19 @@ def main() -> int:
     parser.add_argument("--tls-versions", default="",
                         help="e.g. 1.2,1.3: one TLS variant per protocol version instead of TLS as deployed "
                              "(not with --sst-mb)")
+    parser.add_argument("--profile-seconds", type=int, default=0,
+                        help="after the rounds, perf record each cluster's mariadbd for this long under sysbench at "
+                             "the largest --threads (0: no profile); the reports go into the JSON")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks" / "in_transit.json")
     args = parser.parse_args()
     try:
         args.tls_versions = parse_tls_versions(args.tls_versions)
     except ValueError as err:
         parser.error(str(err))
+    if args.profile_seconds and shutil.which("perf") is None:
+        parser.error("--profile-seconds needs perf on this machine (Debian: apt-get install linux-perf)")
+    if args.tls_versions and args.profile_seconds:
+        parser.error("--profile-seconds profiles TLS as deployed; leave out --tls-versions")
     if args.tls_versions and args.sst_mb:
         parser.error("--tls-versions measures the sysbench and probe parts; run the SST part on its own")
     probes = {"small": Probe("small", args.small, 100), "large": Probe("large", args.large, 64 * 1024)}

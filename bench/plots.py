@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 def ratio_figure(data: dict[str, Any], title: str, goal: float, key: str = "tps_ratio") -> Any:
     rows = data["summary"]
     parts = list(dict.fromkeys(r["part"] for r in rows))
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(parts), figsize=(max(5.6, 4.2 * len(parts)), 4.2), squeeze=False, sharey=True)
     for ax, part in zip(axes[0], parts, strict=True):
         mine = [r for r in rows if r["part"] == part]
         for x, row in enumerate(mine):
@@ -57,7 +57,7 @@ def ratio_figure(data: dict[str, Any], title: str, goal: float, key: str = "tps_
 def rounds_figure(data: dict[str, Any], title: str) -> Any:
     runs = data["runs"]
     parts = list(dict.fromkeys(r["part"] for r in runs))
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(parts), figsize=(max(5.6, 4.2 * len(parts)), 3.8), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):
         mine = [r for r in runs if r["part"] == part]
         for variant in dict.fromkeys(r["variant"] for r in mine):

@@ -185,3 +185,103 @@ def test_s_client_brief_output_gives_protocol_and_cipher_and_a_failed_handshake_
     failed = ("Connecting to 10.231.28.14\n40D7:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert protocol "
               "version:../ssl/record/rec_layer_s3.c:1586:SSL alert number 70\n")
     assert in_transit.parse_s_client(failed) == {}
+
+
+PERF_DSO_REPORT = """# To display the perf.data header info, please use --header/--header-only options.
+#
+# Total Lost Samples: 0
+#
+# Samples: 8K of event 'cpu-clock'
+# Event count (approx.): 16032064128
+#
+# Overhead  Shared Object
+# ........  ......................
+#
+    41.20%  [kernel.kallsyms]
+    22.75%  mariadbd
+    12.02%  libgalera_smm.so
+     6.50%  libcrypto.so.3
+     1.05%  libssl.so.3
+
+
+#
+# (Tip: Search options using a keyword: perf report -h <keyword>)
+#
+"""
+
+
+def test_perf_report_by_object_keeps_the_order_and_the_percentages() -> None:
+    from bench.perf_profile import parse_report, per_object
+
+    samples, rows = parse_report(PERF_DSO_REPORT.replace("8K", "8032"))
+    assert samples == 8032
+    assert rows == [(41.2, "[kernel.kallsyms]"), (22.75, "mariadbd"), (12.02, "libgalera_smm.so"),
+                    (6.5, "libcrypto.so.3"), (1.05, "libssl.so.3")]
+    assert per_object(rows, 2.0)["libcrypto.so.3"] == pytest.approx(0.13)
+    assert parse_report(PERF_DSO_REPORT)[0] == 8000  # perf's own rounding of large counts
+    # The header's own percent-free lines and the tip are not rows; a report of nothing has no rows.
+    assert parse_report("# Samples: 0 of event 'cpu-clock'\n#\n") == (0, [])
+
+
+def test_perf_report_by_symbol_folds_the_columns_to_one_name() -> None:
+    from bench.perf_profile import parse_report
+
+    text = "# Samples: 120 of event 'cpu-clock'\n     3.10%  libcrypto.so.3     [.] aesni_gcm_encrypt\n" \
+           "     2.00%  [kernel.kallsyms]  [k] copy_user_enhanced_fast_string\n"
+    assert parse_report(text) == (120, [(3.1, "libcrypto.so.3 [.] aesni_gcm_encrypt"),
+                                       (2.0, "[kernel.kallsyms] [k] copy_user_enhanced_fast_string")])
+
+
+def test_perf_records_the_software_clock_system_wide_and_reports_exactly_the_given_processes() -> None:
+    from pathlib import Path
+
+    from bench.perf_profile import record_command, report_command
+
+    argv = record_command(20, Path("/tmp/x.data"))
+    assert argv[:2] == ["perf", "record"]
+    assert argv[argv.index("-e") + 1] == "cpu-clock"  # hardware counters are not there
+    assert "-a" in argv and "-p" not in argv  # per-process events tax every context switch
+    assert argv[-3:] == ["--", "sleep", "20"]
+    shown = report_command(Path("/tmp/x.data"), "dso,sym")
+    assert shown[shown.index("--sort") + 1] == "pid,dso,sym"
+    assert shown[shown.index("--percent-limit") + 1] == "0"  # every row: the wanted ones are picked out after
+
+
+def test_perf_rows_of_the_wanted_threads_are_summed_and_made_shares_of_their_own_samples() -> None:
+    from bench.perf_profile import of_threads, parse_report
+
+    text = ("# Samples: 400 of event 'cpu-clock'\n"
+            "    40.00%        0:swapper          [kernel.kallsyms]\n"
+            "    20.00%    101:mariadbd           [kernel.kallsyms]\n"
+            "    10.00%    202:mariadbd           [kernel.kallsyms]\n"
+            "    15.00%    101:mariadbd           libcrypto.so.3\n"
+            "    10.00%   1010:mariadbd           libcrypto.so.3\n"
+            "     5.00%    202:mariadbd           mariadbd\n")
+    _, rows = parse_report(text)
+    # Threads 101 and 202 hold 50% of all samples: the kernel's 30 of them is 60% of theirs; 1010 is not wanted,
+    # though its name is the same, and an id that is a prefix of another does not match it.
+    assert of_threads(rows, {101, 202, 10}, 0.0) == [(60.0, "[kernel.kallsyms]"), (30.0, "libcrypto.so.3"),
+                                                      (10.0, "mariadbd")]
+    assert of_threads(rows, {101, 202}, 15.0) == [(60.0, "[kernel.kallsyms]"), (30.0, "libcrypto.so.3")]
+    assert of_threads(rows, {999}, 0.0) == []  # control: nobody else's samples are taken
+
+
+def test_threads_of_a_process_are_its_tasks_and_a_gone_process_has_none() -> None:
+    import os
+
+    from bench.perf_profile import threads_of
+
+    assert os.getpid() in threads_of([os.getpid()])
+    assert threads_of([2**22 + 7]) == set()  # above pid_max: no such process
+
+
+def test_perf_stat_counts_are_read_per_call_and_what_perf_could_not_count_is_left_out() -> None:
+    from bench.perf_profile import count_command, parse_counts
+
+    argv = count_command([5, 6], 10, ("sendmsg", "futex"))
+    assert argv[argv.index("-e") + 1] == "raw_syscalls:sys_enter,syscalls:sys_enter_sendmsg,syscalls:sys_enter_futex"
+    assert argv[argv.index("-p") + 1] == "5,6"
+    text = ("145,,raw_syscalls:sys_enter,882295,100.00,,\n0,,syscalls:sys_enter_sendmsg,882295,100.00,,\n"
+            "<not counted>,,syscalls:sys_enter_futex,0,0.00,,\n\n")
+    assert parse_counts(text) == {"all": 145, "sendmsg": 0}
+    assert parse_counts("") == {}
