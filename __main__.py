@@ -28,7 +28,7 @@ FULL_COLLECTION_THRESHOLD = 100  # CPython's default is 10
 # The collector's oldest generation: evaluating the program keeps nearly all it allocates (resources,
 # their outputs and futures) until the end, so by default every tenth middle-generation collection
 # rescans everything, the ~170,000 objects the SDK and provider modules left at import included: at
-# 15 nodes 2-3 full collections, a quarter of the evaluation's CPU time (docs/benchmarks.md). Rarer
+# 15 nodes 2-3 full collections, a quarter of the evaluation's CPU time (docs/BENCHMARKS.md). Rarer
 # full collections change nothing the program does; the young generations still collect as before.
 gc.set_threshold(*gc.get_threshold()[:2], FULL_COLLECTION_THRESHOLD)
 
