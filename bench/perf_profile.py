@@ -4,7 +4,7 @@ Hardware counters are not available here, but the kernel's ``cpu-clock`` event s
 container's included, and perf resolves the container's binaries through ``/proc/<pid>/root``. The recording
 is system-wide and the report keeps the given processes: events attached to the processes themselves (``-p``)
 hook every context switch of every thread, and on this workload that raised ``mariadbd``'s CPU per
-transaction by half, which is no profile of the thing measured. Shares by
+transaction from 0.95 to 1.55 CPU-seconds per 1,000, which is no profile of the thing measured. Shares by
 shared object (libcrypto, libssl, libgalera, mariadbd, the kernel) tell where a variant's extra CPU goes;
 multiplied by the CPU per transaction measured over the same window, they become CPU per transaction by
 object, which compares across variants.
