@@ -126,13 +126,14 @@ testbed-down: venv
 # The in-transit part ends with a perf profile of each cluster (linux-perf, installed here).
 # PARTS=encrypt-existing (background encryption of existing tables, bench/encrypt_existing.py) is not in the
 # default: at the server's default rotation IOPS it runs for about an hour.
+# ARGS go to each part run, so give them with one part: make bench PARTS=at-rest ARGS="--rounds 21 --json F".
 PARTS ?= at-rest,in-transit,program
 bench: deps
-	$(if $(findstring at-rest,$(PARTS)),$(PY) -m bench.at_rest &&) \
+	$(if $(findstring at-rest,$(PARTS)),$(PY) -m bench.at_rest $(ARGS) &&) \
 	$(if $(findstring in-transit,$(PARTS)),bash rehearsal/install-host-deps.sh linux-perf && \
-	  $(PY) -m bench.in_transit --profile-seconds 20 &&) \
-	$(if $(findstring encrypt-existing,$(PARTS)),$(PY) -m bench.encrypt_existing &&) \
-	$(if $(findstring program,$(PARTS)),$(PY) -m bench.program_eval &&) \
+	  $(PY) -m bench.in_transit --profile-seconds 20 $(ARGS) &&) \
+	$(if $(findstring encrypt-existing,$(PARTS)),$(PY) -m bench.encrypt_existing $(ARGS) &&) \
+	$(if $(findstring program,$(PARTS)),$(PY) -m bench.program_eval $(ARGS) &&) \
 	$(PY) -m bench.plots
 
 # Cold and warm `make demo` wall time (bench/demo_timing.py); COLD=0 measures warm runs only (ARGS="--runs 3").

@@ -99,16 +99,25 @@ def program_figure(data: dict[str, Any]) -> Any:
     return fig
 
 
+def plottable(data: dict[str, Any]) -> bool:
+    """A JSON these figures can draw: program_eval's, or side-by-side runs with throughput and CPU pair ratios
+    (not the SST part's speed ratios, nor a run that only profiled)."""
+    if "trees" in data:
+        return True
+    rows = data.get("summary") or []
+    return bool(rows) and all("tps_ratio" in row and "cpu_ratio" in row for row in rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", type=Path, nargs="*", help="default: the at-rest and in-transit JSON that exist")
+    parser.add_argument("json", type=Path, nargs="*",
+                        help=f"default: every JSON in {BENCH_DIR.relative_to(BENCH_DIR.parent.parent)} they can draw")
     parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: beside the JSON)")
     parser.add_argument("--goal", type=float, default=None,
                         help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
     args = parser.parse_args()
-    default = [BENCH_DIR / "at_rest.json", BENCH_DIR / "in_transit.json", BENCH_DIR / "in_transit_probes.json",
-               BENCH_DIR / "in_transit_tls_versions.json", BENCH_DIR / "program_eval.json"]
-    for path in args.json or [p for p in default if p.is_file()]:
+    default = [p for p in sorted(BENCH_DIR.glob("*.json")) if plottable(json.loads(p.read_text()))]
+    for path in args.json or default:
         data = json.loads(path.read_text())
         out = args.out or path.parent
         out.mkdir(parents=True, exist_ok=True)

@@ -285,3 +285,14 @@ def test_perf_stat_counts_are_read_per_call_and_what_perf_could_not_count_is_lef
             "<not counted>,,syscalls:sys_enter_futex,0,0.00,,\n\n")
     assert parse_counts(text) == {"all": 145, "sendmsg": 0}
     assert parse_counts("") == {}
+
+
+def test_plots_draw_side_by_side_runs_and_program_eval_and_skip_what_they_cannot() -> None:
+    from bench.plots import plottable
+
+    pair = {"tps_ratio": {}, "cpu_ratio": {}}
+    assert plottable({"summary": [pair, pair]})
+    assert plottable({"trees": {}})
+    assert not plottable({"summary": [pair, {"speed_ratio": {}}]})  # the SST part
+    assert not plottable({"summary": [], "profiles": {}})  # a run that only profiled
+    assert not plottable({"runs": []})  # encrypting existing data
