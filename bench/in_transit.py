@@ -64,6 +64,7 @@ from bench.perf_profile import (
     per_object,
     record_command,
     report,
+    share_of_threads,
     threads_of,
 )
 from bench.single_node import _TX, BENCH_PACKAGES, CLK_TCK, _cpu_ticks, machine
@@ -210,11 +211,11 @@ def profile(bed: Testbed, kind: str, threads: int, seconds: int) -> dict[str, ob
         subprocess.run(record_command(seconds, data), check=True, capture_output=True)
         tids |= threads_of(pids)  # before sysbench disconnects: a connection's thread may end with it
         cpu = sum(_cpu_ticks(sh(bed, n, CPU_SCRIPT)) - ticks[n] for n in names) / CLK_TCK
-        transactions = last_committed(bed, names[0]) - committed
-        # A second window, apart from the first: the counting events would tax the CPU the first one measures.
-        committed_before_count = last_committed(bed, names[0])
+        first_window_end = last_committed(bed, names[0])
+        transactions = first_window_end - committed
+        # A second window, right after the first: the counting events would tax the CPU the first one measures.
         counted = subprocess.run(count_command(pids, seconds), check=True, capture_output=True, text=True)
-        counted_transactions = last_committed(bed, names[0]) - committed_before_count
+        counted_transactions = last_committed(bed, names[0]) - first_window_end
         client.join()
         if failure:
             raise failure[0]
@@ -223,8 +224,7 @@ def profile(bed: Testbed, kind: str, threads: int, seconds: int) -> dict[str, ob
         _, by_symbol = parse_report(report(data, "dso,sym"))
     objects = of_threads(by_object, tids, 0.2)
     symbols = of_threads(by_symbol, tids, 0.3)
-    mine = {str(tid) for tid in tids}
-    samples = round(all_samples * sum(share for share, what in by_object if what.split(":", 1)[0] in mine) / 100)
+    samples = round(all_samples * share_of_threads(by_object, tids) / 100)
     cpu_per_1k = per_thousand(cpu, transactions)
     per_tx = {name: round(count / max(1, counted_transactions), 2) for name, count in syscalls.items()}
     return {"syscalls_per_tx": per_tx, "syscalls_transactions": counted_transactions,

@@ -67,15 +67,26 @@ def report(data: Path, sort: str) -> str:
     return subprocess.run(report_command(data, sort), capture_output=True, text=True, check=True).stdout
 
 
-def of_threads(rows: list[tuple[float, str]], tids: set[int], limit: float) -> list[tuple[float, str]]:
-    """Rows of ``perf report --sort pid,...`` -> the rows of the threads ``tids``, summed over them by the rest of
-    the key, as percentages of those threads' own samples, largest first, those under ``limit`` left out."""
+def _summed_over_threads(rows: list[tuple[float, str]], tids: set[int]) -> dict[str, float]:
+    """Rows of ``perf report --sort pid,...`` -> {rest of the key: percent of all samples} for the threads ``tids``."""
     wanted = {str(tid) for tid in tids}
     summed: dict[str, float] = {}
     for percent, what in rows:
-        process, _, rest = what.partition(" ")
-        if process.split(":", 1)[0] in wanted:
+        thread, _, rest = what.partition(" ")
+        if thread.split(":", 1)[0] in wanted:
             summed[rest] = summed.get(rest, 0.0) + percent
+    return summed
+
+
+def share_of_threads(rows: list[tuple[float, str]], tids: set[int]) -> float:
+    """The percent of all samples that the threads ``tids`` hold."""
+    return sum(_summed_over_threads(rows, tids).values())
+
+
+def of_threads(rows: list[tuple[float, str]], tids: set[int], limit: float) -> list[tuple[float, str]]:
+    """Rows of ``perf report --sort pid,...`` -> the rows of the threads ``tids``, summed over them by the rest of
+    the key, as percentages of those threads' own samples, largest first, those under ``limit`` left out."""
+    summed = _summed_over_threads(rows, tids)
     total = sum(summed.values())
     shares = [(round(100 * value / total, 2), rest) for rest, value in summed.items()] if total else []
     return sorted((row for row in shares if row[0] >= limit), key=lambda row: (-row[0], row[1]))

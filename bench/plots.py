@@ -116,9 +116,12 @@ def main() -> int:
     parser.add_argument("--goal", type=float, default=None,
                         help="ratio drawn as the goal line (default: the JSON's goal_ratio, else 0.97)")
     args = parser.parse_args()
-    default = [p for p in sorted(BENCH_DIR.glob("*.json")) if plottable(json.loads(p.read_text()))]
-    for path in args.json or default:
-        data = json.loads(path.read_text())
+    if args.json:
+        chosen = [(path, json.loads(path.read_text())) for path in args.json]
+    else:
+        everything = [(path, json.loads(path.read_text())) for path in sorted(BENCH_DIR.glob("*.json"))]
+        chosen = [(path, data) for path, data in everything if plottable(data)]
+    for path, data in chosen:
         out = args.out or path.parent
         out.mkdir(parents=True, exist_ok=True)
         if "trees" in data:  # bench/program_eval.py

@@ -296,3 +296,12 @@ def test_plots_draw_side_by_side_runs_and_program_eval_and_skip_what_they_cannot
     assert not plottable({"summary": [pair, {"speed_ratio": {}}]})  # the SST part
     assert not plottable({"summary": [], "profiles": {}})  # a run that only profiled
     assert not plottable({"runs": []})  # encrypting existing data
+
+
+def test_share_of_threads_is_their_part_of_all_samples() -> None:
+    from bench.perf_profile import parse_report, share_of_threads
+
+    _, rows = parse_report("    40.00%   0:swapper  [kernel.kallsyms]\n    20.00%   101:mariadbd  mariadbd\n"
+                           "     5.00%   1010:mariadbd  mariadbd\n")
+    assert share_of_threads(rows, {101}) == pytest.approx(20.0)
+    assert share_of_threads(rows, {10}) == 0.0  # an id that is a prefix of another is not it
